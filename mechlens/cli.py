@@ -74,7 +74,7 @@ def reproduce_sentiment(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for report.md, figures and JSON."),
     fast: bool = typer.Option(False, "--fast", help="A small version (fewer layers, prompts, draws): minutes on 2 cores."),
     force: bool = typer.Option(False, "--force", help="Re-run stages whose results are already in OUT."),
-    stage: list[str] = typer.Option(None, "--stage", help="Run only this stage (repeatable)."),
+    stage: list[str] = typer.Option(None, "--stage", help="Run only this stage (repeatable): baseline, patching, directions, circuit, motif, caa, attention."),
     device: str | None = DeviceOpt,
 ) -> None:
     """Tigges et al. 2023 on one model: baseline, activation patching, sentiment directions,

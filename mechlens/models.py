@@ -226,6 +226,14 @@ that then we saw The when it felt A B ( ) Answer Question polite casual yes no p
 """.split()
 
 
+def model_device(model: Any) -> torch.device:
+    """The device of the model's parameters (CPU for a model without any)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        return torch.device("cpu")
+
+
 @functools.lru_cache(maxsize=1)
 def tiny_tokenizer() -> Any:
     """A small byte-level BPE tokenizer (GPT-2 style, leading-space words), built offline.

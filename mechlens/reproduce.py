@@ -1,9 +1,9 @@
 """``mechlens reproduce sentiment``: the whole Tigges et al. 2023 study on one model.
 
 Stages run in order; each writes its files under ``OUT/<stage>/`` and a ``done.json`` marker
-with its headline numbers. A stage whose marker exists is skipped (its numbers are read
-back for the report) unless ``force=True``. At the end ``OUT/report.md`` collects the
-tables and links the figures.
+with its headline numbers. A stage whose marker exists for the same model and settings is
+skipped (its numbers are read back for the report) unless ``force=True``. At the end
+``OUT/report.md`` collects the tables and links the figures of every stage done in OUT.
 
 ``fast=True`` is a small version (fewer layers, prompts and random draws) that finishes in
 minutes on 2 CPU cores; the full run is what the README links.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,8 @@ def stage_patching(ctx: Context, d: Path) -> dict[str, Any]:
         fig = _save_fig(res.plot(), d / f"{site}.png")
         top = res.top(5)
         lines += [f"### {title}", "", f"![{site}](patching/{fig})", "", "Top cells:", "",
-                  top.to_markdown(index=False, floatfmt=".3f"), ""]
+                  # per-column formats: an all-numeric frame would print layer/head as floats
+                  top.to_markdown(index=False, floatfmt=[".3f" if top[c].dtype.kind == "f" else "g" for c in top]), ""]
         numbers[f"{site}_max"] = float(res.values.max())
     numbers["summary"] = "\n".join(lines)
     return numbers
@@ -184,15 +186,22 @@ def stage_circuit(ctx: Context, d: Path) -> dict[str, Any]:
 
 
 def stage_motif(ctx: Context, d: Path) -> dict[str, Any]:
-    from mechlens.circuits import summarization_motif
+    from mechlens.circuits import mini_sst, summarization_motif
 
     filler = ctx.settings.pick(14, 32)
     ds = ctx.dataset("train", filler=filler)
     ds = ds[: ctx.settings.pick(8, ds.batch)]
+    try:
+        sst_ds = mini_sst(ctx.model)
+        skipped = ""
+    except ValueError as exc:  # e.g. " positive"/" negative" not single tokens for this tokenizer
+        sst_ds, skipped = None, f"\n\nDirectional ablation on mini-SST skipped: {exc}\n"
+        warnings.warn(f"motif stage: {skipped.strip()}", stacklevel=2)
     res = summarization_motif(
         ctx.model, ds, direction=_best_direction(ctx),
         n_filler=ctx.settings.pick((0, 16), (0, 8, 16, 32)),
         filler_dataset=lambda n: ctx.dataset("train", filler=n)[: ctx.settings.pick(8, 42)],
+        ablation_ds=sst_ds, ablation=sst_ds is not None,
         n_random=ctx.settings.pick(3, 5), seed=ctx.settings.seed,
     )
     res.save(d / "result")
@@ -205,7 +214,7 @@ def stage_motif(ctx: Context, d: Path) -> dict[str, Any]:
         f"ToyMovieReview with {filler} tokens of neutral filler after the comma: heads that read "
         "the comma from the final position, patching splits (logit-difference change), the "
         "irrelevant-context sweep, and directional ablation at commas vs all positions.\n\n"
-        + "".join(f"![motif](motif/{nm})\n" for nm in names) + "\n" + _summary_table(summary)
+        + "".join(f"![motif](motif/{nm})\n" for nm in names) + "\n" + _summary_table(summary) + skipped
     )
     return {"summary": text, **{k: v for k, v in summary.items() if k.startswith("split")}}
 
@@ -288,22 +297,32 @@ def reproduce_sentiment(
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     settings = Settings(fast=fast)
     ctx = Context(model=model, out=out, settings=settings, numbers={}, cache={})
+    key = {"fast": fast, "model": model_name(model)}
+
+    def finished(name: str) -> dict[str, Any] | None:
+        marker = out / name / "done.json"
+        if not marker.exists():
+            return None
+        done = json.loads(marker.read_text())
+        return done["numbers"] if all(done.get(k) == v for k, v in key.items()) else None
+
     for name in tqdm(names, desc="reproduce sentiment", disable=not progress):
+        if not force and (numbers := finished(name)) is not None:
+            ctx.numbers[name] = numbers
+            continue
         d = out / name
-        marker = d / "done.json"
-        if marker.exists() and not force:
-            done = json.loads(marker.read_text())
-            if done.get("fast") == fast:
-                ctx.numbers[name] = done["numbers"]
-                continue
         d.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         numbers = STAGES[name][1](ctx, d)
         numbers["seconds"] = round(time.perf_counter() - t, 1)
-        marker.write_text(json.dumps({"fast": fast, "numbers": numbers}, indent=1))
+        (d / "done.json").write_text(json.dumps({**key, "numbers": numbers}, indent=1))
         ctx.numbers[name] = numbers
+    # the report shows every stage done in OUT with these settings, not only the ones run now
+    for name in STAGES:
+        if name not in ctx.numbers and (numbers := finished(name)) is not None:
+            ctx.numbers[name] = numbers
     report = out / "report.md"
-    report.write_text(_report(ctx, names))
+    report.write_text(_report(ctx, [n for n in STAGES if n in ctx.numbers]))
     return report
 
 

@@ -203,8 +203,8 @@ def nb01() -> Notebook:
     - In the early layers only the positions whose *token differs* can matter: the adjective
       (`ADJ`) and the verb (`VRB`). Everywhere else the clean and corrupt residual streams are
       still identical, so patching them changes nothing. On SmolLM2 the two words share the
-      work: about half of the logit difference comes back from the adjective alone and half
-      from the verb alone.
+      work: on the full test split about 40% of the logit difference comes back from the
+      adjective alone and 60% from the verb alone.
     - Going down, the effect leaves a position once attention heads have copied its content
       forward. On the full run the verb's share is gone by about layer 15, partly passed on
       to the tokens after it (*" it"*, the full stop: punctuation that collects the sentiment
@@ -323,6 +323,13 @@ def nb01() -> Notebook:
     for i in src[1:].topk(4).indices.tolist():
         print(f"   {view.tokens[i + 1]!r:14} {src[i + 1]:.3f}")
     ''')
+    nb.md("""
+    On the full run the strongest head is L21H1 (0.42 of the logit difference on its own).
+    From the last token it puts about 0.4 of its attention on the first token and then about
+    0.11 each on the full stop and on the adjective: it reads the sentiment both from the
+    word and from the punctuation that closes the clause. Notebook 02 asks how much of its
+    effect is direct, and notebook 04 looks at the punctuation.
+    """)
 
     nb.md("""
     ## 6. Denoising versus noising

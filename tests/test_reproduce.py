@@ -1,4 +1,6 @@
-"""The staged `reproduce sentiment` pipeline, on a tiny model (fast)."""
+"""The staged `reproduce sentiment` pipeline, every stage, on a tiny model (fast settings)."""
+
+import re
 
 import pytest
 
@@ -8,28 +10,58 @@ from mechlens.reproduce import STAGES, reproduce_sentiment
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny("gpt2", n_layers=2, seed=1)
+    # n_ctx 256: the CAA stage's A/B prompts are longer than the default 128
+    return tiny("gpt2", n_layers=2, seed=1, n_ctx=256)
 
 
-def test_stages_write_report_and_skip_when_done(model, tmp_path):
-    report = reproduce_sentiment(model, tmp_path, fast=True, stages=["baseline", "patching", "attention"], progress=False)
-    text = report.read_text()
-    for title in ("Baseline logit differences", "Activation patching", "Attention patterns"):
-        assert f"## {title}" in text
-    for rel in ("baseline/baseline.png", "patching/resid_pre.png", "patching/z.png",
-                "attention/attention.html", "attention/attention.png"):
-        assert (tmp_path / rel).exists(), rel
-        assert rel in text
-    assert "cdn" not in (tmp_path / "attention/attention.html").read_text().lower()[:2000]
-    marker = tmp_path / "baseline" / "done.json"
+@pytest.fixture(scope="module")
+def report(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    # the tiny tokenizer has no single-token " negative": the motif stage skips mini-SST, saying so
+    with pytest.warns(UserWarning, match="mini-SST skipped"):
+        path = reproduce_sentiment(model, out, fast=True, progress=False)
+    return path
+
+
+def test_every_stage_is_in_the_report_with_its_figures(report):
+    out, text = report.parent, report.read_text()
+    for title, _ in STAGES.values():
+        assert f"\n## {title}\n" in text, title
+    links = re.findall(r"\]\(([^)]+\.(?:png|html))\)", text)
+    assert len(links) >= 9
+    for rel in links:
+        assert (out / rel).is_file(), rel
+    for name in STAGES:
+        assert (out / name / "done.json").is_file(), name
+    assert "cdn" not in (out / "attention/attention.html").read_text().lower()[:2000]
+    assert "Directional ablation on mini-SST skipped" in text
+    # whole-prompt noising is the corrupt run: -100% by construction
+    assert "| split: whole prompt | -1.000 |" in text
+
+
+def test_done_stages_are_skipped_unless_forced(model, report):
+    out = report.parent
+    marker = out / "baseline" / "done.json"
     before = marker.stat().st_mtime_ns
-    reproduce_sentiment(model, tmp_path, fast=True, stages=["baseline"], progress=False)
-    assert marker.stat().st_mtime_ns == before  # skipped: already done
-    reproduce_sentiment(model, tmp_path, fast=True, force=True, stages=["baseline"], progress=False)
+    reproduce_sentiment(model, out, fast=True, stages=["baseline"], progress=False)
+    assert marker.stat().st_mtime_ns == before
+    reproduce_sentiment(model, out, fast=True, force=True, stages=["baseline"], progress=False)
     assert marker.stat().st_mtime_ns != before
+    assert "## Summarization motif" in report.read_text()  # the other stages' sections stay
 
 
 def test_unknown_stage(model, tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
         reproduce_sentiment(model, tmp_path, stages=["nope"])
     assert list(STAGES)[:3] == ["baseline", "patching", "directions"]
+
+
+def test_cli_stage_help_names_every_stage():
+    import typer.main
+
+    from mechlens.cli import app
+
+    group = typer.main.get_command(app)
+    sentiment = group.commands["reproduce"].commands["sentiment"]
+    (opt,) = [p for p in sentiment.params if p.name == "stage"]
+    assert all(name in opt.help for name in STAGES)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -11,8 +11,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechlens.data.contrast import ContrastDataset
-from mechlens.hooks import hooked
+from mechlens.hooks import batches, cache_batched, hooked
 from mechlens.metrics import logit_diff
+from mechlens.models import model_device
 
 Head = tuple[int, int]
 Hook = tuple[str, Callable[..., Any]]
@@ -31,12 +32,6 @@ def parse_head(label: str) -> Head:
         raise ValueError(f"{label!r} is not a head label like 'L12H3'")
     return int(m.group(1)), int(m.group(2))
 
-
-def model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return torch.device("cpu")
 
 
 def check_dataset(ds: Any, what: str = "ds", *, need: Sequence[str] = (), binary: bool = True) -> None:
@@ -60,10 +55,6 @@ def check_batch_size(batch_size: int | None) -> int:
     return batch_size
 
 
-def batches(n: int, size: int) -> Iterator[slice]:
-    for i in range(0, n, size):
-        yield slice(i, min(n, i + size))
-
 
 def check_heads(model: Any, heads: Sequence[Head], what: str = "heads") -> list[Head]:
     out = []
@@ -80,7 +71,6 @@ def check_heads(model: Any, heads: Sequence[Head], what: str = "heads") -> list[
     return out
 
 
-@torch.no_grad()
 def cache_run(
     model: Any,
     tokens: Int[Tensor, "batch pos"],
@@ -90,17 +80,8 @@ def cache_run(
     batch_size: int,
 ) -> tuple[dict[str, Tensor], Float[Tensor, " batch"]]:
     """One (batched) forward pass caching only ``names``; also the per-example logit diffs."""
-    dev = model_device(model)
-    acts: dict[str, list[Tensor]] = {n: [] for n in names}
-    lds = []
-    names = list(names)
-    for sl in batches(len(tokens), batch_size):
-        logits, cache = model.run_with_cache(tokens[sl].to(dev), names_filter=lambda n: n in names)
-        for n in names:
-            acts[n].append(cache[n].detach())
-        lds.append(logit_diff(logits, answers[sl].to(logits.device)).float().cpu())
-        del cache, logits
-    return {n: torch.cat(v) for n, v in acts.items()}, torch.cat(lds)
+    acts, lds = cache_batched(model, tokens, names, batch_size=batch_size, answers=answers)
+    return acts, lds.cpu()
 
 
 @torch.no_grad()

@@ -32,7 +32,6 @@ from mechlens.directions.fit import (
     METHODS,
     SITES,
     Direction,
-    _cache,
     _check_binary_labels,
     _check_dataset,
     _check_position,
@@ -43,6 +42,7 @@ from mechlens.directions.fit import (
     random_directions,
 )
 from mechlens.directions.interventions import PositionSpec, patched_logit_diffs, resolve_positions
+from mechlens.hooks import cache_batched
 from mechlens.metrics import fraction_recovered, logit_flip
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
@@ -285,8 +285,8 @@ def evaluate(
         model, train_ds, layer_list, position=position, site=site, batch_size=batch_size
     )
     names = [hook_name(layer, site) for layer in layer_list]
-    clean_acts, ld_clean = _cache(model, test_ds.clean_tokens, names, batch_size=batch_size, answers=test_ds.answers)
-    _, ld_corr = _cache(model, test_ds.corrupt_tokens, [], batch_size=batch_size, answers=test_ds.answers)
+    clean_acts, ld_clean = cache_batched(model, test_ds.clean_tokens, names, batch_size=batch_size, answers=test_ds.answers)
+    _, ld_corr = cache_batched(model, test_ds.corrupt_tokens, [], batch_size=batch_size, answers=test_ds.answers)
     ld_clean, ld_corr = ld_clean.float().cpu(), ld_corr.float().cpu()
     labels = test_ds.labels.cpu()
     randoms = random_directions(model.cfg.d_model, n_random, seed=seed)

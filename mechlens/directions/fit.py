@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechlens.data.contrast import ContrastDataset
-from mechlens.hooks import check_layer, hooked
+from mechlens.hooks import cache_batched, check_layer, hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
@@ -156,13 +156,6 @@ def hook_name(layer: int, site: str = "resid_pre") -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _batches(n: int, batch_size: int | None) -> Iterator[slice]:
-    step = n if not batch_size else int(batch_size)
-    if step < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    for i in range(0, n, step):
-        yield slice(i, min(n, i + step))
-
 
 def _check_binary_labels(ds: ContrastDataset, what: str = "ds") -> None:
     values = set(ds.labels.unique().tolist())
@@ -195,31 +188,6 @@ def _layers_arg(model: Any, layers: int | Sequence[int] | None, what: str = "lay
     if not out:
         raise ValueError(f"{what} is empty: give at least one layer")
     return out
-
-
-@torch.no_grad()
-def _cache(
-    model: Any,
-    tokens: Int[Tensor, "batch pos"],
-    names: list[str],
-    *,
-    batch_size: int | None,
-    answers: Int[Tensor, "batch n_pairs 2"] | None = None,
-    stop_at_layer: int | None = None,
-) -> tuple[dict[str, Tensor], Tensor | None]:
-    """Run ``tokens`` in batches caching only ``names``; also the logit diffs when answers are given."""
-    acts: dict[str, list[Tensor]] = {n: [] for n in names}
-    lds = []
-    dev = model.cfg.device
-    for sl in _batches(len(tokens), batch_size):
-        kw = {"stop_at_layer": stop_at_layer} if (stop_at_layer is not None and answers is None) else {}
-        out, cache = model.run_with_cache(tokens[sl].to(dev), names_filter=names, **kw)
-        for n in names:
-            acts[n].append(cache[n].detach())
-        if answers is not None:
-            lds.append(logit_diff(out, answers[sl].to(out.device)).detach())
-        del cache, out
-    return {n: torch.cat(v) for n, v in acts.items()}, (torch.cat(lds) if lds else None)
 
 
 @contextlib.contextmanager
@@ -280,7 +248,7 @@ def collect_activations(
     out: dict[int, list[Tensor]] = {layer: [] for layer in layer_list}
     labels = []
     for tokens, lab in ((ds.clean_tokens, ds.labels), (ds.corrupt_tokens, 1 - ds.labels)):
-        acts, _ = _cache(model, tokens, names, batch_size=batch_size, stop_at_layer=stop)
+        acts, _ = cache_batched(model, tokens, names, batch_size=batch_size, stop_at_layer=stop)
         for layer, n in zip(layer_list, names):
             out[layer].append(acts[n].cpu()[mask])
         labels.append(lab.cpu()[:, None].expand_as(mask)[mask])
@@ -382,7 +350,7 @@ def _fit_das(
     name = hook_name(layer, site)
     dev = model.cfg.device
     stop = layer + 1 if layer + 1 < model.cfg.n_layers else None
-    clean_acts, _ = _cache(model, ds.clean_tokens, [name], batch_size=32, stop_at_layer=stop)
+    clean_acts, _ = cache_batched(model, ds.clean_tokens, [name], batch_size=32, stop_at_layer=stop)
     clean_acts = clean_acts[name]
     mask = ds.position_mask(patch_positions)
     g = torch.Generator().manual_seed(seed)

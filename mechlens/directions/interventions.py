@@ -34,8 +34,6 @@ from tqdm.auto import tqdm
 from mechlens.data.contrast import ContrastDataset
 from mechlens.directions.fit import (
     Direction,
-    _batches,
-    _cache,
     _check_binary_labels,
     _check_dataset,
     _check_site,
@@ -43,7 +41,7 @@ from mechlens.directions.fit import (
     _layers_arg,
     hook_name,
 )
-from mechlens.hooks import check_layer, hooked
+from mechlens.hooks import batches, cache_batched, check_layer, hooked
 from mechlens.metrics import accuracy, fraction_recovered, logit_diff, logit_flip
 from mechlens.results import Result
 
@@ -136,7 +134,7 @@ def patched_logit_diffs(
     grid_e = torch.arange(n).repeat(k)
     out = torch.empty(k * n)
     dev = model.cfg.device
-    chunks = list(_batches(k * n, batch_size))
+    chunks = list(batches(k * n, batch_size))
     for sl in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         e, v = grid_e[sl], grid_v[sl]
         hooks = [
@@ -269,8 +267,8 @@ def directional_patch(
     layer_list = [d.layer] if layers is None else _layers_arg(model, layers)
     mask, label = resolve_positions(ds, positions)
     names = [hook_name(layer, d.site) for layer in layer_list]
-    acts, ld_clean = _cache(model, ds.clean_tokens, names, batch_size=batch_size, answers=ds.answers)
-    _, ld_corr = _cache(model, ds.corrupt_tokens, [], batch_size=batch_size, answers=ds.answers)
+    acts, ld_clean = cache_batched(model, ds.clean_tokens, names, batch_size=batch_size, answers=ds.answers)
+    _, ld_corr = cache_batched(model, ds.corrupt_tokens, [], batch_size=batch_size, answers=ds.answers)
     ld_patched = patched_logit_diffs(
         model, ds, d.unit()[None], acts, mask, batch_size=batch_size, progress=progress
     )[0]
@@ -430,7 +428,7 @@ def ablate(
     mask, label = resolve_positions(ds, positions)
     names = [hook_name(layer, d.site) for layer in layer_list]
     unit = d.unit()
-    acts, ld_before = _cache(model, ds.clean_tokens, names, batch_size=batch_size, answers=ds.answers)
+    acts, ld_before = cache_batched(model, ds.clean_tokens, names, batch_size=batch_size, answers=ds.answers)
     targets: dict[str, Tensor] = {}
     for name in names:
         proj = (acts[name].float() @ unit.to(acts[name].device)).cpu()  # [batch, pos]
@@ -450,7 +448,7 @@ def ablate(
             targets[name] = proj[perm]
     dev = model.cfg.device
     after = []
-    for sl in tqdm(list(_batches(ds.batch, batch_size)), desc=f"{mode}-ablation", disable=not progress, leave=False):
+    for sl in tqdm(list(batches(ds.batch, batch_size)), desc=f"{mode}-ablation", disable=not progress, leave=False):
         hooks = [(name, _ablation_hook(unit, targets[name][sl], mask[sl])) for name in names]
         with hooked(model, hooks):
             logits = model(ds.clean_tokens[sl].to(dev))

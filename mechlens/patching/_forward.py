@@ -30,6 +30,7 @@ from torch import Tensor
 
 from mechlens.hooks import hooked
 from mechlens.metrics import fraction_recovered, logit_diff
+from mechlens.models import model_device
 
 __all__ = ["model_device", "prepare_dataset", "base_run", "BaseRun", "SuffixRunner", "PatchMetric", "check_mode", "plan_passes", "overhead_tokens", "ROWS_DEFAULT"]
 
@@ -37,12 +38,6 @@ __all__ = ["model_device", "prepare_dataset", "base_run", "BaseRun", "SuffixRunn
 # CPU runs near its batched throughput, small enough to keep activations modest.
 ROWS_DEFAULT = 128
 
-
-def model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - a model without parameters
-        return torch.device("cpu")
 
 
 def check_mode(mode: str) -> str:

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from mechlens.data.choices import ChoiceDataset
 from mechlens.hooks import check_layer, hooked
-from mechlens.models import model_name
+from mechlens.models import model_device, model_name
 from mechlens.results import Result
 
 __all__ = [
@@ -103,10 +103,6 @@ def _pad_id(model: Any) -> int:
     tok = getattr(model, "tokenizer", None)
     pid = getattr(tok, "pad_token_id", None) if tok is not None else None
     return int(pid) if pid is not None else 0
-
-
-def _device(model: Any) -> torch.device:
-    return next(iter(model.parameters())).device
 
 
 # --------------------------------------------------------------------------- activations
@@ -202,7 +198,7 @@ def answer_activations(
     layers = _layers(model, layer)
     names = [hook_name(x, site) for x in layers]
     out = torch.zeros(len(layers), len(ds), model.cfg.d_model)
-    dev = _device(model)
+    dev = model_device(model)
     batches = list(padded_batches(ds.tokens, batch_size, _pad_id(model)))
     # No need to run the blocks after the last requested layer.
     stop = max(layers) + 1 if max(layers) + 1 < model.cfg.n_layers else None
@@ -529,7 +525,7 @@ def steer(
         raise ValueError(f"vector must have shape [d_model={model.cfg.d_model}], got {tuple(vec.shape)}")
     if not math.isfinite(float(coeff)):
         raise ValueError(f"coeff must be a finite number, got {coeff!r}")
-    delta = float(coeff) * vec.detach().to(_device(model))
+    delta = float(coeff) * vec.detach().to(model_device(model))
 
     def add(act: Tensor, hook: Any) -> Tensor:
         return act + delta.to(act.dtype)

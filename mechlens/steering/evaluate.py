@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 from mechlens.data.choices import ChoiceDataset
 from mechlens.data.contrast import ContrastDataset
 from mechlens.metrics import logit_diff
-from mechlens.models import model_name
+from mechlens.models import model_device, model_name
 from mechlens.results import Result
-from mechlens.steering.caa import SteeringVector, _device, _pad_id, padded_batches, steer
+from mechlens.steering.caa import SteeringVector, _pad_id, padded_batches, steer
 from mechlens.steering.weights import WeightVector, apply_weights
 
 __all__ = ["SteeringCurve", "evaluate_steering", "behaviour_logit_diff"]
@@ -96,7 +96,7 @@ def behaviour_logit_diff(
     model: Any, ds: ContrastDataset | ChoiceDataset, *, batch_size: int = 32
 ) -> Float[Tensor, " batch"]:
     """The raw behaviour logit difference per example (see the module docstring)."""
-    dev = _device(model)
+    dev = model_device(model)
     with torch.no_grad():
         if isinstance(ds, ContrastDataset):
             sign = torch.where(ds.labels == 1, 1.0, -1.0)
