@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from mechlens import metrics
 from mechlens.data.contrast import ContrastDataset
 from mechlens.models import model_name
-from mechlens.results import Result
+from mechlens.results import Result, markdown_table
 
 __all__ = ["BaselineResult", "baseline", "run_logit_diffs", "default_datasets"]
 
@@ -77,7 +77,7 @@ class BaselineResult(Result):
             "over answer pairs; corrupt prompts are scored with the clean prompt's answers. "
             "Accuracy is centred (classifier bias removed) unless marked raw.\n\n"
         )
-        return head + df.to_markdown(index=False, floatfmt=".3f") + "\n"
+        return head + markdown_table(df) + "\n"
 
     def plot(self):
         import matplotlib.pyplot as plt

@@ -22,6 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mechlens.models import model_name
+from mechlens.results import markdown_table
 
 __all__ = ["Settings", "reproduce_sentiment", "STAGES"]
 
@@ -63,6 +64,15 @@ def _save_fig(fig: Any, path: Path) -> str:
     return path.name
 
 
+def _save_result(res: Any, d: Path, stem: str) -> list[str]:
+    """Save a result, its table and every figure its ``plot()`` returns; the figure names."""
+    res.save(d / "result")
+    res.to_dataframe().to_csv(d / f"{stem}.csv", index=False)
+    figs = res.plot()
+    figs = figs if isinstance(figs, (list, tuple)) else [figs]
+    return [_save_fig(f, d / f"{stem}_{i}.png") for i, f in enumerate(figs)]
+
+
 # ----------------------------------------------------------------------------- stages
 # Each stage: (ctx, stage_dir) -> dict with "summary" (markdown) and headline numbers.
 
@@ -77,7 +87,7 @@ def stage_baseline(ctx: Context, d: Path) -> dict[str, Any]:
     fig = _save_fig(res.plot(), d / "baseline.png")
     test = df.set_index("dataset").loc["toy_movie_review/test"]
     return {
-        "summary": df.to_markdown(index=False, floatfmt=".3f") + f"\n\n![baseline](baseline/{fig})\n",
+        "summary": markdown_table(df) + f"\n\n![baseline](baseline/{fig})\n",
         "test_clean_ld": float(test.clean_ld),
         "test_centred_acc": float(test.clean_acc_centred),
     }
@@ -105,8 +115,7 @@ def stage_patching(ctx: Context, d: Path) -> dict[str, Any]:
         fig = _save_fig(res.plot(), d / f"{site}.png")
         top = res.top(5)
         lines += [f"### {title}", "", f"![{site}](patching/{fig})", "", "Top cells:", "",
-                  # per-column formats: an all-numeric frame would print layer/head as floats
-                  top.to_markdown(index=False, floatfmt=[".3f" if top[c].dtype.kind == "f" else "g" for c in top]), ""]
+                  markdown_table(top), ""]
         numbers[f"{site}_max"] = float(res.values.max())
     numbers["summary"] = "\n".join(lines)
     return numbers
@@ -122,13 +131,9 @@ def stage_directions(ctx: Context, d: Path) -> dict[str, Any]:
         ctx.model, ctx.dataset("train"), ctx.dataset("test"), methods=methods, layers=layers,
         n_random=ctx.settings.pick(3, 10), seed=ctx.settings.seed, batch_size=ctx.settings.batch_size,
     )
-    res.save(d / "result")
+    names = _save_result(res, d, "directions")
     df = res.to_dataframe()
-    df.to_csv(d / "directions.csv", index=False)
     best = res.best()
-    figs = res.plot()
-    figs = figs if isinstance(figs, (list, tuple)) else [figs]
-    names = [_save_fig(f, d / f"directions_{i}.png") for i, f in enumerate(figs)]
     ctx.cache["best_direction"] = res.direction(best["method"], best["layer"])
     res.direction(best["method"], best["layer"]).save(d / "best_direction")
     summary = (
@@ -139,7 +144,7 @@ def stage_directions(ctx: Context, d: Path) -> dict[str, Any]:
         f"{100 * best['logit_flip']:.1f}%; random directions {100 * best['random_ld_recovered']:.2f}%; "
         f"mean pairwise cosine between methods {best['mean_pairwise_cosine']:.2f}.\n\n"
         + "".join(f"![directions](directions/{nm})\n" for nm in names)
-        + "\n" + df.to_markdown(index=False, floatfmt=".3f") + "\n"
+        + "\n" + markdown_table(df) + "\n"
     )
     return {"summary": summary, **{k: v for k, v in best.items()}}
 
@@ -168,18 +173,14 @@ def stage_circuit(ctx: Context, d: Path) -> dict[str, Any]:
         ctx.model, ds, direction=_best_direction(ctx), faithfulness_ds=ctx.dataset("test"),
         n_movers=ctx.settings.pick(2, 3), n_random=ctx.settings.pick(5, 20), seed=ctx.settings.seed,
     )
-    circ.save(d / "result")
-    circ.to_dataframe().to_csv(d / "circuit.csv", index=False)
-    figs = circ.plot()
-    figs = figs if isinstance(figs, (list, tuple)) else [figs]
-    names = [_save_fig(f, d / f"circuit_{i}.png") for i, f in enumerate(figs)]
+    names = _save_result(circ, d, "circuit")
     summary = circ.summary()
     text = (
         "Path patching from every head to the final residual stream on ToyMovieReview train, "
         "roles from attention at END, intermediate movers by path patching into the top heads' "
         "q/k/v, faithfulness on the test split against random head sets of equal size.\n\n"
         + "".join(f"![circuit](circuit/{nm})\n" for nm in names)
-        + "\n" + circ.to_dataframe().to_markdown(index=False, floatfmt=".3f") + "\n\n"
+        + "\n" + markdown_table(circ.to_dataframe()) + "\n\n"
         + _summary_table(summary)
     )
     return {"summary": text, "heads": summary["heads"]}
@@ -204,11 +205,7 @@ def stage_motif(ctx: Context, d: Path) -> dict[str, Any]:
         ablation_ds=sst_ds, ablation=sst_ds is not None,
         n_random=ctx.settings.pick(3, 5), seed=ctx.settings.seed,
     )
-    res.save(d / "result")
-    res.to_dataframe().to_csv(d / "motif.csv", index=False)
-    figs = res.plot()
-    figs = figs if isinstance(figs, (list, tuple)) else [figs]
-    names = [_save_fig(f, d / f"motif_{i}.png") for i, f in enumerate(figs)]
+    names = _save_result(res, d, "motif")
     summary = res.summary()
     text = (
         f"ToyMovieReview with {filler} tokens of neutral filler after the comma: heads that read "
@@ -242,10 +239,10 @@ def stage_caa(ctx: Context, d: Path) -> dict[str, Any]:
     text = (
         "Polite vs casual A/B prompts: the answer-letter activation, PCA to 2-D; silhouettes "
         "say whether the letter or the behaviour split dominates.\n\n"
-        f"![pca](caa/{fig})\n\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n\n"
+        f"![pca](caa/{fig})\n\n" + markdown_table(table) + "\n\n"
         f"A sentiment CAA vector (positive minus negative review choice, layer {layer}) added "
         "to the residual stream moves ToyMovieReview's logit difference:\n\n"
-        f"![steering](caa/{fig2})\n\n" + curve_df.to_markdown(index=False, floatfmt=".3f") + "\n"
+        f"![steering](caa/{fig2})\n\n" + markdown_table(curve_df) + "\n"
     )
     return {"summary": text}
 

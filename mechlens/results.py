@@ -16,10 +16,19 @@ from typing import Any, TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["Result", "to_jsonable", "from_jsonable"]
+__all__ = ["Result", "markdown_table", "to_jsonable", "from_jsonable"]
 
 R = TypeVar("R", bound="Result")
 _SEP = "::"
+
+
+def markdown_table(df: Any, floatfmt: str = ".3f", index: bool = False) -> str:
+    """``df.to_markdown`` with ``floatfmt`` for float columns only (tabulate would otherwise
+    print the integer columns of an all-numeric frame, such as layer or head, as floats)."""
+    fmts = [floatfmt if df[c].dtype.kind == "f" else "g" for c in df.columns]
+    if index:
+        fmts = ["g", *fmts]
+    return df.to_markdown(index=index, floatfmt=fmts)
 
 
 def to_jsonable(value: Any) -> Any:

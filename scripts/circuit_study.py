@@ -42,15 +42,12 @@ from mechlens.data import toy_movie_review  # noqa: E402
 from mechlens.directions import fit  # noqa: E402
 from mechlens.models import load_model  # noqa: E402
 from mechlens.patching import activation_patch  # noqa: E402
+from mechlens.results import markdown_table  # noqa: E402
 from mechlens.viz.heatmap import save_figure  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
-
-
-def _md_table(df, floatfmt: str = ".3f") -> str:
-    return df.to_markdown(index=False, floatfmt=floatfmt)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -163,27 +160,27 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         "## Circuit heads",
         "",
-        _md_table(heads[[c for c in cols if c in heads.columns]], ".2f"),
+        markdown_table(heads[[c for c in cols if c in heads.columns]], ".2f"),
         "",
         "## Faithfulness (test split)",
         "",
-        _md_table(faith),
+        markdown_table(faith),
         "",
         "## Summarization motif: heads attending END -> COMMA",
         "",
-        _md_table(motif.heads_table().head(5)),
+        markdown_table(motif.heads_table().head(5)),
         "",
         "## Patching splits (noise, ToyMovieReview test)",
         "",
-        _md_table(motif.splits_table()),
+        markdown_table(motif.splits_table()),
         "",
         "## Irrelevant-context sweep",
         "",
-        _md_table(motif.sweep_table()),
+        markdown_table(motif.sweep_table()),
         "",
         "## Directional ablation (mini SST)",
         "",
-        _md_table(motif.ablation_table()),
+        markdown_table(motif.ablation_table()),
         "",
         "## Position scan: fraction of LD recovered by patching resid_pre (rows: layers)",
         "",

@@ -42,3 +42,15 @@ def test_cli_help_and_baseline(smollm2, tmp_path, monkeypatch):
     assert "| toy_movie_review/train" in (tmp_path / "baseline.md").read_text()
     bad = runner.invoke(app, ["baseline", "--model", "gpt2-small", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "smollm2-135m" in bad.output
+
+
+def test_markdown_table_keeps_integer_columns_integer():
+    import pandas as pd
+
+    from mechlens.results import markdown_table
+
+    df = pd.DataFrame({"layer": [21, 3], "head": [1, 0], "value": [0.12345, -1.0]})
+    text = markdown_table(df)
+    assert "|      21 |" in text and "21.000" not in text
+    assert "0.123" in text and "-1.000" in text
+    assert df.to_markdown(index=False, floatfmt=".3f").count("21.000") == 1  # what it avoids

@@ -377,6 +377,8 @@ class MotifResult(Result):
         ax.axvline(0, color="black", lw=0.5)
         for i, v in enumerate(vals):
             ax.text(v, i, f" {v:+.0f}%", va="center", ha="right" if v < 0 else "left", fontsize=8)
+        lo, hi = min([*vals, 0.0]), max([*vals, 0.0])
+        ax.set_xlim(lo - 0.2 * (hi - lo) - 1, hi + 0.2 * (hi - lo) + 1)  # room for the value labels
         ax.set_xlabel("LD change (% of clean - corrupt)")
         ax.set_title(f"patching splits (noise), {self.dataset}")
         ax = axs[1, 0]
@@ -398,13 +400,11 @@ class MotifResult(Result):
         ax = axs[1, 1]
         if self.ablation:
             t = self.ablation_table()
-            labels = [f"{r.direction}\n@ {r.positions}" for r in t.itertuples()]
+            labels = [f"{r.direction}\n@ {r.positions}\nacc {r.accuracy_before:.2f}->{r.accuracy_after:.2f}"
+                      for r in t.itertuples()]
             x = np.arange(len(t))
             ax.bar(x, 100 * t["ld_change"], yerr=100 * t["ld_change_std"].fillna(0), capsize=3,
                    color=["tab:red" if d != "random" else "grey" for d in t["direction"]])
-            for i, r in enumerate(t.itertuples()):
-                ax.text(i, 0, f"acc {r.accuracy_before:.2f}->{r.accuracy_after:.2f}", ha="center",
-                        va="bottom", fontsize=7, rotation=90)
             ax.set_xticks(x, labels, fontsize=8)
             ax.axhline(0, color="black", lw=0.5)
             ax.set_ylabel("LD change (%)")

@@ -515,9 +515,14 @@ class Circuit(Result):
         by_layer: dict[int, list[Head]] = {}
         for h in self.heads:
             by_layer.setdefault(h[0], []).append(h)
-        for layer, hs in by_layer.items():
+        # heads in nearby layers would overlap: step through three columns, bottom to top
+        column = 0
+        for layer in sorted(by_layer):
+            hs = by_layer[layer]
             for i, h in enumerate(hs):
-                pos[head_label(h)] = (i - (len(hs) - 1) / 2, layer)
+                x = (column % 3 - 1) * 1.5 + (i - (len(hs) - 1) / 2) * 0.4
+                pos[head_label(h)] = (x, layer)
+                column += 1
         pos["logits"] = (0.0, n_l + 0.5)
         width = max([abs(x) for x, _ in pos.values()] + [1.0])
         directs, movers = self.direct_heads, self.movers
@@ -548,8 +553,9 @@ class Circuit(Result):
             ax.text(x, y, text, ha="center", va="center", fontsize=8,
                     bbox={"boxstyle": "round", "facecolor": color, "edgecolor": "black"})
         ax.set_xlim(-width - 1, width + 1)
-        ax.set_ylim(-1, n_l + 1.5)
-        ax.set_yticks(range(0, n_l, max(1, n_l // 15)))
+        low = min((h[0] for h in self.heads), default=0)
+        ax.set_ylim(low - 1.5, n_l + 1.5)
+        ax.set_yticks(range(low, n_l, max(1, (n_l - low) // 15)))
         ax.set_ylabel("layer")
         ax.set_xticks([])
         ax.set_title("circuit: movers (blue) -> direct heads (red) -> logits")
