@@ -48,8 +48,11 @@ def baseline(
     device: str | None = DeviceOpt,
     batch_size: int = typer.Option(32, help="Prompts per forward pass."),
 ) -> None:
-    """Clean/corrupt logit differences and accuracies on ToyMovieReview (train, test) and
-    ToyMoodStory: the check that the model does the task before any analysis."""
+    """Baseline logit differences and accuracies (ToyMovieReview, ToyMoodStory).
+
+    Clean and corrupt logit differences, bias and (centred) accuracy on ToyMovieReview train
+    and test and on ToyMoodStory: the check that the model does the task before any analysis.
+    Writes OUT/baseline.json and OUT/baseline.md."""
     from mechlens.baseline import baseline as run_baseline
 
     m = _load(model, device)
@@ -77,8 +80,13 @@ def reproduce_sentiment(
     stage: list[str] = typer.Option(None, "--stage", help="Run only this stage (repeatable): baseline, patching, directions, circuit, motif, caa, attention."),
     device: str | None = DeviceOpt,
 ) -> None:
-    """Tigges et al. 2023 on one model: baseline, activation patching, sentiment directions,
-    directional patching, circuit, summarization motif, CAA view. Writes OUT/report.md."""
+    """Reproduce Tigges et al. 2023 (sentiment) on one model; writes OUT/report.md.
+
+    Stages: baseline logit differences, activation patching heatmaps, sentiment directions
+    (table, cosines, directional patching), the sentiment circuit, the summarization motif,
+    the CAA view and an offline attention render. Each stage writes OUT/<stage>/ (figures,
+    CSV, saved results) and is skipped next time unless --force. --fast takes about 5
+    minutes on 2 CPU cores; the full run about 35."""
     from mechlens.reproduce import reproduce_sentiment as run
 
     m = _load(model, device)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from tqdm.auto import tqdm
 
 from mechlens.models import model_name
@@ -164,6 +165,10 @@ def _summary_table(summary: dict[str, Any]) -> str:
     return "| quantity | value |\n| --- | --- |\n" + "\n".join(rows) + "\n"
 
 
+CIRCUIT_COLUMNS = ["head", "kind", "direct_effect", "mover_effect", "attn_END_to_ADJ", "attn_END_to_VRB",
+                   "attn_END_to_COMMA", "writes_t_at_END", "ov_z", "role"]
+
+
 def stage_circuit(ctx: Context, d: Path) -> dict[str, Any]:
     from mechlens.circuits import discover_sentiment_circuit
 
@@ -174,16 +179,18 @@ def stage_circuit(ctx: Context, d: Path) -> dict[str, Any]:
         n_movers=ctx.settings.pick(2, 3), n_random=ctx.settings.pick(5, 20), seed=ctx.settings.seed,
     )
     names = _save_result(circ, d, "circuit")
-    summary = circ.summary()
+    heads = circ.heads_table()
     text = (
         "Path patching from every head to the final residual stream on ToyMovieReview train, "
         "roles from attention at END, intermediate movers by path patching into the top heads' "
         "q/k/v, faithfulness on the test split against random head sets of equal size.\n\n"
         + "".join(f"![circuit](circuit/{nm})\n" for nm in names)
-        + "\n" + markdown_table(circ.to_dataframe()) + "\n\n"
-        + _summary_table(summary)
+        + "\nThe circuit's heads (every head: [circuit.csv](circuit/circuit.csv)):\n\n"
+        + markdown_table(heads[[c for c in CIRCUIT_COLUMNS if c in heads]], ".2f")
+        + "\n\nFaithfulness (random: mean and std over the random head sets):\n\n"
+        + markdown_table(circ.faithfulness_table()) + "\n"
     )
-    return {"summary": text, "heads": summary["heads"]}
+    return {"summary": text, **circ.summary()}
 
 
 def stage_motif(ctx: Context, d: Path) -> dict[str, Any]:
@@ -211,7 +218,14 @@ def stage_motif(ctx: Context, d: Path) -> dict[str, Any]:
         f"ToyMovieReview with {filler} tokens of neutral filler after the comma: heads that read "
         "the comma from the final position, patching splits (logit-difference change), the "
         "irrelevant-context sweep, and directional ablation at commas vs all positions.\n\n"
-        + "".join(f"![motif](motif/{nm})\n" for nm in names) + "\n" + _summary_table(summary) + skipped
+        + "".join(f"![motif](motif/{nm})\n" for nm in names)
+        + "\nHeads attending END -> COMMA most:\n\n" + markdown_table(res.heads_table().head(5))
+        + "\n\nPatching splits (noising; LD change as a fraction of clean - corrupt):\n\n"
+        + markdown_table(res.splits_table())
+        + "\n\nIrrelevant-context sweep (splits and best-layer resid_pre patching per filler length):\n\n"
+        + markdown_table(res.sweep_table())
+        + ("\n\nDirectional ablation (mini-SST):\n\n" + markdown_table(res.ablation_table()) if res.ablation else "")
+        + "\n" + skipped
     )
     return {"summary": text, **{k: v for k, v in summary.items() if k.startswith("split")}}
 
@@ -228,23 +242,47 @@ def stage_caa(ctx: Context, d: Path) -> dict[str, Any]:
     table = view.summary()
     table.to_csv(d / "pca_view.csv", index=False)
     fig = _save_fig(view.plot(), d / "pca_view.png")
-    layer = n // 3
-    vec = caa_vector(ctx.model, movie_review_choices(ctx.model, "train", seed=ctx.settings.seed), layer)
+    # the sign and size of a CAA vector's effect depend on the layer: sweep a few
+    steer_layers = ctx.settings.pick([n // 3, (4 * n) // 5], [n // 3, n // 2, (2 * n) // 3, (4 * n) // 5])
     coeffs = ctx.settings.pick([-8.0, 0.0, 8.0], [-16.0, -8.0, -4.0, 0.0, 4.0, 8.0, 16.0])
-    curve = evaluate_steering(ctx.model, ctx.dataset("test"), vec, coeffs)
-    curve.save(d / "steering_curve")
-    curve_df = curve.to_dataframe()
-    curve_df.to_csv(d / "steering_curve.csv", index=False)
-    fig2 = _save_fig(curve.plot(), d / "steering_curve.png")
+    choices = movie_review_choices(ctx.model, "train", seed=ctx.settings.seed)
+    test = ctx.dataset("test")
+    rows, curves = [], {}
+    for layer in steer_layers:
+        curve = evaluate_steering(ctx.model, test, caa_vector(ctx.model, choices, layer), coeffs)
+        curve.save(d / f"steering_curve_l{layer}")
+        curves[layer] = curve
+        rows.append({"layer": layer, **{f"{c:g}": float(m) for c, m in zip(coeffs, curve.mean)},
+                     "monotonic": curve.monotonic()})
+    curve_df = pd.DataFrame(rows)
+    curve_df.to_csv(d / "steering_curves.csv", index=False)
+    fig2 = _save_fig(_plot_curves(curves, coeffs), d / "steering_curves.png")
     text = (
         "Polite vs casual A/B prompts: the answer-letter activation, PCA to 2-D; silhouettes "
         "say whether the letter or the behaviour split dominates.\n\n"
         f"![pca](caa/{fig})\n\n" + markdown_table(table) + "\n\n"
-        f"A sentiment CAA vector (positive minus negative review choice, layer {layer}) added "
-        "to the residual stream moves ToyMovieReview's logit difference:\n\n"
+        "Sentiment CAA vectors (positive minus negative review choice) added at every position "
+        "of one layer; mean ToyMovieReview logit difference (positive - negative answer) per "
+        "coefficient, and whether it rises (1) or falls (-1) monotonically with it (0: neither):\n\n"
         f"![steering](caa/{fig2})\n\n" + markdown_table(curve_df) + "\n"
     )
-    return {"summary": text}
+    return {"summary": text, "curves": rows}
+
+
+def _plot_curves(curves: dict[int, Any], coeffs: list[float]) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for layer, curve in curves.items():
+        ax.errorbar(coeffs, curve.mean.tolist(), yerr=curve.stderr.tolist(), marker="o", capsize=3,
+                    label=f"layer {layer}")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("steering coefficient")
+    ax.set_ylabel("logit difference (positive - negative)")
+    ax.set_title("sentiment CAA on ToyMovieReview test")
+    ax.legend(fontsize=8)
+    return fig
 
 
 def stage_attention(ctx: Context, d: Path) -> dict[str, Any]:
