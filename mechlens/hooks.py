@@ -14,7 +14,7 @@ from torch import Tensor
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
 
-__all__ = ["hooked", "check_hook_names", "check_layer", "batches", "cache_batched"]
+__all__ = ["hooked", "check_hook_names", "check_layer", "check_batch_size_arg", "batches", "cache_batched"]
 
 
 def check_layer(model: Any, layer: int, *, what: str = "layer") -> int:
@@ -39,6 +39,12 @@ def hooked(model: Any, fwd_hooks: Sequence[tuple[str | Callable, Callable]]) -> 
     check_hook_names(model, names)
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         yield model
+
+
+def check_batch_size_arg(batch_size: Any) -> None:
+    """``batch_size`` must be ``None`` (the method's default) or a positive int."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int (sequences per forward pass) or None")
 
 
 def batches(n: int, batch_size: int | None) -> Iterator[slice]:

@@ -10,8 +10,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechlens.data.contrast import ContrastDataset
-from mechlens.hooks import batches, cache_batched, hooked
+from mechlens.data.contrast import ContrastDataset, check_binary_labels, check_contrast_dataset
+from mechlens.hooks import batches, cache_batched, check_batch_size_arg, hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
 
@@ -33,27 +33,21 @@ def parse_head(label: str) -> Head:
     return int(m.group(1)), int(m.group(2))
 
 
-
 def check_dataset(ds: Any, what: str = "ds", *, need: Sequence[str] = (), binary: bool = True) -> None:
-    if not isinstance(ds, ContrastDataset):
-        raise TypeError(f"{what} must be a mechlens ContrastDataset, not {type(ds).__name__}")
+    check_contrast_dataset(ds, what)
     missing = [p for p in need if p not in ds.positions]
     if missing:
         raise ValueError(
             f"{what} ({ds.name!r}) has no named position(s) {missing}; it has {ds.position_names()}. "
             "Build it with toy_movie_review(model, ...) or give positions=... to ContrastDataset.from_prompts"
         )
-    if binary and not set(ds.labels.unique().tolist()) <= {0, 1}:
-        raise ValueError(f"{what}.labels must be 0/1 sentiment labels, got {sorted(set(ds.labels.tolist()))}")
+    if binary:
+        check_binary_labels(ds, what)
 
 
 def check_batch_size(batch_size: int | None) -> int:
-    if batch_size is None:
-        return ROWS_DEFAULT
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int (sequences per forward pass) or None")
-    return batch_size
-
+    check_batch_size_arg(batch_size)
+    return ROWS_DEFAULT if batch_size is None else batch_size
 
 
 def check_heads(model: Any, heads: Sequence[Head], what: str = "heads") -> list[Head]:

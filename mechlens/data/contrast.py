@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-__all__ = ["ContrastDataset", "single_token", "find_token_position"]
+__all__ = ["ContrastDataset", "single_token", "find_token_position", "check_contrast_dataset", "check_binary_labels"]
 
 
 def single_token(model: Any, word: str, *, what: str = "answer") -> int:
@@ -299,6 +299,17 @@ class ContrastDataset:
             corrupt_prompts=corrupt,
             name=name,
         )
+
+
+def check_contrast_dataset(ds: Any, what: str = "ds") -> None:
+    if not isinstance(ds, ContrastDataset):
+        raise TypeError(f"{what} must be a mechlens ContrastDataset, not {type(ds).__name__}")
+
+
+def check_binary_labels(ds: ContrastDataset, what: str = "ds") -> None:
+    values = set(ds.labels.unique().tolist())
+    if not values <= {0, 1} or len(values) < 1:
+        raise ValueError(f"{what}.labels must be 0/1 sentiment labels, got values {sorted(values)}")
 
 
 def _per_example_answers(answers: Any, n: int) -> list[list[tuple[str, str]]]:

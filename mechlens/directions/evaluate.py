@@ -27,13 +27,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlens.data.contrast import ContrastDataset
+from mechlens.data.contrast import ContrastDataset, check_binary_labels, check_contrast_dataset
 from mechlens.directions.fit import (
     METHODS,
     SITES,
     Direction,
-    _check_binary_labels,
-    _check_dataset,
     _check_position,
     _layers_arg,
     collect_activations,
@@ -264,10 +262,10 @@ def evaluate(
         batch_size: prompts per forward pass.
         progress: show progress bars.
     """
-    _check_dataset(train_ds, "train_ds")
-    _check_dataset(test_ds, "test_ds")
-    _check_binary_labels(train_ds, "train_ds")
-    _check_binary_labels(test_ds, "test_ds")
+    check_contrast_dataset(train_ds, "train_ds")
+    check_contrast_dataset(test_ds, "test_ds")
+    check_binary_labels(train_ds, "train_ds")
+    check_binary_labels(test_ds, "test_ds")
     _check_position(train_ds, position)
     if site not in SITES:
         raise ValueError(f"site={site!r} is not supported; choose one of {SITES}")

@@ -35,7 +35,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlens.data.contrast import ContrastDataset
+from mechlens.data.contrast import ContrastDataset, check_binary_labels, check_contrast_dataset
 from mechlens.hooks import cache_batched, check_layer, hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_name as _model_name
@@ -157,17 +157,6 @@ def hook_name(layer: int, site: str = "resid_pre") -> str:
 
 
 
-def _check_binary_labels(ds: ContrastDataset, what: str = "ds") -> None:
-    values = set(ds.labels.unique().tolist())
-    if not values <= {0, 1} or len(values) < 1:
-        raise ValueError(f"{what}.labels must be 0/1 sentiment labels, got values {sorted(values)}")
-
-
-def _check_dataset(ds: Any, what: str = "ds") -> None:
-    if not isinstance(ds, ContrastDataset):
-        raise TypeError(f"{what} must be a mechlens ContrastDataset, not {type(ds).__name__}")
-
-
 def _check_position(ds: ContrastDataset, position: str | None, what: str = "position") -> None:
     if position is None or position == "ALL":
         return
@@ -236,8 +225,8 @@ def collect_activations(
     corrupt rows; every position of a mask counts as a row), ``labels`` is ``[n]`` (clean
     rows get ``ds.labels``, corrupt rows the opposite label).
     """
-    _check_dataset(ds)
-    _check_binary_labels(ds)
+    check_contrast_dataset(ds)
+    check_binary_labels(ds)
     _check_position(ds, position)
     layer_list = _layers_arg(model, layers)
     names = [hook_name(layer, site) for layer in layer_list]
@@ -425,12 +414,12 @@ def fit(
     Returns:
         A :class:`Direction` (unit vector pointing towards label 1).
     """
-    _check_dataset(ds)
+    check_contrast_dataset(ds)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; choose one of {METHODS}")
     _check_site(site)
     layer = check_layer(model, layer)
-    _check_binary_labels(ds)
+    check_binary_labels(ds)
     _check_position(ds, position)
     if acts is None:
         all_acts, y = collect_activations(model, ds, layer, position=position, site=site, batch_size=batch_size)

@@ -31,11 +31,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlens.data.contrast import ContrastDataset
+from mechlens.data.contrast import ContrastDataset, check_binary_labels, check_contrast_dataset
 from mechlens.directions.fit import (
     Direction,
-    _check_binary_labels,
-    _check_dataset,
     _check_site,
     _directional_hook,
     _layers_arg,
@@ -260,7 +258,7 @@ def directional_patch(
         :class:`DirectionalPatchResult` with per-example clean/corrupt/patched logit
         differences, ``ld_recovered`` and ``logit_flip``.
     """
-    _check_dataset(ds)
+    check_contrast_dataset(ds)
     first = layers if isinstance(layers, int) else (list(layers)[0] if layers else None)
     d = as_direction(direction, layer=first)
     _check_model_dir(model, d)
@@ -413,7 +411,7 @@ def ablate(
     Returns:
         :class:`AblationResult` with logit differences and centred accuracy before/after.
     """
-    _check_dataset(ds)
+    check_contrast_dataset(ds)
     if mode not in ABLATION_MODES:
         raise ValueError(f"mode={mode!r} is unknown; choose one of {ABLATION_MODES}")
     if isinstance(layers, str):
@@ -423,7 +421,7 @@ def ablate(
     first = layers if isinstance(layers, int) else (list(layers)[0] if layers else None)
     d = as_direction(direction, layer=first)
     _check_model_dir(model, d)
-    _check_binary_labels(ds)
+    check_binary_labels(ds)
     layer_list = [d.layer] if layers is None else _layers_arg(model, layers)
     mask, label = resolve_positions(ds, positions)
     names = [hook_name(layer, d.site) for layer in layer_list]

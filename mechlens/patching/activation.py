@@ -44,6 +44,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechlens.hooks import check_batch_size_arg
 from mechlens.models import model_name
 from mechlens.patching._forward import (
     ROWS_DEFAULT,
@@ -100,11 +101,8 @@ def _chunks(n: int, size: int) -> list[range]:
 
 
 def _rows_per_pass(batch_size: int | None, batch: int) -> int:
-    if batch_size is None:
-        return max(1, ROWS_DEFAULT // batch)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int (sequences per forward pass) or None")
-    return max(1, batch_size // batch)
+    check_batch_size_arg(batch_size)
+    return max(1, (ROWS_DEFAULT if batch_size is None else batch_size) // batch)
 
 
 def activation_patch(

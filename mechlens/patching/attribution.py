@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlens.hooks import hooked
+from mechlens.hooks import check_batch_size_arg, hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_name
 from mechlens.patching._forward import PatchMetric, check_mode, prepare_dataset
@@ -83,8 +83,7 @@ def attribution_patch(
     head_list = resolve_heads(model, s, heads)
     pos = resolve_positions(model, ds, positions)
     b = ds.batch
-    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int (examples per pass) or None")
+    check_batch_size_arg(batch_size)
     builtin = not callable(metric)
     if builtin and metric not in ("fraction_recovered", "logit_diff"):
         raise ValueError(f"metric={metric!r}: choose 'fraction_recovered', 'logit_diff' or a callable(logits, ds)")
