@@ -17,4 +17,23 @@ from mechlens.models import ModelNotAvailableError, load_model  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["ContrastDataset", "ModelNotAvailableError", "data", "load_model", "metrics", "viz"]
+# Imported on first use (``import mechlens as ml; ml.patching.activation_patch(...)``), so
+# ``import mechlens`` stays light.
+_SUBPACKAGES = (
+    "baseline", "circuits", "directions", "engine", "hooks", "model_protocol", "models", "patching", "reproduce",
+    "results", "steering",
+)
+
+__all__ = ["ContrastDataset", "ModelNotAvailableError", "data", "load_model", "metrics", "viz", *_SUBPACKAGES]
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"mechlens.{name}")
+    raise AttributeError(f"module 'mechlens' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBPACKAGES))

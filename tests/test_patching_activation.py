@@ -47,21 +47,24 @@ def _no_hooks_left(model) -> bool:
     ("attn_out", tlp.get_act_patch_attn_out),
     ("mlp_out", tlp.get_act_patch_mlp_out),
 ])
-def test_block_sites_match_transformer_lens(tiny_model, tiny_ds, site, fn):
+@pytest.mark.parametrize("backend", ["fast", "hooks"])
+def test_block_sites_match_transformer_lens(tiny_model, tiny_ds, site, fn, backend):
     ds = tiny_ds
     ref = fn(tiny_model, ds.corrupt_tokens, _clean_cache(tiny_model, ds.clean_tokens), _tl_metric(ds),
              reduce="none").values
-    res = activation_patch(tiny_model, ds, site, metric="logit_diff", progress=False)
+    res = activation_patch(tiny_model, ds, site, metric="logit_diff", progress=False, backend=backend)
     assert res.axes == ("layer", "pos")
     assert res.per_example.shape == ref.shape
     torch.testing.assert_close(res.per_example, ref.float(), atol=ATOL, rtol=0)
 
 
-def test_noise_mode_matches_transformer_lens(tiny_model, tiny_ds):
+@pytest.mark.parametrize("backend", ["fast", "hooks"])
+def test_noise_mode_matches_transformer_lens(tiny_model, tiny_ds, backend):
     ds = tiny_ds
     corrupt_cache = _clean_cache(tiny_model, ds.corrupt_tokens)
     ref = tlp.get_act_patch_resid_pre(tiny_model, ds.clean_tokens, corrupt_cache, _tl_metric(ds), reduce="none").values
-    res = activation_patch(tiny_model, ds, "resid_pre", metric="logit_diff", mode="noise", progress=False)
+    res = activation_patch(tiny_model, ds, "resid_pre", metric="logit_diff", mode="noise", progress=False,
+                           backend=backend)
     torch.testing.assert_close(res.per_example, ref.float(), atol=ATOL, rtol=0)
 
 
@@ -100,11 +103,13 @@ def test_head_sites_by_position_match_transformer_lens(tiny_model, tiny_ds, site
     ("v", tlp.get_act_patch_attn_head_v_all_pos),
     ("pattern", tlp.get_act_patch_attn_head_pattern_all_pos),
 ])
-def test_head_sites_all_positions_match_transformer_lens(tiny_model, tiny_ds, site, fn):
+@pytest.mark.parametrize("backend", ["fast", "hooks"])
+def test_head_sites_all_positions_match_transformer_lens(tiny_model, tiny_ds, site, fn, backend):
     ds = tiny_ds
     ref = fn(tiny_model, ds.corrupt_tokens, _clean_cache(tiny_model, ds.clean_tokens), _tl_metric(ds),
              reduce="none").values
-    res = activation_patch(tiny_model, ds, site, metric="logit_diff", positions="all", progress=False)
+    res = activation_patch(tiny_model, ds, site, metric="logit_diff", positions="all", progress=False,
+                           backend=backend)
     assert res.axes == ("layer", "head")
     torch.testing.assert_close(res.per_example, ref.float(), atol=ATOL, rtol=0)
 
@@ -119,11 +124,13 @@ def test_head_by_position_full_grid_matches_transformer_lens(tiny_gpt2):
     torch.testing.assert_close(res.per_example, ref.float(), atol=ATOL, rtol=0)
 
 
-def test_named_position_matches_hook_loop(tiny_model):
+@pytest.mark.parametrize("backend", ["fast", "hooks"])
+def test_named_position_matches_hook_loop(tiny_model, backend):
     """positions='ADJ' (a per-example index) against a slow obvious loop of hooked runs."""
     model = tiny_model
     ds = toy_movie_review(model, "train")[:4]
-    res = activation_patch(model, ds, "resid_pre", metric="logit_diff", positions="ADJ", progress=False)
+    res = activation_patch(model, ds, "resid_pre", metric="logit_diff", positions="ADJ", progress=False,
+                           backend=backend)
     assert res.axes == ("layer",)
     clean = _clean_cache(model, ds.clean_tokens)
     rows = torch.arange(ds.batch)
@@ -158,6 +165,27 @@ def test_resid_mid_patches_the_residual_stream(tiny_gpt2, tiny_llama):
 
 
 # ----------------------------------------------------------------------------- invariants
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
+                                  "z", "q", "k", "v", "pattern"])
+def test_backends_agree_on_every_site(tiny_model, tiny_ds, site):
+    """The hooks backend (full run_with_hooks passes) equals the fast one, cell by cell."""
+    if site == "resid_mid" and tiny_model.cfg.parallel_attn_mlp:
+        pytest.skip("parallel blocks have no resid_mid")
+    ds = tiny_ds
+    positions = None if site in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out") else [1, 3, -1]
+    kw = dict(metric="logit_diff", positions=positions, progress=False, batch_size=7)
+    fast = activation_patch(tiny_model, ds, site, backend="fast", **kw)
+    hooks = activation_patch(tiny_model, ds, site, backend="hooks", **kw)
+    assert fast.axes == hooks.axes and fast.labels == hooks.labels
+    torch.testing.assert_close(hooks.per_example, fast.per_example, atol=ATOL, rtol=0)
+    assert fast.per_example.abs().max() > 0  # the sweep patched something
+
+
+def test_backend_argument_is_checked(tiny_model, tiny_ds):
+    with pytest.raises(ValueError, match="backend='warp'.*'auto', 'fast', 'hooks'"):
+        activation_patch(tiny_model, tiny_ds, "resid_pre", backend="warp", progress=False)
 
 
 def test_suffix_runner_reproduces_full_forward(tiny_model):

@@ -219,3 +219,19 @@ def test_parse_node(tiny_gpt2):
     assert parse_node(tiny_gpt2, (1, "mlp")) == Node(1, None)
     assert parse_node(tiny_gpt2, (-1, -1)) == Node(1, 3)
     assert str(Node(1, 2)) == "L1H2" and str(Node(0)) == "MLP0"
+
+
+@pytest.mark.parametrize("freeze_mlps", [False, True])
+@pytest.mark.parametrize("receivers", ["resid_final", "heads"])
+def test_backends_agree(tiny_model, tiny_ds, freeze_mlps, receivers):
+    """Path patching on the hooks backend (full run_with_hooks passes) equals the fast one."""
+    model = tiny_model
+    if receivers == "heads":
+        kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+        receivers = [(1, 0, "q"), (1, kv - 1, "v")]
+    senders = [(0, 1), (0, "mlp"), [(0, 0), (0, 2)], (1, 3)]
+    kw = dict(metric="logit_diff", freeze_mlps=freeze_mlps, progress=False, batch_size=5)
+    fast = path_patch(model, tiny_ds, senders, receivers, backend="fast", **kw)
+    hooks = path_patch(model, tiny_ds, senders, receivers, backend="hooks", **kw)
+    torch.testing.assert_close(hooks.per_example, fast.per_example, atol=1e-4, rtol=0)
+    assert fast.per_example.abs().max() > 0

@@ -40,11 +40,20 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechlens.engine import (
+    Patch,
+    cached_run,
+    patch_mask,
+    patch_rows,
+    resolve_backend,
+    run_with_patches,
+)
 from mechlens.hooks import check_batch_size_arg
+from mechlens.model_protocol import check_model
 from mechlens.models import model_name
 from mechlens.patching._forward import (
     ROWS_DEFAULT,
@@ -60,36 +69,6 @@ from mechlens.patching.result import PatchResult
 from mechlens.patching.sites import Site, get_site, resolve_heads, resolve_layers, resolve_positions
 
 __all__ = ["activation_patch", "patch_mask", "patch_rows"]
-
-
-def patch_mask(
-    pos: Bool[Tensor, "k batch pos"], heads: Bool[Tensor, "k n_heads"] | None, layout: str
-) -> Bool[Tensor, "k batch ..."]:
-    """Broadcastable mask of the patched entries for ``k`` stacked copies of an activation."""
-    if layout == "bpd":
-        return pos[..., None]
-    if layout == "bphd":
-        m = pos[:, :, :, None, None]
-        return m if heads is None else m & heads[:, None, None, :, None]
-    if layout == "bhqk":
-        m = pos[:, :, None, :, None]
-        return m if heads is None else m & heads[:, None, :, None, None]
-    raise ValueError(f"unknown layout {layout!r}")
-
-
-def patch_rows(
-    act: Tensor, offset: int, k: int, batch: int, mask: Tensor, source: Tensor
-) -> Tensor:
-    """Rows ``offset .. offset + k*batch`` of ``act`` (k stacked copies of the dataset) take
-    ``source`` where ``mask`` is true; other rows are untouched."""
-    n = k * batch
-    seg = act[offset : offset + n].reshape(k, batch, *act.shape[1:])
-    new = torch.where(mask, source.to(seg.dtype).unsqueeze(0), seg).reshape(n, *act.shape[1:])
-    if offset == 0 and n == act.shape[0]:
-        return new
-    out = act.clone()
-    out[offset : offset + n] = new
-    return out
 
 
 def _progress(items: list, progress: bool, desc: str) -> Any:
@@ -117,6 +96,7 @@ def activation_patch(
     heads: int | Iterable[int] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> PatchResult:
     """Patch one site at every (layer, position[, head]) and measure the metric.
 
@@ -137,6 +117,10 @@ def activation_patch(
         batch_size: sequences per forward pass (default 128; a pass holds ``batch_size //
             len(ds)`` patch configurations).
         progress: show a progress bar.
+        backend: ``"fast"`` (TransformerBridge: run only the layers and positions a patch
+            can change), ``"hooks"`` (full ``run_with_hooks`` passes; any TransformerLens
+            model, ``HookedTransformer`` included) or ``"auto"`` (fast where it applies; see
+            :mod:`mechlens.engine`). Both give the same numbers.
 
     Returns:
         A :class:`PatchResult` with axes ``("layer", "pos"[, "head"])``, or without ``"pos"``
@@ -146,6 +130,7 @@ def activation_patch(
     connection see the patched value). TransformerLens' ``get_act_patch_resid_mid`` on a
     ``TransformerBridge`` hooks the MLP-norm input only, so its numbers differ.
     """
+    check_model(model)
     s = get_site(model, site)
     check_mode(mode)
     ds = prepare_dataset(model, ds)
@@ -162,16 +147,23 @@ def activation_patch(
     else:
         start_names = {f"blocks.{layer}.hook_resid_pre" for layer in layer_list}
     tokens = torch.cat([ds.clean_tokens, ds.corrupt_tokens])
-    run = base_run(model, tokens, src_names | start_names)
-    clean = {k: v[:b] for k, v in run.cache.items()}
-    corrupt = {k: v[b:] for k, v in run.cache.items()}
+    chosen = resolve_backend(model, backend)
+    run = None
+    if chosen == "fast":
+        try:
+            run = base_run(model, tokens, src_names | start_names)
+        except NotImplementedError:
+            if backend != "auto":
+                raise
+            chosen = "hooks"  # the blocks cannot run on their own here; same numbers, slower
+    if run is not None:
+        logits, cache = run.logits, run.cache
+    else:
+        logits, cache = cached_run(model, tokens, src_names | start_names)
+    clean = {k: v[:b] for k, v in cache.items()}
+    corrupt = {k: v[b:] for k, v in cache.items()}
     base, source = (corrupt, clean) if mode == "denoise" else (clean, corrupt)
-    kv = None
-    if run.kv is not None:
-        half = slice(b, None) if mode == "denoise" else slice(0, b)
-        kv = [(k[half], v[half]) for k, v in run.kv]
-    pm = PatchMetric(metric, ds, run.logits[:b], run.logits[b:])
-    runner = SuffixRunner(model, run.block_kwargs, kv)
+    pm = PatchMetric(metric, ds, logits[:b], logits[b:])
 
     # One configuration per cell, in (layer, pos, head) order: the order of the result.
     n_heads = s.n_heads(model)
@@ -190,6 +182,64 @@ def activation_patch(
     base_metric = pm(_base_logits(pm, mode)).detach().float().cpu()
     per_example[noop] = base_metric
     todo = [i for i in range(len(configs)) if not noop[i]]
+    if run is None:
+        patches = [_patches(s, configs[i], pos.masks, head_onehot, base, source) for i in todo]
+        base_tokens = ds.corrupt_tokens if mode == "denoise" else ds.clean_tokens
+        per_example[todo] = run_with_patches(
+            model, base_tokens, patches, pm, configs_per_pass=k_max, progress=progress, desc=f"patching {s.name}"
+        )
+    else:
+        _run_fast(model, run, s, pm, mode, ds, configs, todo, pos, head_onehot, base, source, k_max, progress,
+                  per_example)
+    shape = [len(layer_list)] + ([len(pos.masks)] if pos.has_axis else []) + ([len(head_list)] if s.per_head else [])
+    axes = ("layer",) + (("pos",) if pos.has_axis else ()) + (("head",) if s.per_head else ())
+    labels: dict[str, list] = {"layer": layer_list}
+    if pos.has_axis:
+        labels["pos"] = pos.labels
+    if s.per_head:
+        labels["head"] = head_list
+    return PatchResult(
+        per_example=per_example.view(*shape, b),
+        axes=axes,
+        labels=labels,
+        metric=pm.name,
+        site=s.name,
+        mode=mode,
+        method="activation",
+        model_name=model_name(model),
+        dataset=ds.name,
+        fingerprint=ds.fingerprint(),
+        baselines={k: v.float().cpu() for k, v in pm.baselines.items()},
+        meta={"positions": pos.description if not pos.has_axis else "per entry", "n_layers": n},
+    )
+
+
+def _patches(
+    s: Site, config: tuple, masks: Tensor, head_onehot: Tensor, base: dict[str, Tensor], source: dict[str, Tensor]
+) -> list[Patch]:
+    """The hooks backend's patch for one (layer, position entry, head) configuration."""
+    layer, p, h = config
+    mask = patch_mask(masks[[p]], head_onehot[[h]] if s.per_head else None, s.layout)[0]
+    if s.name == "resid_mid":
+        # as in the fast path: attn_out := source resid_mid - resid_pre patches the residual itself
+        pre = f"blocks.{layer}.hook_resid_pre"
+        return [Patch(f"blocks.{layer}.hook_attn_out", mask, source[s.hook_name(layer)] - base[pre])]
+    return [Patch(s.hook_name(layer), mask, source[s.hook_name(layer)])]
+
+
+def _run_fast(
+    model: Any, run: Any, s: Site, pm: PatchMetric, mode: str, ds: Any, configs: list[tuple], todo: list[int],
+    pos: Any, head_onehot: Tensor, base: dict[str, Tensor], source: dict[str, Tensor], k_max: int,
+    progress: bool, per_example: Tensor,
+) -> None:
+    """The fast backend: fills ``per_example[todo]`` running only the blocks and positions
+    each configuration can change, many configurations per pass."""
+    b, n = ds.batch, model.cfg.n_layers
+    kv = None
+    if run.kv is not None:
+        half = slice(b, None) if mode == "denoise" else slice(0, b)
+        kv = [(k[half], v[half]) for k, v in run.kv]
+    runner = SuffixRunner(model, run.block_kwargs, kv)
     # Positions before a patch's first patched position are unchanged too, so a pass can
     # start there, with the base run's keys and values for the earlier positions.
     first = [int(m.any(0).nonzero().min()) if m.any() else 0 for m in pos.masks]
@@ -240,28 +290,6 @@ def activation_patch(
                 # a custom metric sees full-length logits: earlier positions are the base run's
                 out = torch.cat([_base_logits(pm, mode)[:, :off].repeat(len(ids), 1, 1), out], dim=1)
             per_example[ids] = pm(out).detach().float().cpu().view(len(ids), b)
-
-    shape = [len(layer_list)] + ([len(pos.masks)] if pos.has_axis else []) + ([len(head_list)] if s.per_head else [])
-    axes = ("layer",) + (("pos",) if pos.has_axis else ()) + (("head",) if s.per_head else ())
-    labels: dict[str, list] = {"layer": layer_list}
-    if pos.has_axis:
-        labels["pos"] = pos.labels
-    if s.per_head:
-        labels["head"] = head_list
-    return PatchResult(
-        per_example=per_example.view(*shape, b),
-        axes=axes,
-        labels=labels,
-        metric=pm.name,
-        site=s.name,
-        mode=mode,
-        method="activation",
-        model_name=model_name(model),
-        dataset=ds.name,
-        fingerprint=ds.fingerprint(),
-        baselines={k: v.float().cpu() for k, v in pm.baselines.items()},
-        meta={"positions": pos.description if not pos.has_axis else "per entry", "n_layers": n},
-    )
 
 
 def _noop_configs(

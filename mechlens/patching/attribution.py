@@ -30,6 +30,7 @@ from torch import Tensor
 
 from mechlens.hooks import check_batch_size_arg, hooked
 from mechlens.metrics import logit_diff
+from mechlens.model_protocol import check_model
 from mechlens.models import model_name
 from mechlens.patching._forward import PatchMetric, check_mode, prepare_dataset
 from mechlens.patching.activation import _chunks, _progress
@@ -77,6 +78,7 @@ def attribution_patch(
         the exact sweep with the same arguments.
     """
     s = get_site(model, site)
+    check_model(model)
     check_mode(mode)
     ds = prepare_dataset(model, ds)
     layer_list = resolve_layers(model, layers)

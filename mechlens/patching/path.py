@@ -61,7 +61,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechlens.engine import HooksRunner, cached_run, resolve_backend
 from mechlens.hooks import check_layer
+from mechlens.model_protocol import check_model, qkv_input_hook
 from mechlens.models import model_name
 from mechlens.patching._forward import (
     PatchMetric,
@@ -234,6 +236,7 @@ def path_patch(
     freeze_mlps: bool = False,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> PatchResult:
     """Path patching from senders to receivers (see the module docstring for the semantics).
 
@@ -252,12 +255,15 @@ def path_patch(
             Wang et al. / ARENA.
         batch_size: sequences per forward pass (default 128).
         progress: progress bar.
+        backend: ``"fast"``, ``"hooks"`` or ``"auto"`` (see :mod:`mechlens.engine`); the same
+            numbers either way.
 
     Returns:
         :class:`PatchResult` with ``method="path"``, ``site="path"``; axes ``("layer", "head")``
         for ``"all_heads"``, ``("layer",)`` for ``"all_mlps"``, else ``("sender",)``.
         ``meta`` records the receivers, positions and ``freeze_mlps``.
     """
+    check_model(model)
     check_mode(mode)
     ds = prepare_dataset(model, ds)
     groups, axes, labels, shape = _sender_groups(model, senders, layers)
@@ -285,14 +291,19 @@ def path_patch(
         names |= {f"blocks.{lay}.attn.hook_z" for lay in range(min(starts), n)}
         names |= {f"blocks.{lay}.hook_resid_pre" for lay in starts}
     tokens = torch.cat([ds.clean_tokens, ds.corrupt_tokens])
-    run = base_run(model, tokens, names)
-    logits, cache, block_kwargs = run.logits, run.cache, run.block_kwargs
+    runner: SuffixRunner | HooksRunner
+    if resolve_backend(model, backend) == "fast":
+        run = base_run(model, tokens, names)
+        logits, cache = run.logits, run.cache
+        runner = SuffixRunner(model, run.block_kwargs)
+    else:
+        logits, cache = cached_run(model, tokens, names)
+        runner = HooksRunner(model, ds.corrupt_tokens if mode == "denoise" else ds.clean_tokens)
     clean = {k: v[:b] for k, v in cache.items()}
     corrupt = {k: v[b:] for k, v in cache.items()}
     base, source = (corrupt, clean) if mode == "denoise" else (clean, corrupt)
     base_logits = logits[b:] if mode == "denoise" else logits[:b]
     pm = PatchMetric(metric, ds, logits[:b], logits[b:])
-    runner = SuffixRunner(model, block_kwargs)
     per_example = torch.empty(len(groups), b)
 
     # Groups that reach no receiver leave the base run unchanged: its metric, exactly.
@@ -386,7 +397,7 @@ def _check_head_writes(model: Any) -> None:
 
 
 def _frozen_pass(
-    model: Any, runner: SuffixRunner, gs: list[list[Node]], base: dict, source: dict, send_mask: Tensor,
+    model: Any, runner: SuffixRunner | HooksRunner, gs: list[list[Node]], base: dict, source: dict, send_mask: Tensor,
     b: int, n: int, recv_layers: list[int], to_logits: bool, output: str,
 ) -> tuple[Tensor | None, dict[int, Tensor]]:
     """Step 2 as a forward pass: senders from the source run, every other head frozen to the
@@ -451,7 +462,7 @@ def _mlp_sender_hook(rows: list[tuple[int, int]], src: Tensor, mask: Tensor, b: 
 
 
 def _receiver_pass(
-    model: Any, runner: SuffixRunner, recv: list[_Receiver], patched: dict[int, Tensor], base: dict,
+    model: Any, runner: SuffixRunner | HooksRunner, recv: list[_Receiver], patched: dict[int, Tensor], base: dict,
     mask: Tensor, k: int, b: int, output: str,
 ) -> Tensor:
     """Step 3: run the base input from the first receiver layer with the receivers' q/k/v
@@ -462,7 +473,7 @@ def _receiver_pass(
         for which in "qkv":
             heads = [r.head for r in recv if r.layer == lay and r.which == which]
             if heads:
-                hooks.append((f"blocks.{lay}.attn.hook_{which}_input", _input_hook(heads, patched[lay], mask, k)))
+                hooks.append((qkv_input_hook(model, lay, which), _input_hook(heads, patched[lay], mask, k)))
     fired: list[str] = []
     hooks = [(name, _tracking(fn, fired, name)) for name, fn in hooks]
     with _split_qkv_input(model):
