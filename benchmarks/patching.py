@@ -1,7 +1,10 @@
 """Benchmark: mechlens.patching.activation_patch against transformer_lens.patching.
 
-Runs the same sweep both ways in one process and prints, per case, the seconds each took,
-the speed-up, the largest absolute difference between the per-example values, and the
+Runs the same sweep three ways in one process -- TransformerLens, mechlens's fast backend
+(the default on a TransformerBridge) and mechlens's hooks backend (full ``run_with_hooks``
+passes, what a HookedTransformer gets) -- and prints, per case, the seconds each took, the
+speed-ups over TransformerLens, the largest absolute difference between the per-example
+values, and the
 *compute floor*: the time a plain batched forward pass (``model(tokens)`` on a batch of
 the same size as mechlens' passes) would need for the share of layers the sweep must
 recompute (a patch at layer L must rerun layers L..n-1; averaged over the sweep).
@@ -45,12 +48,13 @@ def _tl_sweep(model, ds, site):
     return res.values
 
 
-def _ours(model, ds, site, batch_size):
+def _ours(model, ds, site, batch_size, backend="fast"):
     from mechlens.patching import activation_patch
 
     positions = None if site == "resid_pre" else "all"
     return activation_patch(
-        model, ds, site, metric="logit_diff", positions=positions, batch_size=batch_size, progress=False
+        model, ds, site, metric="logit_diff", positions=positions, batch_size=batch_size, progress=False,
+        backend=backend,
     ).per_example
 
 
@@ -107,7 +111,8 @@ def main() -> None:
             cases.append(("c smollm2 z all-pos", smol, ds, "z"))
 
     print(f"torch threads: {torch.get_num_threads()}")
-    header = f"{'case':28s} {'TL s':>8s} {'mechlens s':>10s} {'speed-up':>8s} {'max |diff|':>10s} {'floor s':>8s} {'vs floor':>8s}"
+    header = (f"{'case':28s} {'TL s':>8s} {'fast s':>8s} {'speed-up':>8s} {'hooks s':>8s} {'speed-up':>8s} "
+              f"{'max |diff|':>10s} {'floor s':>8s} {'fast/floor':>10s}")
     print(header)
     print("-" * len(header))
     from mechlens.patching._forward import ROWS_DEFAULT
@@ -119,11 +124,13 @@ def main() -> None:
         floor_a, thr_a, share = _floor(model, ds, site, rows, max(1, args.repeats))
         t_tl, ref = _timed(lambda m=model, d=ds, s=site: _tl_sweep(m, d, s), args.repeats)
         t_ml, ours = _timed(lambda m=model, d=ds, s=site: _ours(m, d, s, args.batch_size), args.repeats)
+        t_hk, hooks = _timed(lambda m=model, d=ds, s=site: _ours(m, d, s, args.batch_size, "hooks"), args.repeats)
         floor_b, thr_b, _ = _floor(model, ds, site, rows, max(1, args.repeats))
         floor, thr = (floor_a + floor_b) / 2, (thr_a + thr_b) / 2
-        diff = (ours - ref.to(ours.dtype)).abs().max().item()
+        diff = max((x - ref.to(x.dtype)).abs().max().item() for x in (ours, hooks))
         print(
-            f"{name:28s} {t_tl:8.2f} {t_ml:10.2f} {t_tl / t_ml:7.1f}x {diff:10.1e} {floor:8.2f} {t_ml / floor:7.2f}x"
+            f"{name:28s} {t_tl:8.2f} {t_ml:8.2f} {t_tl / t_ml:7.1f}x {t_hk:8.2f} {t_tl / t_hk:7.1f}x {diff:10.1e} "
+            f"{floor:8.2f} {t_ml / floor:9.2f}x"
             f"   (forward {thr:.1f} seq/s at batch {rows}, layer share {share:.3f})",
             flush=True,
         )

@@ -132,7 +132,10 @@ def _hub_error(name: str, why: str) -> ModelNotAvailableError:
 
 
 def _load_hub(name: str, device: str | None, dtype: torch.dtype) -> Any:
-    from transformer_lens.supported_models import get_official_model_name
+    try:
+        from transformer_lens.supported_models import get_official_model_name
+    except ImportError:  # TransformerLens 3.x
+        from transformer_lens.loading_from_pretrained import get_official_model_name
 
     try:
         official = get_official_model_name(name)
@@ -145,6 +148,19 @@ def _load_hub(name: str, device: str | None, dtype: torch.dtype) -> Any:
             raise _hub_error(name, "HF_HUB_OFFLINE is set and it is not in the local cache")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mechlens.model_protocol import has_hooked_transformer
+
+    if has_hooked_transformer():
+        # TransformerLens 3.x: the field's HookedTransformer, as ARENA and most papers' code use it
+        from transformer_lens import HookedTransformer
+
+        try:
+            model = HookedTransformer.from_pretrained(official, device=device, dtype=dtype)
+        except OSError as exc:
+            raise _hub_error(name, str(exc).splitlines()[0]) from exc
+        model.eval()
+        model.cfg.model_name = name
+        return model
     try:
         tok = AutoTokenizer.from_pretrained(official)
         hf = AutoModelForCausalLM.from_pretrained(official, dtype=dtype, attn_implementation="eager")
@@ -169,7 +185,8 @@ def load_model(
         dtype: parameter dtype (default float32).
 
     Returns:
-        A ``TransformerBridge`` in compatibility mode and eval mode.
+        A ``TransformerBridge`` in compatibility mode and eval mode; with TransformerLens 3.x a
+        hub name gives a ``HookedTransformer`` (``HookedTransformer.from_pretrained``).
     """
     if _is_tl_model(name):
         return name

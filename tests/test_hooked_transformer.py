@@ -180,3 +180,15 @@ def test_no_hook_left_after_an_error(ht, ds):
     with pytest.raises(RuntimeError, match="boom"):
         activation_patch(ht, ds, "z", metric=broken, positions="all", progress=False)
     assert all(not hp._forward_hooks for hp in ht.hook_dict.values())
+
+
+def test_hub_names_fail_fast_offline(monkeypatch):
+    import time
+
+    from mechlens.models import ModelNotAvailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(ModelNotAvailableError, match="smollm2-135m"):
+        load_model("gpt2-small")
+    assert time.perf_counter() - t < 10
