@@ -627,9 +627,9 @@ def discover_sentiment_circuit(
     """
     from mechlens.patching import path_patch
 
-    check_dataset(ds)
+    check_dataset(ds, model=model)
     fds = ds if faithfulness_ds is None else faithfulness_ds
-    check_dataset(fds, "faithfulness_ds")
+    check_dataset(fds, "faithfulness_ds", model=model)
     rows = check_batch_size(batch_size)
     n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
     if not isinstance(top_k, int) or not 1 <= top_k <= n_l * n_h:
