@@ -349,8 +349,11 @@ def reproduce_sentiment(
             continue
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
-        # the old marker goes first: a stage interrupted from here on is not done
+        # the old marker goes first: a stage interrupted from here on is not done; and the
+        # temporary files of writes a kill interrupted are swept away
         (d / MARKER).unlink(missing_ok=True)
+        for tmp in d.rglob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
         t = time.perf_counter()
         numbers = STAGES[name][1](ctx, d)
         numbers["seconds"] = round(time.perf_counter() - t, 1)
@@ -398,14 +401,14 @@ def _finished(out: Path, key: dict[str, Any], name: str) -> dict[str, Any] | Non
         return None
     # markers from before files were recorded: at least every file the summary links
     files = done.get("files") if isinstance(done.get("files"), dict) else {}
-    changed = [rel for rel, size in files.items() if not (d / rel).is_file() or (d / rel).stat().st_size != size]
+    changed = {d / rel for rel, size in files.items() if not (d / rel).is_file() or (d / rel).stat().st_size != size}
     summary = done["numbers"].get("summary", "")
     links = re.findall(r"\]\(([^)\s]+)\)", summary if isinstance(summary, str) else "")
-    changed += [f"../{rel}" for rel in links if "://" not in rel and not (out / rel).is_file()]
+    changed |= {out / rel for rel in links if "://" not in rel and not (out / rel).is_file()}
     if changed:
         warnings.warn(
             f"reproduce: stage {name!r} was done but {len(changed)} of its files are missing or changed "
-            f"(e.g. {d / changed[0]}); it runs again",
+            f"(e.g. {sorted(changed)[0]}); it runs again",
             stacklevel=3,
         )
         return None
