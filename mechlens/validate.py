@@ -35,6 +35,7 @@ __all__ = [
     "check_dataset",
     "check_contrast_dataset",
     "check_binary_labels",
+    "check_choice_dataset",
     "check_token_ids",
     "as_token_tensor",
     "check_vector",
@@ -106,15 +107,7 @@ def check_dataset(ds: Any, model: Any = None, what: str = "ds") -> Any:
     check_contrast_dataset(ds, what)
     if model is None:
         return ds
-    built_with = getattr(ds, "tokenizer", None)
-    if built_with is not None:
-        mine = tokenizer_fingerprint(model)
-        if mine is not None and mine != built_with:
-            raise ValueError(
-                f"{what} ({ds.name!r}) was built with a different tokenizer than this model's "
-                f"(tokenizer fingerprint {built_with} vs {mine}); its token ids mean other words "
-                "here. Build the dataset again with this model, e.g. toy_movie_review(model, ...)"
-            )
+    _check_tokenizer(ds, model, what)
     vocab = int(model.cfg.d_vocab)
     for field, t in (("clean_tokens", ds.clean_tokens), ("corrupt_tokens", ds.corrupt_tokens), ("answers", ds.answers)):
         _check_id_range(t, vocab, f"{what}.{field}", fix="build the dataset with this model's tokenizer")
@@ -124,6 +117,37 @@ def check_dataset(ds: Any, model: Any = None, what: str = "ds") -> Any:
             f"{what} ({ds.name!r}) prompts are {ds.seq_len} tokens but the model's context is {n_ctx}; "
             "use shorter prompts (e.g. less filler)"
         )
+    return ds
+
+
+def _check_tokenizer(ds: Any, model: Any, what: str) -> None:
+    built_with = getattr(ds, "tokenizer", None)
+    if built_with is not None:
+        mine = tokenizer_fingerprint(model)
+        if mine is not None and mine != built_with:
+            raise ValueError(
+                f"{what} ({ds.name!r}) was built with a different tokenizer than this model's "
+                f"(tokenizer fingerprint {built_with} vs {mine}); its token ids mean other words "
+                "here. Build the dataset again with this model, e.g. toy_movie_review(model, ...)"
+            )
+
+
+def check_choice_dataset(ds: Any, model: Any, what: str = "ds") -> Any:
+    """A :class:`~mechlens.data.ChoiceDataset` built for ``model``'s tokenizer, with every
+    token id inside its vocabulary; returns ``ds``."""
+    from mechlens.data.choices import ChoiceDataset
+
+    if not isinstance(ds, ChoiceDataset):
+        raise TypeError(
+            f"{what} must be a ChoiceDataset (from mechlens.data.choices), not {type(ds).__name__}"
+        )
+    _check_tokenizer(ds, model, what)
+    vocab = int(model.cfg.d_vocab)
+    fix = "build the dataset with this model's tokenizer"
+    for field, seqs in (("tokens", ds.tokens), ("open_tokens", ds.open_tokens)):
+        for i, t in enumerate(seqs):
+            _check_id_range(as_token_tensor(t, f"{what}.{field}[{i}]"), vocab, f"{what}.{field}[{i}]", fix=fix)
+    _check_id_range(torch.as_tensor(list(ds.letter_ids)), vocab, f"{what}.letter_ids", fix=fix)
     return ds
 
 

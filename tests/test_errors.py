@@ -104,6 +104,19 @@ def test_dataset_from_another_tokenizer_is_refused_by_every_method(model, ds):
     raises(ValueError, msg, directional_patch, model, foreign, d, progress=False)
     raises(ValueError, msg, ablate, model, foreign, d, progress=False)
     raises(ValueError, msg, evaluate_steering, model, foreign, torch.ones(model.cfg.d_model), [0.0], layers=1)
+    from mechlens.baseline import baseline
+    from mechlens.circuits import summarization_motif
+    from mechlens.data.choices import polite_casual
+    from mechlens.steering import answer_activations
+
+    raises(ValueError, r"datasets\['x'\] \('toy_movie_review/test'\) was built with a different tokenizer", baseline,
+           model, {"x": foreign})
+    raises(ValueError, "ds .* was built with a different tokenizer", summarization_motif, model, foreign, direction=d)
+    long_ctx = tiny("gpt2", n_layers=2, seed=0, n_ctx=256)  # the A/B prompts are longer than 128 tokens
+    ab = polite_casual(long_ctx, "all", seed=0)
+    assert ab.tokenizer == ds.tokenizer and ab.subset([0]).tokenizer == ds.tokenizer
+    raises(ValueError, r"ds \('.*'\) was built with a different tokenizer", answer_activations, long_ctx,
+           dataclasses.replace(ab, tokenizer="0123456789abcdef"), 1)
 
 
 @pytest.mark.slow

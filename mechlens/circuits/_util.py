@@ -14,7 +14,7 @@ from mechlens.data.contrast import ContrastDataset
 from mechlens.hooks import batches, cache_batched, check_batch_size_arg, hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
-from mechlens.validate import check_binary_labels
+from mechlens.validate import check_binary_labels, check_vector
 from mechlens.validate import check_dataset as _check_dataset
 
 Head = tuple[int, int]
@@ -153,9 +153,9 @@ def resolve_direction(
 def unit_vector(direction: Any) -> Float[Tensor, " d_model"]:
     """The unit vector of a Direction or a raw ``[d_model]`` tensor (float32, CPU)."""
     v = direction.unit() if hasattr(direction, "unit") else torch.as_tensor(direction)
-    v = v.detach().float().cpu()
-    if v.ndim != 1 or not torch.isfinite(v).all() or float(v.norm()) == 0.0:
-        raise ValueError(f"direction must be a finite non-zero [d_model] vector, got shape {tuple(v.shape)}")
+    v = check_vector(v, "direction").detach().float().cpu()
+    if float(v.norm()) == 0.0:
+        raise ValueError("direction must be a finite non-zero [d_model] vector, got the zero vector")
     return v / v.norm()
 
 

@@ -165,6 +165,7 @@ def patch_positions(
     Returns ``(ld_patched [config, batch], ld_clean [batch], ld_corrupt [batch])``. All
     configurations run stacked on the batch axis (``batch_size`` sequences per pass).
     """
+    check_dataset(ds, model=model, binary=False)
     rows = check_batch_size(batch_size)
     n = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]

@@ -139,6 +139,7 @@ def patch_heads(
         raise ValueError(f"component={component!r}: choose 'full' or 'direction'")
     if component == "direction" and direction is None:
         raise ValueError("component='direction' needs direction= (a Direction or a [d_model] vector)")
+    check_dataset(ds, model=model, binary=False)
     rows = check_batch_size(batch_size)
     sets = [check_heads(model, s, what=f"head_sets[{i}]") for i, s in enumerate(head_sets)]
     if not sets:
@@ -273,6 +274,7 @@ def head_roles(
     (mean attention from END to each absolute position; with ``position_labels``, one label
     per position from the first prompt, meaningful when the prompts share a template).
     """
+    check_dataset(ds, model=model)
     rows = check_batch_size(batch_size)
     n_l = model.cfg.n_layers
     d = unit_vector(direction)

@@ -50,6 +50,7 @@ from mechlens.models import model_device, model_name
 from mechlens.results import Result
 from mechlens.validate import (
     check_batch_size,
+    check_choice_dataset,
     check_coefficient,
     check_layers,
     check_vector,
@@ -199,8 +200,8 @@ def answer_activations(
         batch_size: prompts per forward pass (right-padded).
         progress: show a progress bar.
     """
-    if not isinstance(ds, ChoiceDataset):
-        raise TypeError(f"ds must be a ChoiceDataset (from mechlens.data.choices), not {type(ds).__name__}")
+    check_choice_dataset(ds, model)
+    check_batch_size(batch_size)
     layers = _layers(model, layer)
     names = [hook_name(x, site) for x in layers]
     out = torch.zeros(len(layers), len(ds), model.cfg.d_model)

@@ -33,7 +33,12 @@ from mechlens.models import model_device, model_name
 from mechlens.results import Result
 from mechlens.steering.caa import SteeringVector, _pad_id, padded_batches, steer
 from mechlens.steering.weights import WeightVector, apply_weights
-from mechlens.validate import check_batch_size, check_coefficient, check_dataset, check_token_ids
+from mechlens.validate import (
+    check_batch_size,
+    check_choice_dataset,
+    check_coefficient,
+    check_dataset,
+)
 
 __all__ = ["SteeringCurve", "evaluate_steering", "behaviour_logit_diff"]
 
@@ -102,8 +107,7 @@ def behaviour_logit_diff(
     if isinstance(ds, ContrastDataset):
         check_dataset(ds, model)
     elif isinstance(ds, ChoiceDataset):
-        for i, t in enumerate(ds.open_tokens):
-            check_token_ids(model, t, f"ds.open_tokens[{i}]")
+        check_choice_dataset(ds, model)
     with torch.no_grad():
         if isinstance(ds, ContrastDataset):
             sign = torch.where(ds.labels == 1, 1.0, -1.0)
