@@ -123,7 +123,20 @@ def test_dataset_from_another_tokenizer_is_refused_by_every_method(model, ds):
 def test_tiny_dataset_on_smollm2_is_refused(smollm2, model):
     # the issue's example: ids of the tiny tokenizer all fall inside smollm2's vocabulary
     ds = toy_movie_review(model, "test")[:4]
+    assert int(ds.clean_tokens.max()) < smollm2.cfg.d_vocab
     raises(ValueError, "different tokenizer", activation_patch, smollm2, ds, "resid_pre", layers=[0], positions="ADJ")
+    assert _n_hooks(smollm2) == 0
+
+
+def test_sst_file_errors_name_the_file(tmp_path):
+    from mechlens.data.sst import read_sst_tsv
+
+    f = tmp_path / "sst.tsv"
+    f.write_text("sentence\tlabel\ngood film\t1\nbad film\tpositive\n")
+    raises(ValueError, r"sst.tsv, line 3: label 'positive' is not an integer", read_sst_tsv, f)
+    raises(FileNotFoundError, r"missing.tsv does not exist", read_sst_tsv, tmp_path / "missing.tsv")
+    f.write_bytes(b"\xff\xfe\x00bad")
+    raises(ValueError, r"sst.tsv is not UTF-8 text", read_sst_tsv, f)
 
 
 def test_non_finite_vectors_and_coefficients(model):
