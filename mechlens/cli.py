@@ -107,9 +107,10 @@ def reproduce_sentiment(
     typer.echo(f"wrote {report}")
 
 
-# failures a user causes (a bad argument, a missing or damaged file, a model that is not
-# there): one line, no traceback
-_USER_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError)
+def _user_error(exc: BaseException) -> bool:
+    """A failure the user caused and mechlens explained (a bad argument, a missing or damaged
+    file, a model that is not there), as opposed to a bug: exit 2 and no --debug hint."""
+    return isinstance(exc, (ValueError, TypeError, OSError)) or type(exc).__module__.startswith("mechlens")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -143,9 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
-        hint = "" if isinstance(exc, _USER_ERRORS) else " (run with --debug for the traceback)"
+        user = _user_error(exc)
+        hint = "" if user else " (run with --debug for the traceback)"
         typer.echo(f"error: {_one_line(exc)}{hint}", err=True)
-        sys.exit(2 if isinstance(exc, _USER_ERRORS) else 1)
+        sys.exit(2 if user else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

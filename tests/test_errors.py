@@ -517,3 +517,31 @@ def test_reproduce_survives_kills_at_random_points(tmp_path):
     assert clean.wait(timeout=120) == 0, (tmp_path / "ref.log").read_text()[-2000:]
     log.close()
     assert _stable((out / "report.md").read_text()) == _stable((ref / "report.md").read_text())
+
+
+def test_cli_main_one_line_for_any_failure(monkeypatch, capsys, tmp_path):
+    import mechlens.models
+    from mechlens.cli import main
+
+    def broken(*a, **k):
+        raise KeyError("blocks.5.hook_resid_pre")
+
+    monkeypatch.setattr(mechlens.models, "load_model", broken)
+    monkeypatch.delenv("MECHLENS_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        main(["baseline", "--out", str(tmp_path)])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == "error: KeyError: 'blocks.5.hook_resid_pre' (run with --debug for the traceback)\n"
+
+    def bad_arg(*a, **k):
+        raise ValueError("batch_size=0 must be a positive int (sequences per forward pass) or None")
+
+    monkeypatch.setattr(mechlens.models, "load_model", bad_arg)
+    with pytest.raises(SystemExit) as info:
+        main(["baseline", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "error: batch_size=0 must be a positive int (sequences per forward pass) or None\n"
+    with pytest.raises(ValueError, match="batch_size=0"):
+        main(["baseline", "--out", str(tmp_path), "--debug"])
+    monkeypatch.delenv("MECHLENS_DEBUG", raising=False)
