@@ -21,6 +21,7 @@ from mechlens import metrics
 from mechlens.data.contrast import ContrastDataset
 from mechlens.models import model_name
 from mechlens.results import Result, markdown_table
+from mechlens.validate import check_batch_size, check_dataset, check_token_ids
 
 __all__ = ["BaselineResult", "baseline", "run_logit_diffs", "default_datasets"]
 
@@ -29,6 +30,8 @@ def run_logit_diffs(
     model: Any, tokens: torch.Tensor, answers: torch.Tensor, *, batch_size: int = 32
 ) -> torch.Tensor:
     """Per-example logit differences of ``model`` on ``tokens``, in batches, without grad."""
+    check_batch_size(batch_size)
+    tokens = check_token_ids(model, tokens, "tokens")
     out = []
     with torch.no_grad():
         for i in range(0, len(tokens), batch_size):
@@ -124,6 +127,9 @@ def baseline(
         datasets = {ds.name: ds for ds in datasets}
     if not datasets:
         raise ValueError("datasets is empty: give at least one ContrastDataset")
+    check_batch_size(batch_size)
+    for name, ds in datasets.items():
+        check_dataset(ds, model, f"datasets[{name!r}]")
     res = BaselineResult(model_name=model_name(model), datasets=list(datasets))
     for name, ds in tqdm(datasets.items(), desc="baseline", disable=not progress):
         res.clean[name] = run_logit_diffs(model, ds.clean_tokens, ds.answers, batch_size=batch_size)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -27,8 +26,16 @@ DeviceOpt = typer.Option(None, "--device", help="Torch device (default: cpu).")
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
+) -> None:
     """mechlens: mechanistic interpretability on TransformerLens."""
+    if debug:
+        os.environ["MECHLENS_DEBUG"] = "1"
+
+
+def _debug() -> bool:
+    return os.environ.get("MECHLENS_DEBUG", "") not in ("", "0")
 
 
 def _load(model: str, device: str | None):
@@ -37,7 +44,9 @@ def _load(model: str, device: str | None):
     try:
         return load_model(model, device=device)
     except ModelNotAvailableError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if _debug():
+            raise
+        typer.echo(f"error: {_one_line(exc)}", err=True)
         raise typer.Exit(2) from exc
 
 
@@ -54,15 +63,13 @@ def baseline(
     and test and on ToyMoodStory: the check that the model does the task before any analysis.
     Writes OUT/baseline.json and OUT/baseline.md."""
     from mechlens.baseline import baseline as run_baseline
+    from mechlens.fileio import write_json, write_text
 
     m = _load(model, device)
     res = run_baseline(m, batch_size=batch_size)
-    out.mkdir(parents=True, exist_ok=True)
     df = res.to_dataframe()
-    (out / "baseline.json").write_text(
-        json.dumps({"model": res.model_name, "datasets": df.to_dict(orient="records"), "meta": res.meta}, indent=1)
-    )
-    (out / "baseline.md").write_text(res.to_markdown())
+    write_json(out / "baseline.json", {"model": res.model_name, "datasets": df.to_dict(orient="records"), "meta": res.meta})
+    write_text(out / "baseline.md", res.to_markdown())
     typer.echo(res.to_markdown())
     typer.echo(f"wrote {out / 'baseline.json'} and {out / 'baseline.md'}")
 
@@ -93,14 +100,54 @@ def reproduce_sentiment(
     try:
         report = run(m, out, fast=fast, force=force, stages=stage or None)
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if _debug():
+            raise
+        typer.echo(f"error: {_one_line(exc)}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"wrote {report}")
 
 
-def main() -> None:  # pragma: no cover
+def _user_error(exc: BaseException) -> bool:
+    """A failure the user caused and mechlens explained (a bad argument, a missing or damaged
+    file, a model that is not there), as opposed to a bug: exit 2 and no --debug hint."""
+    return isinstance(exc, (ValueError, TypeError, OSError)) or type(exc).__module__.startswith("mechlens")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    plain = (ValueError, TypeError, FileNotFoundError, NotADirectoryError)
+    if type(exc) not in plain and not type(exc).__module__.startswith("mechlens"):
+        text = f"{type(exc).__name__}: {text}"
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``mechlens`` command: on failure one ``error: ...`` line on stderr and a non-zero exit
+    (2 for a bad input, 1 otherwise, 130 when interrupted); ``--debug`` shows the traceback."""
+    import sys
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:  # accepted anywhere on the command line
+        os.environ["MECHLENS_DEBUG"] = "1"
+    debug = _debug()
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="mechlens")
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        user = _user_error(exc)
+        hint = "" if user else " (run with --debug for the traceback)"
+        typer.echo(f"error: {_one_line(exc)}{hint}", err=True)
+        sys.exit(2 if user else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

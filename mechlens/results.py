@@ -9,12 +9,13 @@ exactly (tuples stay tuples, dict keys keep their order).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from mechlens.fileio import DamagedFileError, atomic_path, read_json, write_json
 
 __all__ = ["Result", "markdown_table", "to_jsonable", "from_jsonable"]
 
@@ -83,25 +84,46 @@ class Result:
                 rest[f.name] = {"__tensor_dict__": keys}
             else:
                 rest[f.name] = to_jsonable(v)
-        save_file(tensors, str(path / "tensors.safetensors"))
+        # each file is written to a temporary name and renamed: a crash never leaves half a file
+        with atomic_path(path / "tensors.safetensors") as tmp:
+            save_file(tensors, str(tmp))
         doc = {"class": type(self).__name__, "fields": rest}
-        (path / "result.json").write_text(json.dumps(doc, indent=1))
+        write_json(path / "result.json", doc)
         return path
 
     @classmethod
     def load(cls: type[R], path: str | Path) -> R:
         path = Path(path)
-        doc = json.loads((path / "result.json").read_text())
+        fix = f"save the {cls.__name__} again (result.save(dir)) or load another folder"
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"{path} is not a folder holding a saved mechlens result "
+                f"(result.json + tensors.safetensors); {fix}"
+            )
+        jpath, tpath = path / "result.json", path / "tensors.safetensors"
+        doc = read_json(jpath, fix=fix)
+        if not isinstance(doc, dict) or not isinstance(doc.get("class"), str) or not isinstance(doc.get("fields"), dict):
+            raise DamagedFileError(jpath, "it has no 'class' and 'fields' entries", fix)
         if doc["class"] != cls.__name__:
-            raise ValueError(f"{path} holds a {doc['class']}, not a {cls.__name__}")
-        tensors = load_file(str(path / "tensors.safetensors"))
+            raise ValueError(f"{path} holds a {doc['class']}, not a {cls.__name__}; load it with {doc['class']}.load")
+        if not tpath.exists():
+            raise FileNotFoundError(f"{tpath} does not exist; {fix}")
+        try:
+            tensors = load_file(str(tpath))
+        except Exception as exc:  # safetensors raises its own error type for every kind of damage
+            raise DamagedFileError(tpath, f"{type(exc).__name__}: {exc}", fix) from None
         kwargs: dict[str, Any] = {}
-        for name, v in doc["fields"].items():
-            if isinstance(v, dict) and "__tensor_dict__" in v:
-                kwargs[name] = {k: tensors[f"{name}{_SEP}{k}"] for k in v["__tensor_dict__"]}
-            else:
-                kwargs[name] = from_jsonable(v)
-        for key, t in tensors.items():
-            if _SEP not in key:
-                kwargs[key] = t
-        return cls(**kwargs)
+        try:
+            for name, v in doc["fields"].items():
+                if isinstance(v, dict) and "__tensor_dict__" in v:
+                    kwargs[name] = {k: tensors[f"{name}{_SEP}{k}"] for k in v["__tensor_dict__"]}
+                else:
+                    kwargs[name] = from_jsonable(v)
+            for key, t in tensors.items():
+                if _SEP not in key:
+                    kwargs[key] = t
+            return cls(**kwargs)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            raise DamagedFileError(
+                jpath, f"its fields do not make a {cls.__name__} with {tpath.name}: {type(exc).__name__}: {exc}", fix
+            ) from None

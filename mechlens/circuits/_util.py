@@ -10,10 +10,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechlens.data.contrast import ContrastDataset, check_binary_labels, check_contrast_dataset
+from mechlens.data.contrast import ContrastDataset
 from mechlens.hooks import batches, cache_batched, check_batch_size_arg, hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
+from mechlens.validate import check_binary_labels, check_vector
+from mechlens.validate import check_dataset as _check_dataset
 
 Head = tuple[int, int]
 Hook = tuple[str, Callable[..., Any]]
@@ -33,8 +35,12 @@ def parse_head(label: str) -> Head:
     return int(m.group(1)), int(m.group(2))
 
 
-def check_dataset(ds: Any, what: str = "ds", *, need: Sequence[str] = (), binary: bool = True) -> None:
-    check_contrast_dataset(ds, what)
+def check_dataset(
+    ds: Any, what: str = "ds", *, need: Sequence[str] = (), binary: bool = True, model: Any = None
+) -> None:
+    """``validate.check_dataset`` (with ``model``: tokenizer, vocabulary, context), plus the
+    named positions a circuit method needs and (``binary``) 0/1 labels."""
+    _check_dataset(ds, model, what)
     missing = [p for p in need if p not in ds.positions]
     if missing:
         raise ValueError(
@@ -147,9 +153,9 @@ def resolve_direction(
 def unit_vector(direction: Any) -> Float[Tensor, " d_model"]:
     """The unit vector of a Direction or a raw ``[d_model]`` tensor (float32, CPU)."""
     v = direction.unit() if hasattr(direction, "unit") else torch.as_tensor(direction)
-    v = v.detach().float().cpu()
-    if v.ndim != 1 or not torch.isfinite(v).all() or float(v.norm()) == 0.0:
-        raise ValueError(f"direction must be a finite non-zero [d_model] vector, got shape {tuple(v.shape)}")
+    v = check_vector(v, "direction").detach().float().cpu()
+    if float(v.norm()) == 0.0:
+        raise ValueError("direction must be a finite non-zero [d_model] vector, got the zero vector")
     return v / v.norm()
 
 

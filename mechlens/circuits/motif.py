@@ -165,6 +165,7 @@ def patch_positions(
     Returns ``(ld_patched [config, batch], ld_clean [batch], ld_corrupt [batch])``. All
     configurations run stacked on the batch axis (``batch_size`` sequences per pass).
     """
+    check_dataset(ds, model=model, binary=False)
     rows = check_batch_size(batch_size)
     n = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
@@ -467,7 +468,7 @@ def summarization_motif(
     from mechlens.directions import Direction, ablate, random_directions
     from mechlens.patching import activation_patch
 
-    check_dataset(ds, need=("COMMA",), binary=False)
+    check_dataset(ds, need=("COMMA",), binary=False, model=model)
     rows = check_batch_size(batch_size)
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k={top_k!r} must be a positive int")
@@ -518,7 +519,7 @@ def summarization_motif(
     sweep_patch = torch.zeros(len(fillers), len(layer_list), 2)
     for i, n in enumerate(fillers):
         dsn = filler_dataset(n)
-        check_dataset(dsn, f"filler_dataset({n})", need=("ADJ", "COMMA"), binary=False)
+        check_dataset(dsn, f"filler_dataset({n})", need=("ADJ", "COMMA"), binary=False, model=model)
         ld_n, c_n, k_n = patch_positions(model, dsn, list(split_masks(dsn).values()), batch_size=rows)
         sweep_change[i] = torch.tensor([_change(ld_n[j], c_n, k_n) for j in range(len(SPLITS))])
         res = activation_patch(
@@ -537,7 +538,7 @@ def summarization_motif(
             [ablation_ds] if isinstance(ablation_ds, ContrastDataset) else list(ablation_ds)
         )
         for j, a in enumerate(datasets):
-            check_dataset(a, f"ablation_ds[{j}]")
+            check_dataset(a, f"ablation_ds[{j}]", model=model)
             if "COMMA" not in a.masks and "COMMA" not in a.positions:
                 raise ValueError(f"ablation_ds[{j}] ({a.name!r}) has no 'COMMA' mask or position")
         abl_name = "mini_sst" if ablation_ds is None else ",".join(sorted({a.name.split("/")[0] for a in datasets}))

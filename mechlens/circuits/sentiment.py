@@ -139,6 +139,7 @@ def patch_heads(
         raise ValueError(f"component={component!r}: choose 'full' or 'direction'")
     if component == "direction" and direction is None:
         raise ValueError("component='direction' needs direction= (a Direction or a [d_model] vector)")
+    check_dataset(ds, model=model, binary=False)
     rows = check_batch_size(batch_size)
     sets = [check_heads(model, s, what=f"head_sets[{i}]") for i, s in enumerate(head_sets)]
     if not sets:
@@ -273,6 +274,7 @@ def head_roles(
     (mean attention from END to each absolute position; with ``position_labels``, one label
     per position from the first prompt, meaningful when the prompts share a template).
     """
+    check_dataset(ds, model=model)
     rows = check_batch_size(batch_size)
     n_l = model.cfg.n_layers
     d = unit_vector(direction)
@@ -627,9 +629,9 @@ def discover_sentiment_circuit(
     """
     from mechlens.patching import path_patch
 
-    check_dataset(ds)
+    check_dataset(ds, model=model)
     fds = ds if faithfulness_ds is None else faithfulness_ds
-    check_dataset(fds, "faithfulness_ds")
+    check_dataset(fds, "faithfulness_ds", model=model)
     rows = check_batch_size(batch_size)
     n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
     if not isinstance(top_k, int) or not 1 <= top_k <= n_l * n_h:

@@ -42,6 +42,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechlens.validate import tokenizer_fingerprint
+
 __all__ = [
     "DEFAULT_TEMPLATE",
     "LETTERS",
@@ -93,6 +95,8 @@ class ChoiceDataset:
     template: str = DEFAULT_TEMPLATE
     name: str = "choices"
     meta: dict[str, Any] = field(default_factory=dict)
+    #: fingerprint of the tokenizer that built it (see ``validate.tokenizer_fingerprint``)
+    tokenizer: str | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -128,6 +132,7 @@ class ChoiceDataset:
             template=self.template,
             name=self.name,
             meta=dict(self.meta),
+            tokenizer=self.tokenizer,
         )
 
     def split(self, n_train: int) -> tuple[ChoiceDataset, ChoiceDataset]:
@@ -265,6 +270,7 @@ def choices(
         template=question_template,
         name=name,
         meta={"seed": seed, "n_behaviour_first": n_first},
+        tokenizer=tokenizer_fingerprint(model),
     )
 
 

@@ -24,6 +24,14 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+# the dataset checks live in mechlens.validate; re-exported here for old imports
+from mechlens.validate import (
+    as_token_tensor,
+    check_binary_labels,
+    check_contrast_dataset,
+    tokenizer_fingerprint,
+)
+
 __all__ = ["ContrastDataset", "single_token", "find_token_position", "check_contrast_dataset", "check_binary_labels"]
 
 
@@ -63,11 +71,14 @@ class ContrastDataset:
     masks: dict[str, Bool[Tensor, "batch pos"]] = field(default_factory=dict)
     name: str = "contrast"
     meta: dict[str, Any] = field(default_factory=dict)
+    #: fingerprint of the tokenizer that built the dataset (``validate.tokenizer_fingerprint``);
+    #: every method checks it against the model's. ``None`` (built by hand): not checked.
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
-        self.clean_tokens = torch.as_tensor(self.clean_tokens, dtype=torch.long)
-        self.corrupt_tokens = torch.as_tensor(self.corrupt_tokens, dtype=torch.long)
-        self.answers = torch.as_tensor(self.answers, dtype=torch.long)
+        self.clean_tokens = as_token_tensor(self.clean_tokens, "clean_tokens")
+        self.corrupt_tokens = as_token_tensor(self.corrupt_tokens, "corrupt_tokens")
+        self.answers = as_token_tensor(self.answers, "answers")
         if self.answers.ndim == 2:
             self.answers = self.answers[:, None, :]
         if self.labels is None:
@@ -298,18 +309,8 @@ class ContrastDataset:
             clean_prompts=clean,
             corrupt_prompts=corrupt,
             name=name,
+            tokenizer=tokenizer_fingerprint(model),
         )
-
-
-def check_contrast_dataset(ds: Any, what: str = "ds") -> None:
-    if not isinstance(ds, ContrastDataset):
-        raise TypeError(f"{what} must be a mechlens ContrastDataset, not {type(ds).__name__}")
-
-
-def check_binary_labels(ds: ContrastDataset, what: str = "ds") -> None:
-    values = set(ds.labels.unique().tolist())
-    if not values <= {0, 1} or len(values) < 1:
-        raise ValueError(f"{what}.labels must be 0/1 sentiment labels, got values {sorted(values)}")
 
 
 def _per_example_answers(answers: Any, n: int) -> list[list[tuple[str, str]]]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from mechlens.data.contrast import ContrastDataset, find_token_position
+from mechlens.validate import check_count
 
 __all__ = [
     "MOVIE_TEMPLATE",
@@ -106,6 +107,8 @@ def toy_movie_review(
     """
     if split not in {"train", "test", "all"}:
         raise ValueError(f"split must be 'train', 'test' or 'all', not {split!r}")
+    filler = check_count(filler, "filler", minimum=0)
+    n_pairs = check_count(n_pairs, "n_pairs", minimum=1, allow_none=True)
     splits = ["train", "test"] if split == "all" else [split]
     pos_adj = [w for s in splits for w in POSITIVE_ADJECTIVES[s]]
     neg_adj = [w for s in splits for w in NEGATIVE_ADJECTIVES[s]]

@@ -29,14 +29,24 @@ SST_ANSWERS = [(" positive", " negative")]
 
 def read_sst_tsv(path: str | os.PathLike) -> list[tuple[str, int]]:
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.reader(f, delimiter="\t")):
-            if len(row) < 2:
-                continue
-            text, label = row[0].strip(), row[1].strip()
-            if i == 0 and not label.lstrip("-").isdigit():
-                continue  # header
-            rows.append((text, int(label)))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.reader(f, delimiter="\t")):
+                if len(row) < 2:
+                    continue
+                text, label = row[0].strip(), row[1].strip()
+                if i == 0 and not label.lstrip("-").isdigit():
+                    continue  # header
+                if not label.lstrip("-").isdigit():
+                    raise ValueError(
+                        f"{path}, line {i + 1}: label {label!r} is not an integer; rows are 'sentence<TAB>label' "
+                        "with label 1 (positive) or 0 (negative)"
+                    )
+                rows.append((text, int(label)))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist; give the path of a 'sentence<TAB>label' TSV file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason}); give a 'sentence<TAB>label' TSV file") from None
     if not rows:
         raise ValueError(f"{path} has no 'sentence<TAB>label' rows")
     return rows

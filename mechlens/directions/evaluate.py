@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlens.data.contrast import ContrastDataset, check_binary_labels, check_contrast_dataset
+from mechlens.data.contrast import ContrastDataset
 from mechlens.directions.fit import (
     METHODS,
     SITES,
@@ -44,6 +44,7 @@ from mechlens.hooks import cache_batched
 from mechlens.metrics import fraction_recovered, logit_flip
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
+from mechlens.validate import check_batch_size, check_binary_labels, check_count, check_dataset
 
 __all__ = ["DirectionEvaluation", "evaluate"]
 
@@ -262,8 +263,10 @@ def evaluate(
         batch_size: prompts per forward pass.
         progress: show progress bars.
     """
-    check_contrast_dataset(train_ds, "train_ds")
-    check_contrast_dataset(test_ds, "test_ds")
+    train_ds = check_dataset(train_ds, model, "train_ds")
+    test_ds = check_dataset(test_ds, model, "test_ds")
+    check_batch_size(batch_size)
+    check_count(n_random, "n_random", minimum=1)
     check_binary_labels(train_ds, "train_ds")
     check_binary_labels(test_ds, "test_ds")
     _check_position(train_ds, position)

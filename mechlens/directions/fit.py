@@ -35,11 +35,20 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlens.data.contrast import ContrastDataset, check_binary_labels, check_contrast_dataset
-from mechlens.hooks import cache_batched, check_layer, hooked
+from mechlens.data.contrast import ContrastDataset
+from mechlens.hooks import cache_batched, hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
+from mechlens.validate import (
+    check_activations,
+    check_batch_size,
+    check_binary_labels,
+    check_dataset,
+    check_layer,
+    check_layers,
+    check_vector,
+)
 
 __all__ = [
     "METHODS",
@@ -88,9 +97,9 @@ class Direction(Result):
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        v = torch.as_tensor(self.vector)
-        if v.ndim != 1 or not torch.isfinite(v).all() or float(v.norm()) == 0.0:
-            raise ValueError(f"Direction.vector must be a finite non-zero [d_model] vector, got shape {tuple(v.shape)}")
+        v = check_vector(torch.as_tensor(self.vector), "Direction.vector")
+        if float(v.float().norm()) == 0.0:
+            raise ValueError("Direction.vector must be a finite non-zero [d_model] vector, got the zero vector")
         self.vector = v
         _check_site(self.site)
 
@@ -168,15 +177,7 @@ def _check_position(ds: ContrastDataset, position: str | None, what: str = "posi
 
 
 def _layers_arg(model: Any, layers: int | Sequence[int] | None, what: str = "layers") -> list[int]:
-    if layers is None:
-        return list(range(model.cfg.n_layers))
-    if isinstance(layers, int):
-        layers = [layers]
-    # numpy / torch integers are fine too
-    out = [check_layer(model, int(x) if hasattr(x, "__index__") else x, what=what) for x in layers]
-    if not out:
-        raise ValueError(f"{what} is empty: give at least one layer")
-    return out
+    return check_layers(model, layers, what=what)
 
 
 @contextlib.contextmanager
@@ -225,8 +226,9 @@ def collect_activations(
     corrupt rows; every position of a mask counts as a row), ``labels`` is ``[n]`` (clean
     rows get ``ds.labels``, corrupt rows the opposite label).
     """
-    check_contrast_dataset(ds)
+    ds = check_dataset(ds, model)
     check_binary_labels(ds)
+    check_batch_size(batch_size)
     _check_position(ds, position)
     layer_list = _layers_arg(model, layers)
     names = [hook_name(layer, site) for layer in layer_list]
@@ -262,10 +264,8 @@ def fit_activations(
         raise ValueError("method='das' needs the model: use mechlens.directions.fit(model, ds, 'das', layer)")
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; choose one of {METHODS}")
-    X = torch.as_tensor(acts).detach().float().cpu()
-    y = torch.as_tensor(labels).detach().long().cpu()
-    if X.ndim != 2 or y.shape != (X.shape[0],):
-        raise ValueError(f"acts must be [n, d_model] and labels [n]; got {tuple(X.shape)} and {tuple(y.shape)}")
+    X, y = check_activations(acts, labels)
+    X, y = X.float().cpu(), y.long().cpu()
     if set(y.unique().tolist()) != {0, 1}:
         raise ValueError(f"labels must contain both classes 0 and 1, got {sorted(set(y.tolist()))}")
     if method == "mean_diff":
@@ -414,18 +414,21 @@ def fit(
     Returns:
         A :class:`Direction` (unit vector pointing towards label 1).
     """
-    check_contrast_dataset(ds)
+    ds = check_dataset(ds, model)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; choose one of {METHODS}")
     _check_site(site)
     layer = check_layer(model, layer)
     check_binary_labels(ds)
+    check_batch_size(batch_size)
     _check_position(ds, position)
     if acts is None:
         all_acts, y = collect_activations(model, ds, layer, position=position, site=site, batch_size=batch_size)
         X = all_acts[layer]
     else:
-        X, y = acts
+        if not (isinstance(acts, (tuple, list)) and len(acts) == 2):
+            raise TypeError("acts must be an (activations [n, d_model], labels [n]) pair from collect_activations")
+        X, y = check_activations(*acts, d_model=model.cfg.d_model)
     meta: dict[str, Any] = {"n_train": int(X.shape[0])}
     if method == "das":
         opts = dict(DAS_DEFAULTS)

@@ -31,7 +31,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlens.data.contrast import ContrastDataset, check_binary_labels, check_contrast_dataset
+from mechlens.data.contrast import ContrastDataset
 from mechlens.directions.fit import (
     Direction,
     _check_site,
@@ -39,9 +39,18 @@ from mechlens.directions.fit import (
     _layers_arg,
     hook_name,
 )
-from mechlens.hooks import batches, cache_batched, check_layer, hooked
+from mechlens.hooks import batches, cache_batched, hooked
 from mechlens.metrics import accuracy, fraction_recovered, logit_diff, logit_flip
 from mechlens.results import Result
+from mechlens.validate import (
+    check_batch_size,
+    check_binary_labels,
+    check_coefficient,
+    check_dataset,
+    check_direction,
+    check_layer,
+    check_vector,
+)
 
 __all__ = [
     "DirectionalPatchResult",
@@ -66,18 +75,15 @@ def as_direction(direction: Direction | Tensor, *, layer: int | None = None, sit
     if isinstance(direction, Direction):
         return direction
     if isinstance(direction, Tensor):
+        check_vector(direction, "direction")
         if layer is None:
             raise ValueError("a raw vector has no layer: pass layers=... (or a Direction from fit())")
         return Direction(vector=direction.detach().float().cpu(), method="vector", layer=layer, site=site, position=None)
     raise TypeError(f"direction must be a mechlens Direction or a [d_model] tensor, not {type(direction).__name__}")
 
 
-def _check_model_dir(model: Any, d: Direction) -> None:
-    if d.d_model != model.cfg.d_model:
-        raise ValueError(
-            f"direction has {d.d_model} components but the model's d_model is {model.cfg.d_model}; "
-            "was it fitted on another model?"
-        )
+def _check_model_dir(model: Any, d: Direction, *, own_layer: bool = True) -> None:
+    check_direction(model, d, own_layer=own_layer)
 
 
 def resolve_positions(ds: ContrastDataset, positions: PositionSpec) -> tuple[Bool[Tensor, "batch pos"], str]:
@@ -258,11 +264,12 @@ def directional_patch(
         :class:`DirectionalPatchResult` with per-example clean/corrupt/patched logit
         differences, ``ld_recovered`` and ``logit_flip``.
     """
-    check_contrast_dataset(ds)
-    first = layers if isinstance(layers, int) else (list(layers)[0] if layers else None)
-    d = as_direction(direction, layer=first)
-    _check_model_dir(model, d)
-    layer_list = [d.layer] if layers is None else _layers_arg(model, layers)
+    ds = check_dataset(ds, model)
+    check_batch_size(batch_size)
+    layer_list = None if layers is None else _layers_arg(model, layers)
+    d = as_direction(direction, layer=layer_list[0] if layer_list else None)
+    _check_model_dir(model, d, own_layer=layer_list is None)
+    layer_list = layer_list or [d.layer]
     mask, label = resolve_positions(ds, positions)
     names = [hook_name(layer, d.site) for layer in layer_list]
     acts, ld_clean = cache_batched(model, ds.clean_tokens, names, batch_size=batch_size, answers=ds.answers)
@@ -411,18 +418,19 @@ def ablate(
     Returns:
         :class:`AblationResult` with logit differences and centred accuracy before/after.
     """
-    check_contrast_dataset(ds)
+    ds = check_dataset(ds, model)
+    check_batch_size(batch_size)
     if mode not in ABLATION_MODES:
         raise ValueError(f"mode={mode!r} is unknown; choose one of {ABLATION_MODES}")
     if isinstance(layers, str):
         if layers != "all":
             raise ValueError(f"layers={layers!r}: give an int, a list of ints, None or 'all'")
         layers = list(range(model.cfg.n_layers))
-    first = layers if isinstance(layers, int) else (list(layers)[0] if layers else None)
-    d = as_direction(direction, layer=first)
-    _check_model_dir(model, d)
+    layer_list = None if layers is None else _layers_arg(model, layers)
+    d = as_direction(direction, layer=layer_list[0] if layer_list else None)
+    _check_model_dir(model, d, own_layer=layer_list is None)
     check_binary_labels(ds)
-    layer_list = [d.layer] if layers is None else _layers_arg(model, layers)
+    layer_list = layer_list or [d.layer]
     mask, label = resolve_positions(ds, positions)
     names = [hook_name(layer, d.site) for layer in layer_list]
     unit = d.unit()
@@ -487,10 +495,9 @@ def add(
         coeff: the multiple of the unit vector to add (negative steers the other way).
         layer: the layer (default: the direction's; required for a raw vector).
     """
-    if not isinstance(coeff, (int, float)) or isinstance(coeff, bool):
-        raise TypeError(f"coeff must be a number, not {type(coeff).__name__}")
+    coeff = check_coefficient(coeff, "coeff")
     d = as_direction(direction, layer=layer)
-    _check_model_dir(model, d)
+    _check_model_dir(model, d, own_layer=layer is None)
     _check_site(d.site)
     where = check_layer(model, d.layer if layer is None else layer)
     name = hook_name(where, d.site)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from mechlens.directions.fit import Direction, hook_name
 from mechlens.directions.interventions import _check_model_dir, as_direction
+from mechlens.fileio import write_text
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
 
@@ -95,7 +96,7 @@ class Projection(Result):
     def save_html(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.html(), encoding="utf-8")
+        write_text(path, self.html())
         return path
 
     def plot(self) -> Any:
@@ -150,7 +151,7 @@ def project(
         :class:`Projection`: ``.to_dataframe()``, ``.html()`` / ``.save_html(path)``, ``.plot()``.
     """
     d = as_direction(direction, layer=layer)
-    _check_model_dir(model, d)
+    _check_model_dir(model, d, own_layer=layer is None)
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)

@@ -31,6 +31,7 @@ from torch import Tensor
 from mechlens.hooks import hooked
 from mechlens.metrics import fraction_recovered, logit_diff
 from mechlens.models import model_device
+from mechlens.validate import check_dataset
 
 __all__ = ["model_device", "prepare_dataset", "base_run", "BaseRun", "SuffixRunner", "PatchMetric", "check_mode", "plan_passes", "overhead_tokens", "ROWS_DEFAULT"]
 
@@ -49,22 +50,10 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def prepare_dataset(model: Any, ds: Any) -> Any:
-    """Move a ContrastDataset to the model's device and check it fits the model."""
-    if not hasattr(ds, "clean_tokens") or not hasattr(ds, "corrupt_tokens"):
-        raise TypeError(f"ds must be a mechlens ContrastDataset, not {type(ds).__name__}")
-    ds = ds.to(model_device(model))
-    vocab = int(model.cfg.d_vocab)
-    top = int(max(ds.clean_tokens.max(), ds.corrupt_tokens.max(), ds.answers.max()))
-    if top >= vocab:
-        raise ValueError(
-            f"dataset {ds.name!r} has token id {top} but the model's vocabulary has {vocab} tokens; "
-            "build the dataset with this model's tokenizer"
-        )
-    n_ctx = getattr(model.cfg, "n_ctx", None)
-    if n_ctx and ds.seq_len > n_ctx:
-        raise ValueError(f"prompts are {ds.seq_len} tokens but the model's context is {n_ctx}")
-    return ds
+def prepare_dataset(model: Any, ds: Any, what: str = "ds") -> Any:
+    """Check a ContrastDataset against the model (``validate.check_dataset``) and move it
+    to the model's device."""
+    return check_dataset(ds, model, what).to(model_device(model))
 
 
 # --------------------------------------------------------------------------- block kwargs

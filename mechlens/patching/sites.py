@@ -21,7 +21,6 @@ For ``pattern`` the position is the *destination* (query) position.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from mechlens.hooks import check_layer
+from mechlens.validate import check_head, check_layers
 
 __all__ = ["Site", "SITES", "get_site", "resolve_layers", "resolve_heads", "resolve_positions", "PositionSpec"]
 
@@ -124,22 +123,7 @@ def get_site(model: Any, site: str | Site) -> Site:
 
 def resolve_layers(model: Any, layers: int | Iterable[int] | None, *, what: str = "layers") -> list[int]:
     """``None`` -> every layer; an int or an iterable of ints -> those layers, checked and sorted."""
-    n = model.cfg.n_layers
-    if layers is None:
-        return list(range(n))
-    if isinstance(layers, int):
-        layers = [layers]
-    out = sorted({check_layer(model, _as_int(layer), what=what) for layer in layers})
-    if not out:
-        raise ValueError(f"{what} is empty: give at least one layer (or None for all {n})")
-    return out
-
-
-def _as_int(x: Any) -> Any:
-    # numpy / torch integer scalars count as ints; anything else is passed on to fail the check
-    if isinstance(x, bool) or not hasattr(x, "__index__"):
-        return x
-    return operator.index(x)
+    return check_layers(model, layers, what=what, sort=True)
 
 
 def resolve_heads(model: Any, site: Site, heads: int | Iterable[int] | None) -> list[int]:
@@ -156,13 +140,8 @@ def resolve_heads(model: Any, site: Site, heads: int | Iterable[int] | None) -> 
         return list(range(n))
     if isinstance(heads, int):
         heads = [heads]
-    out = []
-    for h in heads:
-        h = _as_int(h)
-        if not isinstance(h, int) or isinstance(h, bool) or not -n <= h < n:
-            kind = "key/value heads" if site.kv and n != model.cfg.n_heads else "heads"
-            raise ValueError(f"head {h!r} is out of range: site {site.name!r} has {kind} 0..{n - 1}")
-        out.append(h % n)
+    kind = "key/value heads" if site.kv and n != model.cfg.n_heads else "heads"
+    out = [check_head(h, n, kind=f"{kind} (site {site.name!r})") for h in heads]
     if not out:
         raise ValueError("heads is empty: give at least one head (or None for all)")
     return sorted(set(out))

@@ -45,9 +45,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechlens.data.choices import ChoiceDataset
-from mechlens.hooks import check_layer, hooked
+from mechlens.hooks import hooked
 from mechlens.models import model_device, model_name
 from mechlens.results import Result
+from mechlens.validate import (
+    check_batch_size,
+    check_choice_dataset,
+    check_coefficient,
+    check_layers,
+    check_vector,
+)
 
 __all__ = [
     "SITES",
@@ -72,10 +79,9 @@ def hook_name(layer: int, site: str) -> str:
 
 
 def _layers(model: Any, layer: int | Sequence[int]) -> list[int]:
-    layers = [layer] if isinstance(layer, int) else list(layer)
-    if not layers:
-        raise ValueError("layer is empty: give a layer index or a list of them")
-    return [check_layer(model, int(x)) for x in layers]
+    if layer is None:
+        raise ValueError("layer is None: give a layer index or a list of them")
+    return check_layers(model, layer, what="layers")
 
 
 def padded_batches(
@@ -86,8 +92,9 @@ def padded_batches(
     A causal model never attends to later positions, so right padding leaves every real
     token's activations unchanged; no attention mask is needed.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
+    if batch_size is None:
+        raise ValueError("batch_size=None: give a positive int (sequences per forward pass)")
     # Sort by length so that batches carry little padding.
     order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
     for start in range(0, len(order), batch_size):
@@ -193,8 +200,8 @@ def answer_activations(
         batch_size: prompts per forward pass (right-padded).
         progress: show a progress bar.
     """
-    if not isinstance(ds, ChoiceDataset):
-        raise TypeError(f"ds must be a ChoiceDataset (from mechlens.data.choices), not {type(ds).__name__}")
+    check_choice_dataset(ds, model)
+    check_batch_size(batch_size)
     layers = _layers(model, layer)
     names = [hook_name(x, site) for x in layers]
     out = torch.zeros(len(layers), len(ds), model.cfg.d_model)
@@ -521,11 +528,9 @@ def steer(
     else:
         raise TypeError(f"vector must be a SteeringVector or a tensor, not {type(vector).__name__}")
     site = site or "resid_post"
-    if vec.ndim != 1 or vec.shape[0] != model.cfg.d_model:
-        raise ValueError(f"vector must have shape [d_model={model.cfg.d_model}], got {tuple(vec.shape)}")
-    if not math.isfinite(float(coeff)):
-        raise ValueError(f"coeff must be a finite number, got {coeff!r}")
-    delta = float(coeff) * vec.detach().to(model_device(model))
+    check_vector(vec, "vector", d_model=model.cfg.d_model)
+    coeff = check_coefficient(coeff, "coeff")
+    delta = coeff * vec.detach().to(model_device(model))
 
     def add(act: Tensor, hook: Any) -> Tensor:
         return act + delta.to(act.dtype)

@@ -33,6 +33,12 @@ from mechlens.models import model_device, model_name
 from mechlens.results import Result
 from mechlens.steering.caa import SteeringVector, _pad_id, padded_batches, steer
 from mechlens.steering.weights import WeightVector, apply_weights
+from mechlens.validate import (
+    check_batch_size,
+    check_choice_dataset,
+    check_coefficient,
+    check_dataset,
+)
 
 __all__ = ["SteeringCurve", "evaluate_steering", "behaviour_logit_diff"]
 
@@ -96,7 +102,12 @@ def behaviour_logit_diff(
     model: Any, ds: ContrastDataset | ChoiceDataset, *, batch_size: int = 32
 ) -> Float[Tensor, " batch"]:
     """The raw behaviour logit difference per example (see the module docstring)."""
+    check_batch_size(batch_size)
     dev = model_device(model)
+    if isinstance(ds, ContrastDataset):
+        check_dataset(ds, model)
+    elif isinstance(ds, ChoiceDataset):
+        check_choice_dataset(ds, model)
     with torch.no_grad():
         if isinstance(ds, ContrastDataset):
             sign = torch.where(ds.labels == 1, 1.0, -1.0)
@@ -136,7 +147,12 @@ def evaluate_steering(
             with :func:`apply_weights`.
         coeffs: the coefficients (``k``); include 0 for the unsteered baseline.
     """
-    coeffs = [float(c) for c in coeffs]
+    if isinstance(coeffs, (int, float)) and not isinstance(coeffs, bool):
+        coeffs = [coeffs]
+    coeffs = [check_coefficient(c, f"coeffs[{i}]") for i, c in enumerate(coeffs)]
+    check_batch_size(batch_size)
+    if batch_size is None:
+        batch_size = 32
     if not coeffs:
         raise ValueError("coeffs is empty: give the coefficients to evaluate, e.g. [-2, -1, 0, 1, 2]")
     if not isinstance(ds, (ContrastDataset, ChoiceDataset)):

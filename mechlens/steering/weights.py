@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from mechlens.models import model_name
 from mechlens.results import Result
 from mechlens.steering.caa import padded_batches
+from mechlens.validate import check_coefficient
 
 __all__ = [
     "WeightVector",
@@ -222,8 +223,7 @@ def apply_weights(
     tensors = vector.tensors if isinstance(vector, WeightVector) else dict(vector)
     if not tensors:
         raise ValueError("vector is empty: nothing to apply")
-    if not math.isfinite(float(k)):
-        raise ValueError(f"k must be a finite number, got {k!r}")
+    k = check_coefficient(k, "k")
     params = parameters(model)
     unknown = [n for n in tensors if n not in params]
     if unknown:
@@ -234,6 +234,8 @@ def apply_weights(
     for n, v in tensors.items():
         if v.shape != params[n].shape:
             raise ValueError(f"vector[{n!r}] has shape {tuple(v.shape)}, the parameter has {tuple(params[n].shape)}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"vector[{n!r}] has non-finite values (NaN or inf); recompute the weight vector")
     saved = {n: params[n].detach().clone() for n in tensors}
     try:
         with torch.no_grad():

@@ -53,9 +53,10 @@ from jaxtyping import Float, Int
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mechlens.hooks import check_layer
+from mechlens.fileio import write_text
 from mechlens.models import model_name
 from mechlens.results import Result
+from mechlens.validate import check_head, check_layer, check_token_ids
 from mechlens.viz.fonts import cjk_fonts
 from mechlens.viz.heatmap import heatmap, save_figure
 from mechlens.viz.tokens import token_labels
@@ -249,7 +250,7 @@ class AttentionPatterns(Result):
         """Write :attr:`html` to ``path`` (UTF-8), making parent folders."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.html, encoding="utf-8")
+        write_text(path, self.html)
         return path
 
     def _repr_html_(self) -> str:
@@ -280,10 +281,7 @@ def _as_list(x: int | Sequence[int] | None, n: int, name: str, model: Any) -> li
     if name == "layers":
         out = [check_layer(model, i, what="layers") for i in items]
     else:
-        bad = [h for h in items if not isinstance(h, int) or not -n <= h < n]
-        if bad:
-            raise ValueError(f"heads={bad!r} out of range: the model has heads 0..{n - 1}")
-        out = [h % n for h in items]
+        out = [check_head(h, n, what="heads=") for h in items]
     if len(set(out)) != len(out):
         raise ValueError(f"{name}={x!r} repeats a value")
     return out
@@ -326,6 +324,7 @@ def attention(
                 f"attention(text=...) takes a string or the integer token ids of one sequence; "
                 f"got a tensor of shape {tuple(tokens.shape)} and dtype {tokens.dtype}"
             )
+        tokens = check_token_ids(model, tokens, "attention(text=...) token ids")
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and tokens.numel() > n_ctx:
         raise ValueError(

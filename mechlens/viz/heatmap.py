@@ -29,6 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mechlens.fileio import atomic_path
 from mechlens.viz.fonts import cjk_fonts, font_family
 
 __all__ = ["heatmap", "save_figure"]
@@ -157,7 +158,8 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150, close: bool = 
     if not path.suffix:
         raise ValueError(f"save_figure(path={str(path)!r}) needs a file suffix such as .png or .svg")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     if close and "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close(fig)
     return path
