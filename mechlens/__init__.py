@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 # Imported on first use (``import mechlens as ml; ml.patching.activation_patch(...)``), so
 # ``import mechlens`` stays light.
 _SUBPACKAGES = (
-    "baseline", "circuits", "directions", "engine", "hooks", "lens", "model_protocol", "models",
+    "ablation", "baseline", "circuits", "directions", "engine", "hooks", "lens", "model_protocol", "models",
     "patching", "reproduce", "results", "steering",
 )
 
