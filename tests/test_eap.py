@@ -1,5 +1,7 @@
 """Edge attribution patching: edges sum to node attribution scores; structure; a planted edge."""
 
+import copy
+
 import pytest
 import torch
 
@@ -102,3 +104,72 @@ def test_bad_input(tiny_gpt2):
         edge_attribution_patch(tiny_gpt2, ds, metric="fraction_recovered")
     with pytest.raises(ValueError, match="batch_size"):
         edge_attribution_patch(tiny_gpt2, ds, batch_size=-1)
+
+
+def test_faithfulness_endpoints(tiny_model):
+    """No edge kept = the corrupt run; every edge kept = the clean run; exact edge patching."""
+    from mechlens.circuits.eap import eap_faithfulness
+
+    ds = _ds(tiny_model)
+    edges = edge_attribution_patch(tiny_model, ds, progress=False)
+    n_edges = int(torch.tensor(eap_nodes(tiny_model)[2]).sum())
+    half = n_edges // 2
+    curve = eap_faithfulness(tiny_model, ds, edges, ks=[0, half, n_edges], progress=False)
+    assert curve.axes == ("k",) and curve.labels["k"] == [0, half, n_edges]
+    torch.testing.assert_close(curve.per_example[0], edges.baselines["corrupt"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(curve.per_example[-1], edges.baselines["clean"], atol=1e-4, rtol=0)
+    assert not torch.allclose(curve.per_example[1], curve.per_example[0])
+    with pytest.raises(ValueError, match="ks"):
+        eap_faithfulness(tiny_model, ds, edges, ks=[n_edges + 1], progress=False)
+
+
+def test_faithfulness_one_edge_by_hand(tiny_gpt2):
+    """Keeping every edge but the top one: only that receiver's input moves, by the sender's
+    difference (the sender's other edges stay clean)."""
+    from mechlens.circuits.eap import eap_faithfulness
+    from mechlens.metrics import logit_diff
+
+    ds = _ds(tiny_gpt2)
+    edges = edge_attribution_patch(tiny_gpt2, ds, progress=False)
+    senders, receivers, valid = eap_nodes(tiny_gpt2)
+    n_edges = int(torch.tensor(valid).sum())
+    # rank the top edge last, so that keeping n_edges - 1 edges prunes exactly it
+    u, r = divmod(int(edges.values.abs().flatten().argmax()), len(receivers))
+    ranked = copy.deepcopy(edges)
+    ranked.per_example = torch.ones_like(edges.per_example)
+    ranked.per_example[u, r] = 0
+    curve = eap_faithfulness(tiny_gpt2, ds, ranked, ks=[n_edges - 1], progress=False)
+    _, cc = tiny_gpt2.run_with_cache(ds.clean_tokens)
+    _, ck = tiny_gpt2.run_with_cache(ds.corrupt_tokens)
+
+    def out_of(cache, name):
+        if name == "embed":
+            return cache["blocks.0.hook_resid_pre"]
+        if name.endswith("mlp"):
+            return cache[f"blocks.{name[1]}.hook_mlp_out"]
+        layer, head = int(name[1]), int(name[3])
+        return cache[f"blocks.{layer}.attn.hook_z"][:, :, head] @ tiny_gpt2.blocks[layer].attn.W_O[head]
+
+    delta = (out_of(ck, senders[u]) - out_of(cc, senders[u])).detach()
+    rec = receivers[r]
+    from mechlens.model_protocol import qkv_input_hook
+    from mechlens.patching.path import _split_qkv_input
+
+    if rec == "logits":
+        name, head = f"blocks.{tiny_gpt2.cfg.n_layers - 1}.hook_resid_post", None
+    elif rec.endswith("mlp"):
+        name, head = f"blocks.{rec[1]}.ln2.hook_in", None
+    else:
+        name, head = qkv_input_hook(tiny_gpt2, int(rec[1]), rec[-1]), int(rec[3])
+
+    def hook(act, hook):
+        act = act.clone()
+        if head is None:
+            return act + delta
+        act[:, :, head] += delta
+        return act
+
+    with _split_qkv_input(tiny_gpt2), torch.no_grad():
+        want = logit_diff(tiny_gpt2.run_with_hooks(ds.clean_tokens, fwd_hooks=[(name, hook)]), ds.answers)
+    torch.testing.assert_close(curve.per_example[0], want.float(), atol=1e-5, rtol=0)
+    assert not torch.allclose(want.float(), edges.baselines["clean"], atol=1e-5)

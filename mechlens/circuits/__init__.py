@@ -8,7 +8,7 @@
   ablation at commas on SST-style reviews (:func:`mini_sst`).
 """
 
-from mechlens.circuits.eap import eap_nodes, edge_attribution_patch
+from mechlens.circuits.eap import eap_faithfulness, eap_nodes, edge_attribution_patch
 from mechlens.circuits.motif import (
     SPLITS,
     MotifResult,
@@ -30,6 +30,7 @@ __all__ = [
     "Circuit",
     "MotifResult",
     "discover_sentiment_circuit",
+    "eap_faithfulness",
     "eap_nodes",
     "edge_attribution_patch",
     "head_roles",
