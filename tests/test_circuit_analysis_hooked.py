@@ -71,3 +71,13 @@ def test_eap_sums_to_node_attribution(ht, ds):
     n, h = ht.cfg.n_layers, ht.cfg.n_heads
     idx = [e.labels["sender"].index(f"L{layer}H{i}") for layer in range(n) for i in range(h)]
     torch.testing.assert_close(out[idx].view(n, h, -1), z.per_example - z.baselines["clean"], atol=1e-4, rtol=1e-3)
+
+
+def test_eap_faithfulness_endpoints(ht, ds):
+    from mechlens.circuits.eap import eap_faithfulness, eap_nodes
+
+    e = edge_attribution_patch(ht, ds, progress=False)
+    n_edges = int(torch.tensor(eap_nodes(ht)[2]).sum())
+    curve = eap_faithfulness(ht, ds, e, ks=[0, n_edges], progress=False)
+    torch.testing.assert_close(curve.per_example[0], e.baselines["corrupt"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(curve.per_example[1], e.baselines["clean"], atol=1e-4, rtol=0)
