@@ -114,7 +114,7 @@ def test_faithfulness_endpoints(tiny_model):
     edges = edge_attribution_patch(tiny_model, ds, progress=False)
     n_edges = int(torch.tensor(eap_nodes(tiny_model)[2]).sum())
     half = n_edges // 2
-    curve = eap_faithfulness(tiny_model, ds, edges, ks=[0, half, n_edges], progress=False)
+    curve = eap_faithfulness(tiny_model, ds, edges, ks=[0, half, n_edges], batch_size=3, progress=False)
     assert curve.axes == ("k",) and curve.labels["k"] == [0, half, n_edges]
     torch.testing.assert_close(curve.per_example[0], edges.baselines["corrupt"], atol=1e-4, rtol=0)
     torch.testing.assert_close(curve.per_example[-1], edges.baselines["clean"], atol=1e-4, rtol=0)

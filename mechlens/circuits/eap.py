@@ -225,6 +225,7 @@ def eap_faithfulness(
     edges: PatchResult,
     ks: Sequence[int] | None = None,
     *,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> PatchResult:
     """The metric when only the top ``k`` edges (by ``|score|``) carry clean values.
@@ -238,6 +239,7 @@ def eap_faithfulness(
     Args:
         edges: the result of :func:`edge_attribution_patch` on this model.
         ks: numbers of edges to keep (default: 0, 1, 2, 5, 10, 20, 50, ... up to all).
+        batch_size: examples per forward pass (default all at once).
         progress: show a progress bar over ``ks``.
 
     Returns:
@@ -245,6 +247,7 @@ def eap_faithfulness(
         after keeping the top ``k`` edges; ``baselines`` hold the clean and corrupt values.
     """
     check_model(model)
+    check_batch_size_arg(batch_size)
     ds = prepare_dataset(model, ds)
     if not isinstance(edges, PatchResult) or edges.method != "eap":
         raise TypeError("edges must be the PatchResult of edge_attribution_patch")
@@ -276,8 +279,10 @@ def eap_faithfulness(
         pruned = mask.clone().flatten()
         pruned[order[:k]] = False
         pruned = pruned.view(mask.shape).float().to(ds.device)  # [sender, receiver]: 1 = corrupted
-        logits = _run_pruned(model, ds, pruned, corr_up, w_o, r_index)
-        out[j] = logit_diff(logits, ds.answers).float().cpu()
+        for sl in batches(ds.batch, batch_size):
+            sub = ds[list(range(sl.start, sl.stop))]
+            logits = _run_pruned(model, sub, pruned, [c[sl] for c in corr_up], w_o, r_index)
+            out[j, sl] = logit_diff(logits, sub.answers).float().cpu()
     return PatchResult(
         per_example=out, axes=("k",), labels={"k": ks}, metric="logit_diff", site="edges", mode="noise",
         method="eap_faithfulness", model_name=model_name(model), dataset=ds.name, fingerprint=ds.fingerprint(),
