@@ -154,3 +154,16 @@ def test_bad_input(tiny_gpt2):
         logit_lens(tiny_gpt2, ds, layers=[5])
     with pytest.raises(ValueError, match="k="):
         top_tokens(tiny_gpt2, ds, k=0)
+
+
+@pytest.mark.slow
+def test_ioi_lens_and_dla_on_smollm2(smollm2):
+    from mechlens.data import ioi
+
+    ds = ioi(smollm2, n_prompts=8, seed=0)
+    dla = direct_logit_attribution(smollm2, ds, progress=False)
+    real = dla.baselines["clean"]
+    torch.testing.assert_close(dla.per_example.sum(0), real, atol=1e-3, rtol=0)
+    lens = logit_lens(smollm2, ds, positions="END", layers=[0, 29], progress=False)
+    torch.testing.assert_close(lens.per_example[-1], real, atol=1e-3, rtol=0)
+    assert lens.values[0] < real.mean()  # the answer is not readable from the first layer yet
