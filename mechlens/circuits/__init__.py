@@ -8,6 +8,7 @@
   ablation at commas on SST-style reviews (:func:`mini_sst`).
 """
 
+from mechlens.circuits.eap import eap_faithfulness, eap_nodes, edge_attribution_patch
 from mechlens.circuits.motif import (
     SPLITS,
     MotifResult,
@@ -29,6 +30,9 @@ __all__ = [
     "Circuit",
     "MotifResult",
     "discover_sentiment_circuit",
+    "eap_faithfulness",
+    "eap_nodes",
+    "edge_attribution_patch",
     "head_roles",
     "mini_sst",
     "ov_direction_scores",

@@ -2,6 +2,7 @@
 
 from mechlens.data.choices import ChoiceDataset, choices, movie_review_choices, polite_casual
 from mechlens.data.contrast import ContrastDataset, find_token_position, single_token
+from mechlens.data.ioi import ioi
 from mechlens.data.sentiment import toy_mood_story, toy_movie_review
 from mechlens.data.sst import sst
 
@@ -12,6 +13,7 @@ __all__ = [
     "movie_review_choices",
     "polite_casual",
     "find_token_position",
+    "ioi",
     "single_token",
     "sst",
     "toy_mood_story",

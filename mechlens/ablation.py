@@ -1,0 +1,478 @@
+"""Ablation: remove a component's output and see what the model loses.
+
+**The method.** Replace what one component (an attention head, an MLP, a whole layer, one
+MLP neuron) writes with a value that carries no information about the prompt, run the
+model, and measure how much the metric (by default the answer logit difference) changes.
+A large drop means the rest of the model relies on that component for this task. Three
+replacement values are in use (Wang et al. 2022, Appendix; Chan et al. 2022 on causal
+scrubbing; Nanda's and ARENA's tutorials):
+
+- ``how="zero"``: zero. Simple, but zero may be far from any value the component ever
+  takes, so it can break the model in ways unrelated to the task.
+- ``how="mean"``: the component's mean activation over a reference distribution, per
+  position (default: the clean *and* corrupt prompts of ``ds``; or another
+  :class:`~mechlens.data.ContrastDataset` of the same token length as ``reference=``).
+  Keeps the typical value and removes only what is prompt-specific.
+- ``how="resample"``: the activation on another prompt. By default each example takes it
+  from its own corrupt partner, which is exactly activation patching in ``mode="noise"``
+  (tested equal); with ``reference=`` each example takes it from a random prompt of the
+  reference dataset (seeded by ``seed``).
+
+**How to read the result.** :func:`ablate_sweep` ablates one component at a time and
+returns a :class:`~mechlens.patching.PatchResult` whose value per component and example is
+``metric(ablated) - metric(unablated)`` (negative = the component helps); ``.stderr()`` gives
+its standard error over examples and ``baselines["clean"]`` the unablated metric.
+:func:`knockout` ablates any set of components for arbitrary code (a context manager; the
+hooks are removed on exit, also after an exception), and :func:`knockout_curve` removes
+components cumulatively, most harmful first, and reports the metric after each.
+
+Ablations run on the hooks backend of :mod:`mechlens.engine` (full ``run_with_hooks``
+passes, many ablations stacked on the batch axis), on any TransformerLens model.
+
+Example::
+
+    from mechlens.models import load_model
+    from mechlens.data import ioi
+    from mechlens.ablation import ablate_sweep, knockout, knockout_curve
+
+    model = load_model("smollm2-135m")
+    ds = ioi(model, n_prompts=32)
+    heads = ablate_sweep(model, ds, "heads", how="mean")     # (layer, head) grid of changes
+    heads.top(5)
+    with knockout(model, ["L21H3", "L23 mlp"], how="mean", ds=ds):
+        logits = model(ds.clean_tokens)
+    knockout_curve(model, ds, max_k=10).plot()
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechlens.engine import Patch, cached_run, resolve_backend, run_with_patches
+from mechlens.hooks import batches, check_batch_size_arg, hooked
+from mechlens.model_protocol import check_model
+from mechlens.models import model_name
+from mechlens.patching._forward import ROWS_DEFAULT, PatchMetric, prepare_dataset
+from mechlens.patching.result import PatchResult
+from mechlens.patching.sites import resolve_layers, resolve_positions
+
+__all__ = ["COMPONENTS", "HOWS", "Component", "ablate_sweep", "knockout", "knockout_curve", "parse_component"]
+
+COMPONENTS = ("heads", "heads_pos", "mlp", "layer", "neurons")
+HOWS = ("zero", "mean", "resample")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One ablatable component: ``kind`` ``"head"`` / ``"mlp"`` / ``"layer"`` / ``"neuron"``
+    at ``layer``; ``index`` is the head or neuron (``None`` otherwise)."""
+
+    kind: str
+    layer: int
+    index: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "head":
+            return f"L{self.layer}H{self.index}"
+        if self.kind == "neuron":
+            return f"L{self.layer}N{self.index}"
+        if self.kind == "mlp":
+            return f"L{self.layer} mlp"
+        return f"L{self.layer}"
+
+    def hooks(self) -> list[str]:
+        if self.kind == "head":
+            return [f"blocks.{self.layer}.attn.hook_z"]
+        if self.kind == "neuron":
+            return [f"blocks.{self.layer}.mlp.hook_post"]
+        if self.kind == "mlp":
+            return [f"blocks.{self.layer}.hook_mlp_out"]
+        return [f"blocks.{self.layer}.hook_attn_out", f"blocks.{self.layer}.hook_mlp_out"]
+
+    def mask(self, hook: str, n: int) -> Tensor:
+        """Broadcastable mask over the activation at ``hook`` (``n`` heads or neurons)."""
+        if self.kind == "head":
+            m = torch.zeros(1, 1, n, 1, dtype=torch.bool)
+            m[0, 0, self.index] = True
+            return m
+        if self.kind == "neuron":
+            m = torch.zeros(1, 1, n, dtype=torch.bool)
+            m[0, 0, self.index] = True
+            return m
+        return torch.ones(1, 1, 1, dtype=torch.bool)
+
+
+_PATTERNS = [
+    (re.compile(r"^L(\d+)H(\d+)$"), "head"),
+    (re.compile(r"^L(\d+)N(\d+)$"), "neuron"),
+    (re.compile(r"^L(\d+)[ .]?mlp$"), "mlp"),
+    (re.compile(r"^L(\d+)$"), "layer"),
+]
+
+
+def parse_component(model: Any, c: Any) -> Component:
+    """A :class:`Component` from ``"L3H2"`` (head), ``"L3N100"`` (neuron), ``"L3 mlp"``,
+    ``"L3"`` (the layer's attention and MLP), a tuple ``("head", 3, 2)`` or a Component."""
+    if isinstance(c, Component):
+        comp = c
+    elif isinstance(c, str):
+        for pat, kind in _PATTERNS:
+            m = pat.match(c.strip())
+            if m:
+                nums = [int(x) for x in m.groups()]
+                comp = Component(kind, nums[0], nums[1] if len(nums) > 1 else None)
+                break
+        else:
+            raise ValueError(
+                f"components: cannot read {c!r}; write 'L3H2' (head), 'L3N100' (neuron), 'L3 mlp' or 'L3' (layer)"
+            )
+    elif isinstance(c, tuple) and c and c[0] in ("head", "mlp", "layer", "neuron"):
+        comp = Component(c[0], int(c[1]), int(c[2]) if len(c) > 2 else None)
+    else:
+        raise TypeError(f"components entries must be strings like 'L3H2', tuples or Components, not {c!r}")
+    n = int(model.cfg.n_layers)
+    if not 0 <= comp.layer < n:
+        raise ValueError(f"components: {c!r} names layer {comp.layer}; the model has layers 0..{n - 1}")
+    limit = {"head": int(model.cfg.n_heads), "neuron": _d_mlp(model)}.get(comp.kind)
+    if limit is not None and (comp.index is None or not 0 <= comp.index < limit):
+        raise ValueError(f"components: {c!r} is out of range: there are {comp.kind}s 0..{limit - 1}")
+    return comp
+
+
+def _d_mlp(model: Any) -> int:
+    return int(getattr(model.cfg, "d_mlp", None) or 4 * model.cfg.d_model)
+
+
+def _n_at(model: Any, hook: str) -> int:
+    return int(model.cfg.n_heads) if hook.endswith("attn.hook_z") else _d_mlp(model)
+
+
+def _check_how(how: str) -> None:
+    if how not in HOWS:
+        raise ValueError(f"how={how!r}: choose one of {list(HOWS)}")
+
+
+def _reference_tokens(model: Any, ds: Any, reference: Any) -> Tensor:
+    if reference is None:
+        return torch.cat([ds.clean_tokens, ds.corrupt_tokens])
+    if not hasattr(reference, "clean_tokens"):
+        raise TypeError(f"reference must be a ContrastDataset or None, not {type(reference).__name__}")
+    reference = prepare_dataset(model, reference)
+    return torch.cat([reference.clean_tokens, reference.corrupt_tokens])
+
+
+def _sources(
+    model: Any, ds: Any, hooks: Iterable[str], how: str, reference: Any, seed: int, batch_size: int | None
+) -> dict[str, Tensor]:
+    """The replacement value at each hook: ``[1 or batch, pos, ...]``."""
+    hooks = sorted(set(hooks))
+    if how == "resample" and reference is None:
+        _, cache = _cached(model, ds.corrupt_tokens, hooks, batch_size)
+        return cache
+    ref = _reference_tokens(model, ds, reference)
+    if ref.shape[1] != ds.seq_len:
+        raise ValueError(
+            f"reference has prompts of {ref.shape[1]} tokens but ds has {ds.seq_len}; mean and resample "
+            "ablation replace values position by position, so the reference needs the same length"
+        )
+    if how == "mean":
+        sums: dict[str, Tensor] = {}
+        for sl in batches(len(ref), batch_size):
+            _, cache = cached_run(model, ref[sl], hooks)
+            for k, v in cache.items():
+                sums[k] = sums.get(k, 0) + v.float().sum(0, keepdim=True)
+        return {k: v / len(ref) for k, v in sums.items()}
+    # resample from the reference: each example takes a random reference prompt (seeded)
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(ref), (ds.batch,), generator=g).to(ref.device)
+    _, cache = _cached(model, ref[pick], hooks, batch_size)
+    return cache
+
+
+def _cached(model: Any, tokens: Tensor, hooks: list[str], batch_size: int | None) -> tuple[None, dict[str, Tensor]]:
+    parts: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    for sl in batches(len(tokens), batch_size):
+        _, cache = cached_run(model, tokens[sl], hooks)
+        for h in hooks:
+            parts[h].append(cache[h])
+    return None, {h: torch.cat(v) for h, v in parts.items()}
+
+
+def _patches(model: Any, comps: Sequence[Component], pos_mask: Tensor | None, src: dict[str, Tensor],
+             how: str, device: Any) -> list[Patch]:
+    out = []
+    for c in comps:
+        for hook in c.hooks():
+            m = c.mask(hook, _n_at(model, hook)).to(device)
+            if pos_mask is not None:  # [batch, pos] -> broadcast over the trailing axes
+                pm = pos_mask.view(*pos_mask.shape, *([1] * (m.ndim - 2)))
+                m = m & pm
+            value = src[hook] if how != "zero" else torch.zeros(1, device=m.device)
+            out.append(Patch(hook, m, value))
+    return out
+
+
+def _metric(metric: Any) -> Any:
+    if not callable(metric) and metric != "logit_diff":
+        raise ValueError(f"metric={metric!r}: choose 'logit_diff' or a callable(logits, ds) -> [batch]")
+    return metric
+
+
+def _check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed={seed!r} must be an int")
+
+
+def ablate_sweep(
+    model: Any,
+    ds: Any,
+    component: str = "heads",
+    *,
+    how: str = "mean",
+    reference: Any = None,
+    layers: int | Iterable[int] | None = None,
+    heads: int | Iterable[int] | None = None,
+    neurons: int | Iterable[int] | None = None,
+    positions: None | str | int | Sequence[int | str] = "all",
+    metric: str | Callable[..., Tensor] = "logit_diff",
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+    backend: str = "auto",
+) -> PatchResult:
+    """Ablate one component at a time on the clean prompts; the change in the metric.
+
+    Args:
+        model: a TransformerLens model.
+        ds: a :class:`~mechlens.data.ContrastDataset`; its clean prompts are run.
+        component: ``"heads"`` (each head's ``hook_z``; axes ``("layer", "head")``),
+            ``"heads_pos"`` (each head at each position separately: ``positions=None``),
+            ``"mlp"`` (``hook_mlp_out``), ``"layer"`` (attention and MLP outputs together)
+            or ``"neurons"`` (``mlp.hook_post``, one neuron; axes ``("layer", "neuron")``).
+        how: ``"zero"``, ``"mean"`` (default) or ``"resample"`` (see the module docstring).
+        reference: ``None`` (mean over the clean and corrupt prompts of ``ds``; resample
+            from each example's corrupt partner) or another ContrastDataset of the same
+            token length.
+        layers: layers to sweep (default all).
+        heads: ``"heads"`` only: heads to sweep (default all).
+        neurons: ``"neurons"`` only: neurons to sweep (default all ``d_mlp``: that is many
+            runs on a real model; give a list).
+        positions: where to ablate: ``"all"`` (default, every position at once), ``None``
+            (each position separately: a ``"pos"`` axis), an index or name, or a list.
+        metric: ``"logit_diff"`` or ``metric(logits, ds) -> [batch]``.
+        seed: seeds ``how="resample"`` with a ``reference``.
+        batch_size: sequences per forward pass (default 128; several ablations share a pass).
+        progress: show a progress bar.
+        backend: ``"auto"`` or ``"hooks"`` (ablation runs full hooked passes on any model).
+
+    Returns:
+        A :class:`PatchResult` (``method="ablation"``, ``site=component``, ``mode=how``)
+        holding ``metric(ablated) - metric(unablated)`` per cell and example.
+    """
+    check_model(model)
+    if component not in COMPONENTS:
+        raise ValueError(f"component={component!r}: choose one of {list(COMPONENTS)}")
+    _check_how(how)
+    _check_seed(seed)
+    check_batch_size_arg(batch_size)
+    metric = _metric(metric)
+    if backend == "fast":
+        raise ValueError("backend='fast': ablation runs on the hooks backend; use backend='auto' or 'hooks'")
+    resolve_backend(model, backend)
+    if component == "heads_pos":
+        component, positions = "heads", None
+    if heads is not None and component != "heads":
+        raise ValueError(f"heads={heads!r} only applies to component='heads'")
+    if neurons is not None and component != "neurons":
+        raise ValueError(f"neurons={neurons!r} only applies to component='neurons'")
+    ds = prepare_dataset(model, ds)
+    layer_list = resolve_layers(model, layers)
+    pos = resolve_positions(model, ds, positions)
+    kind, idx_name, idx_list = {
+        "heads": ("head", "head", _indices(heads, int(model.cfg.n_heads), "heads")),
+        "neurons": ("neuron", "neuron", _indices(neurons, _d_mlp(model), "neurons")),
+        "mlp": ("mlp", None, [None]),
+        "layer": ("layer", None, [None]),
+    }[component]
+    cells = [(layer, p, i) for layer in layer_list for p in range(len(pos.masks)) for i in idx_list]
+    comps = {(layer, i): Component(kind, layer, i) for layer in layer_list for i in idx_list}
+    hooks = {h for c in comps.values() for h in c.hooks()}
+    src = {} if how == "zero" else _sources(model, ds, hooks, how, reference, seed, batch_size)
+    logits_clean, _ = cached_run(model, ds.clean_tokens, [])
+    logits_corrupt, _ = cached_run(model, ds.corrupt_tokens, [])
+    pm = PatchMetric(metric, ds, logits_clean, logits_corrupt)
+    base = pm.baselines["clean"].float().cpu()
+    all_pos = not pos.has_axis and bool(pos.masks.all())
+    configs = [
+        _patches(model, [comps[(layer, i)]], None if all_pos else pos.masks[p], src, how, ds.device)
+        for layer, p, i in cells
+    ]
+    k = max(1, (ROWS_DEFAULT if batch_size is None else batch_size) // ds.batch)
+    out = run_with_patches(model, ds.clean_tokens, configs, pm, configs_per_pass=k, progress=progress,
+                           desc=f"ablating {component}")
+    change = out - base[None]
+    shape = [len(layer_list)] + ([len(pos.masks)] if pos.has_axis else []) + ([len(idx_list)] if idx_name else [])
+    axes = ("layer",) + (("pos",) if pos.has_axis else ()) + ((idx_name,) if idx_name else ())
+    labels: dict[str, list] = {"layer": layer_list}
+    if pos.has_axis:
+        labels["pos"] = pos.labels
+    if idx_name:
+        labels[idx_name] = idx_list
+    return PatchResult(
+        per_example=change.view(*shape, ds.batch), axes=axes, labels=labels, metric=pm.name,
+        site=component, mode=how, method="ablation", model_name=model_name(model), dataset=ds.name,
+        fingerprint=ds.fingerprint(), baselines={"clean": base},
+        meta={"positions": pos.description, "reference": "ds" if reference is None else reference.name,
+              "seed": seed, "value": "metric(ablated) - metric(unablated)"},
+    )
+
+
+def _indices(x: Any, n: int, what: str) -> list[int]:
+    if x is None:
+        return list(range(n))
+    if isinstance(x, int) and not isinstance(x, bool):
+        x = [x]
+    out = []
+    for i in x:
+        if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n:
+            raise ValueError(f"{what}: {i!r} is out of range 0..{n - 1}")
+        out.append(i % n)
+    if not out:
+        raise ValueError(f"{what} is empty: give at least one (or None for all)")
+    return sorted(set(out))
+
+
+@contextmanager
+def knockout(
+    model: Any,
+    components: Iterable[Any],
+    *,
+    how: str = "zero",
+    ds: Any = None,
+    reference: Any = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> Iterator[Any]:
+    """Ablate ``components`` (``"L3H2"``, ``"L3 mlp"``, ``"L3"``, ``"L3N100"``, ...) for the
+    code inside the ``with`` block; the hooks are removed on exit, even after an exception.
+
+    ``how="zero"`` works on any input. ``"mean"`` needs ``ds`` (the mean over its clean and
+    corrupt prompts, or over ``reference``'s) and inputs of the same token length.
+    ``"resample"`` needs ``ds``, and the code must run ``ds.clean_tokens``-shaped batches: each
+    row takes its corrupt partner's value (or a random ``reference`` prompt's).
+    """
+    check_model(model)
+    _check_how(how)
+    _check_seed(seed)
+    comps = [parse_component(model, c) for c in components]
+    src: dict[str, Tensor] = {}
+    if how != "zero":
+        if ds is None:
+            raise ValueError(f"knockout(how={how!r}) needs ds= (the prompts the values come from)")
+        ds = prepare_dataset(model, ds)
+        src = _sources(model, ds, {h for c in comps for h in c.hooks()}, how, reference, seed, batch_size)
+    by_hook: dict[str, list[Component]] = {}
+    for c in comps:
+        for h in c.hooks():
+            by_hook.setdefault(h, []).append(c)
+
+    def make(hook_name: str, cs: list[Component]) -> Callable[..., Tensor]:
+        mask = cs[0].mask(hook_name, _n_at(model, hook_name))
+        for c in cs[1:]:
+            mask = mask | c.mask(hook_name, _n_at(model, hook_name))
+
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            if how == "zero":
+                value: Tensor = torch.zeros((), dtype=act.dtype, device=act.device)
+            else:
+                value = src[hook_name]
+                if value.shape[1] != act.shape[1] or (value.shape[0] not in (1, act.shape[0])):
+                    raise ValueError(
+                        f"knockout(how={how!r}): the values are for batches of shape {tuple(value.shape[:2])} "
+                        f"but the model is running {tuple(act.shape[:2])}; run inputs shaped like ds.clean_tokens"
+                    )
+            return torch.where(mask.to(act.device), value.to(act.dtype), act)
+
+        return hook
+
+    with hooked(model, [(h, make(h, cs)) for h, cs in by_hook.items()]):
+        yield model
+
+
+def knockout_curve(
+    model: Any,
+    ds: Any,
+    order: Sequence[Any] | None = None,
+    *,
+    component: str = "heads",
+    how: str = "mean",
+    reference: Any = None,
+    max_k: int | None = None,
+    metric: str | Callable[..., Tensor] = "logit_diff",
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PatchResult:
+    """Remove components cumulatively and report the metric after each removal.
+
+    ``order``: the components to remove, first first (``"L3H2"``, ...). Default: an
+    :func:`ablate_sweep` over ``component`` (``"heads"``, ``"mlp"``, ``"layer"``) with the same
+    ``how``, sorted by effect, most harmful (most negative change) first. ``max_k``: stop
+    after that many (default all).
+
+    Returns:
+        A :class:`PatchResult` with axis ``("k",)``: entry 0 is the unablated metric, entry
+        ``k`` the metric with the first ``k`` components removed together (labels ``"none"``,
+        ``"+L9H6"``, ...); ``meta["order"]`` lists the components.
+    """
+    check_model(model)
+    _check_how(how)
+    check_batch_size_arg(batch_size)
+    metric = _metric(metric)
+    ds = prepare_dataset(model, ds)
+    if order is None:
+        if component not in ("heads", "mlp", "layer"):
+            raise ValueError(f"component={component!r}: knockout_curve ranks 'heads', 'mlp' or 'layer'")
+        sweep = ablate_sweep(model, ds, component, how=how, reference=reference, metric=metric, seed=seed,
+                             batch_size=batch_size, progress=progress)
+        kind = {"heads": "head", "mlp": "mlp", "layer": "layer"}[component]
+        vals = sweep.values.flatten()
+        cells = [
+            Component(kind, layer, i)
+            for layer in sweep.labels["layer"]
+            for i in (sweep.labels["head"] if component == "heads" else [None])
+        ]
+        comps = [cells[int(j)] for j in torch.argsort(vals, stable=True)]
+    else:
+        comps = [parse_component(model, c) for c in order]
+        if not comps:
+            raise ValueError("order is empty: give at least one component (or None to rank them)")
+    if max_k is not None:
+        if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
+            raise ValueError(f"max_k={max_k!r} must be a positive int or None")
+        comps = comps[:max_k]
+    hooks = {h for c in comps for h in c.hooks()}
+    src = {} if how == "zero" else _sources(model, ds, hooks, how, reference, seed, batch_size)
+    logits_clean, _ = cached_run(model, ds.clean_tokens, [])
+    logits_corrupt, _ = cached_run(model, ds.corrupt_tokens, [])
+    pm = PatchMetric(metric, ds, logits_clean, logits_corrupt)
+    configs = [_patches(model, comps[:k], None, src, how, ds.device) for k in range(1, len(comps) + 1)]
+    k_pass = max(1, (ROWS_DEFAULT if batch_size is None else batch_size) // ds.batch)
+    out = run_with_patches(model, ds.clean_tokens, configs, pm, configs_per_pass=k_pass, progress=progress,
+                           desc="knockout curve")
+    per_example = torch.cat([pm.baselines["clean"].float().cpu()[None], out])
+    names = [str(c) for c in comps]
+    return PatchResult(
+        per_example=per_example, axes=("k",), labels={"k": ["none"] + [f"+{n}" for n in names]},
+        metric=pm.name, site=component if order is None else "custom", mode=how, method="knockout",
+        model_name=model_name(model), dataset=ds.name, fingerprint=ds.fingerprint(),
+        baselines={"clean": pm.baselines["clean"].float().cpu()},
+        meta={"order": names, "reference": "ds" if reference is None else reference.name, "seed": seed},
+    )

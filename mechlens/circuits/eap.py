@@ -1,0 +1,332 @@
+"""Edge attribution patching (EAP): a first-order score for every edge of the model's graph.
+
+**The method** (Syed, Rager and Conmy 2023, "Attribution patching outperforms automated
+circuit discovery"; the edge semantics of ``auto-circuit``). Read the model as a graph:
+*upstream nodes* write into the residual stream (the embeddings, every attention head
+through ``z @ W_O``, every MLP), *downstream nodes* read from it (every head's query, key
+and value input, every MLP's input, and the final residual that is unembedded). An edge
+``u -> v`` exists when ``u`` writes before ``v`` reads. Patching the edge alone means: give
+``v`` the input it would get if only ``u``'s output came from the corrupt run. To first
+order the metric then changes by
+
+    score(u -> v) = (a_u^corrupt - a_u^clean) . dM/d(input of v)
+
+with the gradient taken on the clean run (``mode="noise"`` in patching terms: what breaks
+when the corrupt value flows along this one edge). One corrupt forward pass and one clean
+forward and backward pass give every edge at once. Summed over ``u``'s outgoing edges the
+scores equal ``u``'s node attribution-patching score (the gradient of the residual stream
+is the sum of the gradients of its readers), which the tests check.
+
+**How to read the result.** A :class:`~mechlens.patching.PatchResult` with axes
+``("sender", "receiver")`` and per-example scores ``[sender, receiver, batch]`` in metric
+units (the change of the logit difference if the edge were patched; negative = the edge
+carries what the clean prompt needs). Edges that do not exist (a receiver before its
+sender) are 0; ``meta["valid"]`` marks the real ones. ``result.top(20)`` lists the edges
+with the largest ``|score|``: the candidate circuit. The approximation is linear: check the
+edges that matter with path patching (:func:`mechlens.patching.path_patch`).
+
+Node names: senders ``embed``, ``L{l}H{h}``, ``L{l} mlp``; receivers ``L{l}H{h}.q``,
+``L{l}H{g}.k`` / ``.v`` (``g`` a key/value head on grouped-query models), ``L{l} mlp``,
+``logits``.
+
+Example::
+
+    from mechlens.models import load_model
+    from mechlens.data import ioi
+    from mechlens.circuits import edge_attribution_patch
+
+    model = load_model("smollm2-135m")
+    ds = ioi(model, n_prompts=16)
+    edges = edge_attribution_patch(model, ds, batch_size=8)
+    edges.top(20)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechlens.engine import cached_run
+from mechlens.hooks import batches, check_batch_size_arg, hooked
+from mechlens.metrics import logit_diff
+from mechlens.model_protocol import check_model, is_bridge, qkv_input_hook
+from mechlens.models import model_name
+from mechlens.patching._forward import prepare_dataset
+from mechlens.patching.path import _split_qkv_input
+from mechlens.patching.result import PatchResult
+
+__all__ = ["edge_attribution_patch", "eap_faithfulness", "eap_nodes"]
+
+
+def eap_nodes(model: Any) -> tuple[list[str], list[str], list[list[bool]]]:
+    """Sender names, receiver names, and which (sender, receiver) edges exist."""
+    n, h = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    kv = int(getattr(model.cfg, "n_key_value_heads", None) or h)
+    parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
+    senders: list[tuple[str, int, str]] = [("embed", -1, "embed")]
+    receivers: list[tuple[str, int, str]] = []
+    for layer in range(n):
+        senders += [(f"L{layer}H{i}", layer, "head") for i in range(h)] + [(f"L{layer} mlp", layer, "mlp")]
+        receivers += [(f"L{layer}H{i}.q", layer, "head") for i in range(h)]
+        receivers += [(f"L{layer}H{i}.k", layer, "head") for i in range(kv)]
+        receivers += [(f"L{layer}H{i}.v", layer, "head") for i in range(kv)]
+        receivers.append((f"L{layer} mlp", layer, "mlp"))
+    receivers.append(("logits", n, "logits"))
+
+    def ok(s: tuple[str, int, str], r: tuple[str, int, str]) -> bool:
+        if r[2] == "logits" or s[2] == "embed":
+            return True
+        if s[1] < r[1]:
+            return True
+        return s[1] == r[1] and s[2] == "head" and r[2] == "mlp" and not parallel
+
+    valid = [[ok(s, r) for r in receivers] for s in senders]
+    return [s[0] for s in senders], [r[0] for r in receivers], valid
+
+
+def _mlp_input_hook(model: Any, layer: int) -> str:
+    return f"blocks.{layer}.ln2.hook_in" if is_bridge(model) else f"blocks.{layer}.hook_mlp_in"
+
+
+@contextmanager
+def _forks(model: Any) -> Iterator[None]:
+    """Per-head q/k/v input forks, and (HookedTransformer) the MLP input fork."""
+    with ExitStack() as stack:
+        stack.enter_context(_split_qkv_input(model))
+        if not is_bridge(model) and hasattr(model, "set_use_hook_mlp_in"):
+            saved = bool(getattr(model.cfg, "use_hook_mlp_in", False))
+            model.set_use_hook_mlp_in(True)
+            stack.callback(model.set_use_hook_mlp_in, saved)
+        yield
+
+
+def edge_attribution_patch(
+    model: Any,
+    ds: Any,
+    *,
+    metric: str | Callable[..., Tensor] = "logit_diff",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PatchResult:
+    """Score every edge ``sender -> receiver`` by ``(a_corrupt - a_clean) . dM/d(receiver input)``.
+
+    Args:
+        model: a TransformerLens model whose attention has per-head q/k/v input forks
+            (``use_split_qkv_input``).
+        ds: a :class:`~mechlens.data.ContrastDataset`.
+        metric: ``"logit_diff"`` or a differentiable ``metric(logits, ds) -> [batch]``.
+        batch_size: examples per forward/backward pass (default all at once).
+        progress: show a progress bar over example batches.
+
+    Returns:
+        A :class:`PatchResult` with ``method="eap"``, axes ``("sender", "receiver")``;
+        ``baselines`` hold the clean and corrupt metric.
+    """
+    check_model(model)
+    check_batch_size_arg(batch_size)
+    if not callable(metric) and metric != "logit_diff":
+        raise ValueError(f"metric={metric!r}: choose 'logit_diff' or a differentiable callable(logits, ds)")
+    ds = prepare_dataset(model, ds)
+    n, h = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    senders, receivers, valid = eap_nodes(model)
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n)]
+    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n)]
+    value_names = ["blocks.0.hook_resid_pre", *z_names, *mlp_names]
+    recv_names: list[tuple[str, str]] = []  # (hook, kind) in receiver order, grouped per layer
+    for layer in range(n):
+        recv_names += [(qkv_input_hook(model, layer, w), "heads") for w in "qkv"]
+        recv_names.append((_mlp_input_hook(model, layer), "one"))
+    recv_names.append((f"blocks.{n - 1}.hook_resid_post", "one"))
+    w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
+
+    def fn(m: Any, sub: Any, logits: Tensor) -> Tensor:
+        y = logit_diff(logits, sub.answers) if not callable(metric) else torch.as_tensor(metric(logits, sub))
+        if y.shape != (sub.batch,):
+            raise ValueError(f"metric must return one value per example, shape ({sub.batch},), got {tuple(y.shape)}")
+        return y
+
+    scores = torch.zeros(len(senders), len(receivers), ds.batch)
+    y_clean = torch.empty(ds.batch)
+    y_corrupt = torch.empty(ds.batch)
+    mask = torch.tensor(valid)
+    chunks = list(batches(ds.batch, batch_size))
+    for sl in tqdm(chunks, desc="edge attribution", leave=False, disable=not progress):
+        sub = ds[list(range(sl.start, sl.stop))]
+        logits_k, corrupt = cached_run(model, sub.corrupt_tokens, value_names)
+        y_corrupt[sl] = fn(model, sub, logits_k).detach().float().cpu()
+        clean: dict[str, Tensor] = {}
+        grads_at: dict[str, Tensor] = {}
+
+        def save(name: str, leaf: bool = False, store: dict[str, Tensor] = clean) -> Callable:
+            def hook(act: Tensor, hook: Any) -> Tensor:
+                store[name] = act.detach()
+                if leaf and not act.requires_grad:
+                    return act.detach().requires_grad_(True)  # frozen weights: start the graph here
+                return act
+
+            return hook
+
+        def fork(name: str, store: dict[str, Tensor] = grads_at) -> Callable:
+            def hook(act: Tensor, hook: Any) -> Tensor:
+                out = act.clone()  # a node that only this reader uses: its gradient is the reader's
+                store[name] = out
+                return out
+
+            return hook
+
+        hooks = [("blocks.0.hook_resid_pre", save("blocks.0.hook_resid_pre", leaf=True))]
+        hooks += [(nm, save(nm)) for nm in z_names + mlp_names]
+        hooks += [(nm, fork(nm)) for nm, _ in recv_names]
+        with _forks(model), torch.enable_grad(), hooked(model, hooks):
+            logits = model(sub.clean_tokens)
+            y = fn(model, sub, logits)
+            names = [nm for nm, _ in recv_names]
+            missing = [nm for nm in names if nm not in grads_at]
+            if missing:
+                raise NotImplementedError(
+                    f"{missing[:3]} did not fire: this model has no per-head q/k/v or MLP input fork, so "
+                    "edges cannot be told apart"
+                )
+            grads = torch.autograd.grad(y.sum(), [grads_at[nm] for nm in names], allow_unused=True)
+        y_clean[sl] = y.detach().float().cpu()
+        g = {nm: (torch.zeros_like(grads_at[nm]) if gr is None else gr) for nm, gr in zip(names, grads)}
+        # senders: [b, pos, n_senders, d]
+        ups = [corrupt["blocks.0.hook_resid_pre"] - clean["blocks.0.hook_resid_pre"]]
+        for layer in range(n):
+            dz = corrupt[z_names[layer]] - clean[z_names[layer]]
+            ups.append(torch.einsum("bphe,hem->bphm", dz, w_o[layer].to(dz.dtype)))
+            ups.append((corrupt[mlp_names[layer]] - clean[mlp_names[layer]])[:, :, None])
+        ups[0] = ups[0][:, :, None]
+        up = torch.cat(ups, dim=2).float()
+        downs = [g[nm] if kind == "heads" else g[nm][:, :, None] for nm, kind in recv_names]
+        down = torch.cat(downs, dim=2).float()
+        s = torch.einsum("bpud,bprd->urb", up, down)
+        scores[:, :, sl] = (s * mask[:, :, None].to(s.device)).cpu()
+        del up, down, g
+    assert scores.shape[1] == len(receivers) and h > 0
+    return PatchResult(
+        per_example=scores, axes=("sender", "receiver"), labels={"sender": senders, "receiver": receivers},
+        metric="logit_diff" if not callable(metric) else getattr(metric, "__name__", "custom"),
+        site="edges", mode="noise", method="eap", model_name=model_name(model), dataset=ds.name,
+        fingerprint=ds.fingerprint(), baselines={"clean": y_clean, "corrupt": y_corrupt},
+        meta={"valid": valid, "score": "(a_corrupt - a_clean) . dM/d(receiver input), clean run"},
+    )
+
+
+def eap_faithfulness(
+    model: Any,
+    ds: Any,
+    edges: PatchResult,
+    ks: Sequence[int] | None = None,
+    *,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PatchResult:
+    """The metric when only the top ``k`` edges (by ``|score|``) carry clean values.
+
+    Every other edge is patched exactly: each receiver's input gets, for every pruned edge
+    ``u -> v``, ``a_u^corrupt - a_u`` added (``a_u`` the sender's output in this run). With
+    ``k = 0`` the run is the corrupt run (every edge corrupted), with every edge kept it is
+    the clean run; in between, how fast the curve rises shows how few edges carry the
+    behaviour (Syed et al. 2023; Conmy et al. 2023).
+
+    Args:
+        edges: the result of :func:`edge_attribution_patch` on this model.
+        ks: numbers of edges to keep (default: 0, 1, 2, 5, 10, 20, 50, ... up to all).
+        batch_size: examples per forward pass (default all at once).
+        progress: show a progress bar over ``ks``.
+
+    Returns:
+        A :class:`PatchResult` with axis ``("k",)``: the metric (``logit_diff``) per example
+        after keeping the top ``k`` edges; ``baselines`` hold the clean and corrupt values.
+    """
+    check_model(model)
+    check_batch_size_arg(batch_size)
+    ds = prepare_dataset(model, ds)
+    if not isinstance(edges, PatchResult) or edges.method != "eap":
+        raise TypeError("edges must be the PatchResult of edge_attribution_patch")
+    senders, receivers, valid = eap_nodes(model)
+    if edges.labels["sender"] != senders or edges.labels["receiver"] != receivers:
+        raise ValueError("edges were computed on a model with a different graph; rerun edge_attribution_patch")
+    mask = torch.tensor(valid)
+    n_valid = int(mask.sum())
+    if ks is None:
+        ks = sorted({min(k, n_valid) for k in [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, n_valid]})
+    ks = list(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n_valid for k in ks):
+        raise ValueError(f"ks={ks!r}: give ints between 0 and the number of edges ({n_valid})")
+    score = edges.values.abs().masked_fill(~mask, -1.0).flatten()
+    order = torch.argsort(score, descending=True, stable=True)
+    n = int(model.cfg.n_layers)
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n)]
+    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n)]
+    _, corrupt = cached_run(model, ds.corrupt_tokens, ["blocks.0.hook_resid_pre", *z_names, *mlp_names])
+    w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
+    corr_up = [corrupt["blocks.0.hook_resid_pre"]]
+    for layer in range(n):
+        zc = corrupt[z_names[layer]]
+        corr_up += list(torch.einsum("bphe,hem->hbpm", zc, w_o[layer].to(zc.dtype)))
+        corr_up.append(corrupt[mlp_names[layer]])
+    r_index = {r: i for i, r in enumerate(receivers)}
+    out = torch.empty(len(ks), ds.batch)
+    for j, k in enumerate(tqdm(ks, desc="faithfulness", leave=False, disable=not progress)):
+        pruned = mask.clone().flatten()
+        pruned[order[:k]] = False
+        pruned = pruned.view(mask.shape).float().to(ds.device)  # [sender, receiver]: 1 = corrupted
+        for sl in batches(ds.batch, batch_size):
+            sub = ds[list(range(sl.start, sl.stop))]
+            logits = _run_pruned(model, sub, pruned, [c[sl] for c in corr_up], w_o, r_index)
+            out[j, sl] = logit_diff(logits, sub.answers).float().cpu()
+    return PatchResult(
+        per_example=out, axes=("k",), labels={"k": ks}, metric="logit_diff", site="edges", mode="noise",
+        method="eap_faithfulness", model_name=model_name(model), dataset=ds.name, fingerprint=ds.fingerprint(),
+        baselines={k: v.float().cpu() for k, v in edges.baselines.items()},
+        meta={"n_edges": n_valid, "ranking": "|mean score|"},
+    )
+
+
+def _run_pruned(
+    model: Any, ds: Any, pruned: Tensor, corr_up: list[Tensor], w_o: list[Tensor], r_index: dict[str, int]
+) -> Tensor:
+    """One clean run in which every edge marked in ``pruned`` [sender, receiver] carries the
+    corrupt value: each receiver input gets ``sum_u pruned[u, r] * (a_u^corrupt - a_u)``."""
+    n = int(model.cfg.n_layers)
+    h, kv = int(model.cfg.n_heads), int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+    diffs: list[Tensor] = []  # corrupt minus current, in sender order, as the senders run
+
+    def on_embed(act: Tensor, hook: Any) -> None:
+        diffs.append(corr_up[0] - act)
+
+    def on_z(act: Tensor, hook: Any, layer: int = 0) -> None:
+        cur = torch.einsum("bphe,hem->hbpm", act, w_o[layer].to(act.dtype))
+        base = len(diffs)
+        diffs.extend(corr_up[base + i] - cur[i] for i in range(h))
+
+    def on_mlp(act: Tensor, hook: Any) -> None:
+        diffs.append(corr_up[len(diffs)] - act)
+
+    def on_recv(first: int, count: int, per_head: bool) -> Callable:
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            d = torch.stack(diffs, dim=2)  # [b, pos, senders so far, d]
+            m = pruned[: d.shape[2], first : first + count].to(d.dtype)
+            add = torch.einsum("bpud,ur->bprd", d, m)
+            return act + (add if per_head else add[:, :, 0]).to(act.dtype)
+
+        return hook
+
+    hooks: list[tuple[str, Callable]] = [("blocks.0.hook_resid_pre", on_embed)]
+    for layer in range(n):
+        for w, count in (("q", h), ("k", kv), ("v", kv)):
+            hooks.append((qkv_input_hook(model, layer, w), on_recv(r_index[f"L{layer}H0.{w}"], count, True)))
+        hooks.append((f"blocks.{layer}.attn.hook_z", functools.partial(on_z, layer=layer)))
+        hooks.append((_mlp_input_hook(model, layer), on_recv(r_index[f"L{layer} mlp"], 1, False)))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", on_mlp))
+    hooks.append((f"blocks.{n - 1}.hook_resid_post", on_recv(r_index["logits"], 1, False)))
+    with _forks(model), torch.no_grad(), hooked(model, hooks):
+        return model(ds.clean_tokens)
