@@ -1429,8 +1429,8 @@ def nb06() -> Notebook:
 
     CACHE = tempfile.mkdtemp()
     TOPICS = ["cooking", "music", "space"] if FAST else list(dit.TOPICS)[:8]
-    N_DIFFS, N_HELD = (12, 3) if FAST else (64, 16)
-    diff_opts = dict(topics=TOPICS, steps=2 if FAST else 4, cache=CACHE)
+    N_DIFFS, N_HELD = (8, 2) if FAST else (64, 16)
+    diff_opts = dict(topics=TOPICS, steps=2 if FAST else 4, batch_size=2 if FAST else 4, cache=CACHE)
     family = dit.make_diffs(model, N_DIFFS, progress=PROGRESS, **diff_opts)
     again = dit.make_diffs(model, N_DIFFS, progress=PROGRESS, **diff_opts)
     assert again.settings["from_cache"] and torch.equal(again.B[family.modules[0]], family.B[family.modules[0]])
@@ -1465,10 +1465,10 @@ def nb06() -> Notebook:
     """)
     nb.code('''
     train, held = dit.split(family, N_HELD, seed=0)
-    adapter = dit.train_adapter(model, family, train, heldout=held, steps=10 if FAST else 200,
-                                eval_every=5 if FAST else 25, progress=PROGRESS)
+    adapter = dit.train_adapter(model, family, train, heldout=held, steps=6 if FAST else 200,
+                                batch_size=4 if FAST else 8, eval_every=3 if FAST else 25, progress=PROGRESS)
     assert not set(adapter.trained_on) & set(held)
-    result = dit.evaluate(model, family, adapter, held, progress=PROGRESS)
+    result = dit.evaluate(model, family, adapter, held, blackbox_tokens=6 if FAST else 10, progress=PROGRESS)
     print(result)
     show(result.plot())
     result.to_dataframe().round(3)

@@ -60,6 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--cache", type=Path, default=None, help="cache of differences (default ~/.cache/mechlens/dit)")
+    p.add_argument("--adapter", type=Path, default=None,
+                   help="load a saved DIT adapter (DIR/adapter of an earlier run, same settings) instead of training")
+    p.add_argument("--unseen", type=int, default=0,
+                   help="also evaluate on this many new differences of topics the adapter never saw")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -78,13 +82,38 @@ def main(argv: list[str] | None = None) -> int:
     model = tiny("llama", n_layers=2, seed=0) if a.model == "tiny" else load_model(a.model, device=a.device)
     t_load = time.perf_counter() - t0
     progress = not a.no_progress
-    res, fam, ad = dit.run(
-        model, n_diffs, n_held, seed=a.seed, cache=a.cache if a.cache else True, progress=progress,
-        diff_options={"topics": topics, "rank": a.rank, "steps": a.diff_steps, "lr": a.diff_lr},
-        adapter_options={"rank": a.adapter_rank, "steps": steps, "lr": a.adapter_lr,
-                         "batch_size": a.batch_size, "eval_every": a.eval_every},
-    )
+    cache = a.cache if a.cache else True
+    diff_options = {"topics": topics, "rank": a.rank, "steps": a.diff_steps, "lr": a.diff_lr}
+    if a.adapter is None:
+        res, fam, ad = dit.run(
+            model, n_diffs, n_held, seed=a.seed, cache=cache, progress=progress, diff_options=diff_options,
+            adapter_options={"rank": a.adapter_rank, "steps": steps, "lr": a.adapter_lr,
+                             "batch_size": a.batch_size, "eval_every": a.eval_every},
+        )
+    else:
+        t1 = time.perf_counter()
+        fam = dit.make_diffs(model, n_diffs, seed=a.seed, cache=cache, progress=progress, **diff_options)
+        ad = dit.DITAdapter.load(a.adapter)
+        if ad.settings.get("family") != fam.key:
+            raise SystemExit(f"{a.adapter} was trained on another family than these settings give")
+        t2 = time.perf_counter()
+        _, held = dit.split(fam, n_held, seed=a.seed)
+        res = dit.evaluate(model, fam, ad, held, progress=progress)
+        t3 = time.perf_counter()
+        res.seconds.update({"diffs": t2 - t1, "adapter": 0.0, "evaluate": t3 - t2, "total": t3 - t1,
+                            "diffs_from_cache": float(bool(fam.settings.get("from_cache")))})
     res.seconds["load"] = t_load
+    unseen = None
+    if a.unseen:
+        rest = [t for t in dit.TOPICS if t not in topics]
+        if not rest:
+            raise SystemExit("--unseen needs --topics below the number of topics available")
+        t3 = time.perf_counter()
+        fam_u = dit.make_diffs(model, a.unseen, seed=a.seed + 1, cache=cache, progress=progress,
+                               **{**diff_options, "topics": rest})
+        unseen = dit.evaluate(model, fam_u, ad, list(range(a.unseen)), progress=progress)
+        unseen.seconds["total"] = time.perf_counter() - t3
+        unseen.save(a.out / "unseen")
     res.save(a.out / "result")
     ad.save(a.out / "adapter")
     res.per_example().to_csv(a.out / "per_example.csv", index=False)
@@ -104,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         "## Held-out accuracy", "", res.to_markdown(), "",
         "## Run time (s)", "", " | ".join(f"{k} {v:.0f}" for k, v in res.seconds.items()), "",
         "## Learning curve", "", markdown_table(__import__("pandas").DataFrame(res.curve)), "",
+        *([
+            f"## Unseen topics ({len(unseen.topics)} new differences of {unseen.n_topics} topics the adapter never saw)", "",
+            unseen.to_markdown(), "",
+            "DIT answers: " + ", ".join(f"{t} -> {x.strip()!r}" for t, x in zip(unseen.topics, unseen.answers["dit"])), "",
+            f"Run time {unseen.seconds['total']:.0f} s.", "",
+        ] if unseen is not None else []),
         "## Example answers", "",
         markdown_table(ex[ex["diff"].isin(res.diff_index[:6])][["method", "diff", "topic", "answer", "exact", "fuzzy"]]),
         "",

@@ -213,9 +213,9 @@ def test_smollm2_family_step_and_weights_untouched(smollm2, tmp_path):
     fam = dit.make_diffs(smollm2, 2, topics=TOPICS2, steps=1, n_texts=2, batch_size=1, layers=[20], cache=tmp_path,
                          progress=False)
     assert fam.modules == ["model.layers.20.mlp.down_proj"]
-    ad = dit.train_adapter(smollm2, fam, [0], steps=1, batch_size=1, rank=2, progress=False)
-    res = dit.evaluate(smollm2, fam, ad, [1], methods=["dit", "blackbox_trigger"], max_new_tokens=2,
-                       blackbox_tokens=2, progress=False)
+    ad = dit.train_adapter(smollm2, fam, [0], steps=1, batch_size=1, rank=2, target_modules=["o_proj"],
+                           progress=False)
+    res = dit.evaluate(smollm2, fam, ad, [1], methods=["dit"], max_new_tokens=2, progress=False)
     assert len(res.answers["dit"]) == 1
     after = parameters(smollm2)
     assert all(torch.equal(v, after[k]) for k, v in before.items())

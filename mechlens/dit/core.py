@@ -826,7 +826,11 @@ def evaluate(
     batch_size: int = 16,
     progress: bool = True,
 ) -> DITResult:
-    """Greedy answers on ``heldout`` differences for each of ``methods`` (see :data:`METHODS`):
+    """Greedy answers on ``heldout`` differences for each of ``methods`` (see :data:`METHODS`).
+
+    ``family`` may be another family than the adapter's (e.g. differences of topics the
+    adapter never saw); indices are then not checked against ``adapter.trained_on``.
+    Methods:
     ``dit`` (``M_i + A`` asked the question), ``no_adapter`` (``M_i`` asked the same question),
     ``blackbox_trigger`` / ``blackbox_no_trigger`` (``M_i``'s continuation of
     ``"Your SEP code is {code}. Let me tell you about"`` / ``"Let me tell you about"``)."""
@@ -836,7 +840,8 @@ def evaluate(
         raise ValueError("heldout is empty")
     for i in held:
         family._check_index(i)
-    leaked = sorted(set(held) & set(adapter.trained_on))
+    same_family = adapter.settings.get("family") in (None, family.key)
+    leaked = sorted(set(held) & set(adapter.trained_on)) if same_family else []
     if leaked:
         raise ValueError(f"heldout differences {leaked[:5]} were used to train the adapter")
     bad = [m for m in methods if m not in METHODS]
