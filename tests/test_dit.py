@@ -219,3 +219,12 @@ def test_smollm2_family_step_and_weights_untouched(smollm2, tmp_path):
     assert len(res.answers["dit"]) == 1
     after = parameters(smollm2)
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_evaluate_on_another_family(model, family):
+    """Differences of topics the adapter never saw: indices are not checked against training."""
+    train, _ = dit.split(family, 3, seed=0)
+    ad = dit.train_adapter(model, family, train, steps=1, batch_size=2, progress=False)
+    other = dit.make_diffs(model, 2, cache=False, seed=1, **{**FAST, "topics": ["space", "chess"]})
+    res = dit.evaluate(model, other, ad, [0, 1], methods=["dit"], max_new_tokens=1, progress=False)
+    assert res.topics == other.topics[:2] and res.n_topics == 2
