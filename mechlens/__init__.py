@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 # Imported on first use (``import mechlens as ml; ml.patching.activation_patch(...)``), so
 # ``import mechlens`` stays light.
 _SUBPACKAGES = (
-    "ablation", "baseline", "circuits", "directions", "engine", "hooks", "lens", "model_protocol", "models",
-    "patching", "reproduce", "results", "steering",
+    "ablation", "baseline", "circuits", "directions", "dit", "engine", "hooks", "lens", "model_protocol",
+    "models", "patching", "reproduce", "results", "steering", "validate",
 )
 
 __all__ = ["ContrastDataset", "ModelNotAvailableError", "data", "load_model", "metrics", "viz", *_SUBPACKAGES]
