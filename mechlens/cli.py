@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in args:  # accepted anywhere on the command line
+    saved = os.environ.get("MECHLENS_DEBUG")
+    if "--debug" in args:  # accepted anywhere on the command line; restored on return
         os.environ["MECHLENS_DEBUG"] = "1"
     debug = _debug()
     args = [a for a in args if a != "--debug"]
@@ -148,6 +149,11 @@ def main(argv: list[str] | None = None) -> None:
         hint = "" if user else " (run with --debug for the traceback)"
         typer.echo(f"error: {_one_line(exc)}{hint}", err=True)
         sys.exit(2 if user else 1)
+    finally:
+        if saved is None:
+            os.environ.pop("MECHLENS_DEBUG", None)
+        else:
+            os.environ["MECHLENS_DEBUG"] = saved
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -542,6 +542,7 @@ def test_cli_main_one_line_for_any_failure(monkeypatch, capsys, tmp_path):
         main(["baseline", "--out", str(tmp_path)])
     assert info.value.code == 2
     assert capsys.readouterr().err == "error: batch_size=0 must be a positive int (sequences per forward pass) or None\n"
+    monkeypatch.delenv("MECHLENS_DEBUG", raising=False)
     with pytest.raises(ValueError, match="batch_size=0"):
         main(["baseline", "--out", str(tmp_path), "--debug"])
-    monkeypatch.delenv("MECHLENS_DEBUG", raising=False)
+    assert "MECHLENS_DEBUG" not in os.environ  # --debug lasts one call, not the process
