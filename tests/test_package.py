@@ -41,8 +41,13 @@ def test_unsupported_model_gets_a_clear_error(tiny_gpt2):
     from mechlens.patching import activation_patch
 
     ds = toy_movie_review(tiny_gpt2, "train")[:2]
+    from mechlens.patching import attribution_patch, path_patch
+
+    for method in (activation_patch, attribution_patch):
+        with pytest.raises(TypeError, match=r"needs a TransformerLens model.*this Linear has no cfg, blocks, to_tokens"):
+            method(torch.nn.Linear(2, 2), ds, "resid_pre", progress=False)
     with pytest.raises(TypeError, match=r"needs a TransformerLens model.*this Linear has no cfg, blocks, to_tokens"):
-        activation_patch(torch.nn.Linear(2, 2), ds, "resid_pre", progress=False)
+        path_patch(torch.nn.Linear(2, 2), ds, progress=False)
 
 
 def test_tiny_hooked_needs_transformer_lens_3():

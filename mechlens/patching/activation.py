@@ -147,15 +147,14 @@ def activation_patch(
     else:
         start_names = {f"blocks.{layer}.hook_resid_pre" for layer in layer_list}
     tokens = torch.cat([ds.clean_tokens, ds.corrupt_tokens])
-    chosen = resolve_backend(model, backend)
     run = None
-    if chosen == "fast":
+    if resolve_backend(model, backend) == "fast":
         try:
             run = base_run(model, tokens, src_names | start_names)
         except NotImplementedError:
             if backend != "auto":
                 raise
-            chosen = "hooks"  # the blocks cannot run on their own here; same numbers, slower
+            # "auto": the blocks cannot run on their own here; the hooks backend gives the same numbers
     if run is not None:
         logits, cache = run.logits, run.cache
     else:

@@ -77,8 +77,8 @@ def attribution_patch(
         A :class:`PatchResult` with ``method="attribution"`` and the same axes and labels as
         the exact sweep with the same arguments.
     """
-    s = get_site(model, site)
     check_model(model)
+    s = get_site(model, site)
     check_mode(mode)
     ds = prepare_dataset(model, ds)
     layer_list = resolve_layers(model, layers)
