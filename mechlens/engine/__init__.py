@@ -32,7 +32,7 @@ from mechlens.model_protocol import check_model, is_bridge
 
 __all__ = [
     "BACKENDS", "Patch", "HooksRunner", "patch_mask", "patch_rows", "resolve_backend", "run_with_patches",
-    "cached_run", "is_bridge",
+    "cached_run", "saver", "is_bridge",
 ]
 
 BACKENDS = ("auto", "fast", "hooks")
@@ -99,18 +99,21 @@ def resolve_backend(model: Any, backend: str) -> str:
     return backend
 
 
+def saver(cache: dict[str, Tensor], name: str) -> Callable[..., None]:
+    """A hook that stores its activation (detached) in ``cache[name]``: keyed by the name asked
+    for, also where the model resolves it to an alias (hook_resid_pre -> hook_in)."""
+
+    def save(act: Tensor, hook: Any) -> None:
+        cache[name] = act.detach()
+
+    return save
+
+
 def cached_run(model: Any, tokens: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
     """One forward pass: the logits and the activations at ``names`` (keyed by the names asked
     for, also where the model resolves a name to an alias)."""
     cache: dict[str, Tensor] = {}
-
-    def saver(name: str) -> Callable[..., None]:
-        def save(act: Tensor, hook: Any) -> None:
-            cache[name] = act.detach()
-
-        return save
-
-    with torch.no_grad(), hooked(model, [(n, saver(n)) for n in sorted(set(names))]):
+    with torch.no_grad(), hooked(model, [(n, saver(cache, n)) for n in sorted(set(names))]):
         logits = model(tokens)
     return logits, cache
 

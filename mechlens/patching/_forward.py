@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechlens.engine import saver
 from mechlens.hooks import hooked
 from mechlens.metrics import fraction_recovered, logit_diff
 from mechlens.models import model_device
@@ -204,14 +205,6 @@ class _Prepared:
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _saver(cache: dict[str, Tensor], name: str) -> Callable[..., None]:
-    # keyed by the name asked for: aliases (hook_resid_pre -> hook_in) report their target
-    def save(act: Tensor, hook: Any) -> None:
-        cache[name] = act.detach()
-
-    return save
-
-
 def base_run(model: Any, tokens: Int[Tensor, "batch pos"], names: Iterable[str]) -> BaseRun:
     """One forward pass caching only ``names``, with the keyword arguments of every block
     (batch 1, broadcastable: ``block_kwargs[l]`` calls ``model.blocks[l]``) and, where the
@@ -227,7 +220,7 @@ def base_run(model: Any, tokens: Int[Tensor, "batch pos"], names: Iterable[str])
     per_model = _PREPARED.setdefault(model, {})
     prep = per_model.get(key)
     cache: dict[str, Tensor] = {}
-    hooks = [(n, _saver(cache, n)) for n in names]
+    hooks = [(n, saver(cache, n)) for n in names]
     if prep is not None:
         with torch.no_grad():
             resid = model(tokens, stop_at_layer=0)

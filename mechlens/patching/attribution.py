@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechlens.engine import saver
 from mechlens.hooks import check_batch_size_arg, hooked
 from mechlens.metrics import logit_diff
 from mechlens.model_protocol import check_model
@@ -108,12 +109,12 @@ def attribution_patch(
             sub.clean_tokens, sub.corrupt_tokens)
         # 1. source run: values only
         src_vals: dict[str, Tensor] = {}
-        with torch.no_grad(), hooked(model, [(nm, _saver(src_vals, nm)) for nm in set(value_names.values())]):
+        with torch.no_grad(), hooked(model, [(nm, saver(src_vals, nm)) for nm in set(value_names.values())]):
             src_logits = model(src_tok)
         # 2. base run with gradients at the sites
         base_vals: dict[str, Tensor] = {}
         grad_acts: dict[str, Tensor] = {}
-        hooks = [(nm, _saver(base_vals, nm)) for nm in set(value_names.values()) if nm not in grad_names.values()]
+        hooks = [(nm, saver(base_vals, nm)) for nm in set(value_names.values()) if nm not in grad_names.values()]
         hooks += [(nm, _grad_catcher(grad_acts, nm)) for nm in set(grad_names.values())]
         with torch.enable_grad(), hooked(model, hooks):
             logits = model(base_tok)
@@ -172,12 +173,6 @@ def attribution_patch(
         meta={"positions": pos.description if not pos.has_axis else "per entry", "n_layers": model.cfg.n_layers},
     )
 
-
-def _saver(store: dict[str, Tensor], name: str) -> Callable:
-    def hook(act: Tensor, hook: Any) -> None:
-        store[name] = act.detach()
-
-    return hook
 
 
 def _grad_catcher(store: dict[str, Tensor], name: str) -> Callable:
