@@ -55,13 +55,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlens.engine import Patch, cached_run, resolve_backend, run_with_patches
-from mechlens.hooks import batches, check_batch_size_arg, hooked
+from mechlens.engine import (
+    Patch,
+    batches,
+    cache_batched,
+    cached_run,
+    copies_per_pass,
+    resolve_backend,
+    run_with_patches,
+)
+from mechlens.hooks import hooked
 from mechlens.model_protocol import check_model
-from mechlens.models import model_name
-from mechlens.patching._forward import ROWS_DEFAULT, PatchMetric, prepare_dataset
+from mechlens.patching._forward import PatchMetric, prepare_dataset
 from mechlens.patching.result import PatchResult
 from mechlens.patching.sites import resolve_layers, resolve_positions
+from mechlens.results import provenance
+from mechlens.validate import check_batch_size
 
 __all__ = ["COMPONENTS", "HOWS", "Component", "ablate_sweep", "knockout", "knockout_curve", "parse_component"]
 
@@ -174,7 +183,7 @@ def _sources(
     """The replacement value at each hook: ``[1 or batch, pos, ...]``."""
     hooks = sorted(set(hooks))
     if how == "resample" and reference is None:
-        _, cache = _cached(model, ds.corrupt_tokens, hooks, batch_size)
+        cache, _ = cache_batched(model, ds.corrupt_tokens, hooks, batch_size=batch_size)
         return cache
     ref = _reference_tokens(model, ds, reference)
     if ref.shape[1] != ds.seq_len:
@@ -192,17 +201,8 @@ def _sources(
     # resample from the reference: each example takes a random reference prompt (seeded)
     g = torch.Generator().manual_seed(seed)
     pick = torch.randint(len(ref), (ds.batch,), generator=g).to(ref.device)
-    _, cache = _cached(model, ref[pick], hooks, batch_size)
+    cache, _ = cache_batched(model, ref[pick], hooks, batch_size=batch_size)
     return cache
-
-
-def _cached(model: Any, tokens: Tensor, hooks: list[str], batch_size: int | None) -> tuple[None, dict[str, Tensor]]:
-    parts: dict[str, list[Tensor]] = {h: [] for h in hooks}
-    for sl in batches(len(tokens), batch_size):
-        _, cache = cached_run(model, tokens[sl], hooks)
-        for h in hooks:
-            parts[h].append(cache[h])
-    return None, {h: torch.cat(v) for h, v in parts.items()}
 
 
 def _patches(model: Any, comps: Sequence[Component], pos_mask: Tensor | None, src: dict[str, Tensor],
@@ -281,7 +281,7 @@ def ablate_sweep(
         raise ValueError(f"component={component!r}: choose one of {list(COMPONENTS)}")
     _check_how(how)
     _check_seed(seed)
-    check_batch_size_arg(batch_size)
+    check_batch_size(batch_size)
     metric = _metric(metric)
     if backend == "fast":
         raise ValueError("backend='fast': ablation runs on the hooks backend; use backend='auto' or 'hooks'")
@@ -314,7 +314,7 @@ def ablate_sweep(
         _patches(model, [comps[(layer, i)]], None if all_pos else pos.masks[p], src, how, ds.device)
         for layer, p, i in cells
     ]
-    k = max(1, (ROWS_DEFAULT if batch_size is None else batch_size) // ds.batch)
+    k = copies_per_pass(batch_size, ds.batch)
     out = run_with_patches(model, ds.clean_tokens, configs, pm, configs_per_pass=k, progress=progress,
                            desc=f"ablating {component}")
     change = out - base[None]
@@ -327,8 +327,7 @@ def ablate_sweep(
         labels[idx_name] = idx_list
     return PatchResult(
         per_example=change.view(*shape, ds.batch), axes=axes, labels=labels, metric=pm.name,
-        site=component, mode=how, method="ablation", model_name=model_name(model), dataset=ds.name,
-        fingerprint=ds.fingerprint(), baselines={"clean": base},
+        site=component, mode=how, method="ablation", **provenance(model, ds), baselines={"clean": base},
         meta={"positions": pos.description, "reference": "ds" if reference is None else reference.name,
               "seed": seed, "value": "metric(ablated) - metric(unablated)"},
     )
@@ -434,7 +433,7 @@ def knockout_curve(
     """
     check_model(model)
     _check_how(how)
-    check_batch_size_arg(batch_size)
+    check_batch_size(batch_size)
     metric = _metric(metric)
     ds = prepare_dataset(model, ds)
     if order is None:
@@ -464,7 +463,7 @@ def knockout_curve(
     logits_corrupt, _ = cached_run(model, ds.corrupt_tokens, [])
     pm = PatchMetric(metric, ds, logits_clean, logits_corrupt)
     configs = [_patches(model, comps[:k], None, src, how, ds.device) for k in range(1, len(comps) + 1)]
-    k_pass = max(1, (ROWS_DEFAULT if batch_size is None else batch_size) // ds.batch)
+    k_pass = copies_per_pass(batch_size, ds.batch)
     out = run_with_patches(model, ds.clean_tokens, configs, pm, configs_per_pass=k_pass, progress=progress,
                            desc="knockout curve")
     per_example = torch.cat([pm.baselines["clean"].float().cpu()[None], out])
@@ -472,7 +471,7 @@ def knockout_curve(
     return PatchResult(
         per_example=per_example, axes=("k",), labels={"k": ["none"] + [f"+{n}" for n in names]},
         metric=pm.name, site=component if order is None else "custom", mode=how, method="knockout",
-        model_name=model_name(model), dataset=ds.name, fingerprint=ds.fingerprint(),
+        **provenance(model, ds),
         baselines={"clean": pm.baselines["clean"].float().cpu()},
         meta={"order": names, "reference": "ds" if reference is None else reference.name, "seed": seed},
     )

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from mechlens import metrics
 from mechlens.data.contrast import ContrastDataset
+from mechlens.engine import logit_diff_metric, run_grid
 from mechlens.models import model_name
 from mechlens.results import Result, markdown_table
 from mechlens.validate import check_batch_size, check_dataset, check_token_ids
@@ -27,24 +28,18 @@ __all__ = ["BaselineResult", "baseline", "run_logit_diffs", "default_datasets"]
 
 
 def run_logit_diffs(
-    model: Any, tokens: torch.Tensor, answers: torch.Tensor, *, batch_size: int = 32
+    model: Any, tokens: torch.Tensor, answers: torch.Tensor, *, batch_size: int | None = None
 ) -> torch.Tensor:
     """Per-example logit differences of ``model`` on ``tokens``, in batches, without grad."""
     check_batch_size(batch_size)
     tokens = check_token_ids(model, tokens, "tokens")
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(tokens), batch_size):
-            logits = model(tokens[i : i + batch_size].to(model.cfg.device))
-            out.append(metrics.logit_diff(logits, answers[i : i + batch_size].to(logits.device)).cpu())
-    return torch.cat(out)
+    return run_grid(model, tokens, logit_diff_metric(answers), batch_size=batch_size)[0]
 
 
 @dataclass
 class BaselineResult(Result):
     """Clean/corrupt logit differences per dataset (per example kept)."""
 
-    model_name: str
     datasets: list[str]
     clean: dict[str, torch.Tensor] = field(default_factory=dict)
     corrupt: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -71,6 +66,13 @@ class BaselineResult(Result):
                 }
             )
         return pd.DataFrame(rows)
+
+    def _summary_lines(self) -> list[str]:
+        return [
+            f"{r.dataset}: n={r.n}, clean LD {r.clean_ld:+.3f}, corrupt LD {r.corrupt_ld:+.3f}, "
+            f"centred accuracy {r.clean_acc_centred:.3f}"
+            for r in self.to_dataframe().itertuples()
+        ]
 
     def to_markdown(self) -> str:
         df = self.to_dataframe()
@@ -117,7 +119,7 @@ def baseline(
     model: Any,
     datasets: dict[str, ContrastDataset] | Sequence[ContrastDataset] | None = None,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> BaselineResult:
     """Clean and corrupt logit differences and accuracies on each dataset."""

@@ -48,12 +48,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlens.hooks import batches, check_batch_size_arg
+from mechlens.engine import batches
 from mechlens.model_protocol import check_model
-from mechlens.models import model_name
 from mechlens.patching._forward import prepare_dataset
 from mechlens.patching.result import PatchResult
 from mechlens.patching.sites import resolve_layers, resolve_positions
+from mechlens.results import provenance
+from mechlens.validate import check_batch_size
 
 __all__ = ["logit_lens", "top_tokens", "direct_logit_attribution", "answer_direction", "final_norm_params"]
 
@@ -128,7 +129,7 @@ def logit_lens(
         own logit difference, equal to the lens after the last layer at ``"END"``.
     """
     check_model(model)
-    check_batch_size_arg(batch_size)
+    check_batch_size(batch_size)
     ds = prepare_dataset(model, ds)
     layer_list = resolve_layers(model, layers)
     pos = _single_positions(model, ds, positions)
@@ -157,8 +158,7 @@ def logit_lens(
         labels["pos"] = pos.labels
     return PatchResult(
         per_example=per_example.contiguous(), axes=axes, labels=labels, metric="logit_diff",
-        site="resid_post", mode="clean", method="logit_lens", model_name=model_name(model),
-        dataset=ds.name, fingerprint=ds.fingerprint(), baselines={"clean": real},
+        site="resid_post", mode="clean", method="logit_lens", **provenance(model, ds), baselines={"clean": real},
         meta={"positions": pos.description, "n_layers": int(model.cfg.n_layers)},
     )
 
@@ -242,7 +242,7 @@ def direct_logit_attribution(
         ``baselines["clean"]`` is the run's logit difference.
     """
     check_model(model)
-    check_batch_size_arg(batch_size)
+    check_batch_size(batch_size)
     if group not in GROUPS:
         raise ValueError(f"group={group!r}: choose one of {list(GROUPS)}")
     ds = prepare_dataset(model, ds)
@@ -325,7 +325,6 @@ def direct_logit_attribution(
         axes, labels_out = ("layer", "sublayer"), {"layer": layer_list, "sublayer": ["attn", "mlp"]}
     return PatchResult(
         per_example=per_example.contiguous(), axes=axes, labels=labels_out, metric="logit_diff",
-        site="END", mode="clean", method="dla", model_name=model_name(model), dataset=ds.name,
-        fingerprint=ds.fingerprint(), baselines={"clean": real},
+        site="END", mode="clean", method="dla", **provenance(model, ds), baselines={"clean": real},
         meta={"group": group, "n_layers": int(model.cfg.n_layers), "final_norm": "LN" if centre else "RMS"},
     )

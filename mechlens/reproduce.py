@@ -247,7 +247,7 @@ def stage_caa(ctx: Context, d: Path) -> dict[str, Any]:
     acts = answer_activations(ctx.model, polite_casual(ctx.model, "all", seed=ctx.settings.seed), layers)
     view = pca_view(acts, seed=ctx.settings.seed)
     view.save(d / "pca_view")
-    table = view.summary()
+    table = view.layer_table()
     _save_csv(table, d / "pca_view.csv")
     fig = _save_fig(view.plot(), d / "pca_view.png")
     # the sign and size of a CAA vector's effect depend on the layer: sweep a few
@@ -260,7 +260,7 @@ def stage_caa(ctx: Context, d: Path) -> dict[str, Any]:
         curve = evaluate_steering(ctx.model, test, caa_vector(ctx.model, choices, layer), coeffs)
         curve.save(d / f"steering_curve_l{layer}")
         curves[layer] = curve
-        rows.append({"layer": layer, **{f"{c:g}": float(m) for c, m in zip(coeffs, curve.mean)},
+        rows.append({"layer": layer, **{f"{c:g}": float(m) for c, m in zip(coeffs, curve.values)},
                      "monotonic": curve.monotonic()})
     curve_df = pd.DataFrame(rows)
     _save_csv(curve_df, d / "steering_curves.csv")
@@ -283,7 +283,7 @@ def _plot_curves(curves: dict[int, Any], coeffs: list[float]) -> Any:
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
     for layer, curve in curves.items():
-        ax.errorbar(coeffs, curve.mean.tolist(), yerr=curve.stderr.tolist(), marker="o", capsize=3,
+        ax.errorbar(coeffs, curve.values.tolist(), yerr=curve.stderr().tolist(), marker="o", capsize=3,
                     label=f"layer {layer}")
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xlabel("steering coefficient")

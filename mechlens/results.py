@@ -1,23 +1,36 @@
-"""Saving and loading result objects: tensors as safetensors, everything else as JSON.
+"""The result core: every mechlens result, and the one type for measured values.
 
-Result classes are dataclasses that inherit :class:`Result`. ``save(dir)`` writes
-``tensors.safetensors`` (every tensor field, and every tensor inside a dict field) and
-``result.json`` (the class name and all other fields); ``load(dir)`` rebuilds the object
-exactly (tuples stay tuples, dict keys keep their order).
+- :class:`Result` is the base of every object a method returns (results, directions,
+  vectors): provenance (``model_name``, ``dataset``, ``fingerprint``, ``settings``,
+  ``version``), ``save(dir)`` / ``load(dir)`` with an exact round trip (tensors as
+  safetensors, everything else as JSON; tuples stay tuples, dict keys keep their order), a
+  one-screen ``repr`` and a ``_repr_html_`` for Jupyter.
+- :class:`Measurement` is a metric measured per cell and per example: ``per_example``
+  ``[*cells, batch]``, ``axes`` and ``labels``, ``metric``; ``values`` (the mean over
+  examples), ``stderr()``, ``ci()``, ``to_dataframe()``, ``top()``, ``plot()``. Patching, ablation,
+  lens, steering curves and directional interventions all return one (adding fields of
+  their own); domain results (a circuit, a direction evaluation) add fields to
+  :class:`Result`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from mechlens.fileio import DamagedFileError, atomic_path, read_json, write_json
 
-__all__ = ["Result", "markdown_table", "to_jsonable", "from_jsonable"]
+__all__ = ["Result", "Measurement", "markdown_table", "to_jsonable", "from_jsonable", "settings_of", "provenance"]
 
 R = TypeVar("R", bound="Result")
 _SEP = "::"
@@ -65,8 +78,104 @@ def from_jsonable(value: Any) -> Any:
     return value
 
 
+def _version() -> str:
+    from mechlens import __version__
+
+    return __version__
+
+
+def settings_of(**kwargs: Any) -> dict[str, Any]:
+    """The arguments a method ran with, as JSON-friendly values (for ``Result.settings``)."""
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, Tensor):
+            v = f"tensor{tuple(v.shape)}"
+        elif callable(v):
+            v = getattr(v, "__name__", type(v).__name__)
+        elif isinstance(v, range):
+            v = list(v)
+        elif not isinstance(v, (str, int, float, bool, type(None), list, tuple, dict)):
+            v = getattr(v, "name", None) or type(v).__name__
+        out[k] = v
+    return out
+
+
+def provenance(model: Any, ds: Any = None, **settings: Any) -> dict[str, Any]:
+    """The provenance fields of a result computed by ``model`` on ``ds`` with ``settings``
+    (keyword arguments for a :class:`Result`)."""
+    from mechlens.models import model_name
+
+    out: dict[str, Any] = {"model_name": model_name(model)}
+    if ds is not None:
+        out["dataset"] = getattr(ds, "name", "")
+        out["fingerprint"] = ds.fingerprint() if hasattr(ds, "fingerprint") else ""
+    if settings:
+        out["settings"] = settings_of(**settings)
+    return out
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, Tensor):
+        return f"tensor{list(v.shape)}"
+    if isinstance(v, dict):
+        keys = ", ".join(map(str, list(v)[:3])) + (", ..." if len(v) > 3 else "")
+        return f"dict[{len(v)}]({keys})"
+    if isinstance(v, (list, tuple)) and len(v) > 8:
+        return f"[{', '.join(map(repr, v[:3]))}, ... ({len(v)})]"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+@dataclass(kw_only=True)
 class Result:
-    """Mixin for dataclass results: ``save(dir)`` and ``load(dir)`` with an exact round trip."""
+    """Base of every mechlens result: provenance, ``save`` / ``load``, a short ``repr``.
+
+    ``model_name`` and ``dataset`` name what it was computed on, ``fingerprint`` the dataset's
+    tokens (:meth:`ContrastDataset.fingerprint`), ``settings`` the method's arguments, and
+    ``version`` the mechlens version that made it.
+    """
+
+    model_name: str = ""
+    dataset: str = ""
+    fingerprint: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    version: str = field(default_factory=_version)
+
+    # fields left out of the one-line repr (provenance has its own line)
+    _PROVENANCE = ("model_name", "dataset", "fingerprint", "settings", "version")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # @dataclass writes a field-by-field __repr__ (thousands of lines for a tensor) unless
+        # the class already has one: give every subclass the short one
+        if "__repr__" not in cls.__dict__:
+            cls.__repr__ = Result.__repr__
+
+    def _summary_lines(self) -> list[str]:
+        """Lines describing the content (subclasses add the numbers that matter)."""
+        items = [
+            f"{f.name}={_short(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if f.name not in self._PROVENANCE
+        ]
+        return [", ".join(items)]
+
+    def __repr__(self) -> str:
+        where = f"model={self.model_name!r}" + (f", dataset={self.dataset!r}" if self.dataset else "")
+        lines = [f"{type(self).__name__}({where})", *("  " + x for x in self._summary_lines())]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        body = "".join(f"<div>{html.escape(x)}</div>" for x in repr(self).splitlines()[1:])
+        head = html.escape(repr(self).splitlines()[0])
+        table = ""
+        if hasattr(self, "to_dataframe"):
+            df = self.to_dataframe()
+            if isinstance(df, pd.DataFrame) and len(df):
+                table = df.head(12).to_html(index=False, float_format=lambda x: f"{x:.4g}")
+        return f"<div><b>{head}</b>{body}{table}</div>"
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -127,3 +236,117 @@ class Result:
             raise DamagedFileError(
                 jpath, f"its fields do not make a {cls.__name__} with {tpath.name}: {type(exc).__name__}: {exc}", fix
             ) from None
+
+
+@dataclass(kw_only=True)
+class Measurement(Result):
+    """A metric measured per cell and per example: the one type of measured values.
+
+    - ``per_example`` ``[*cells, batch]``: the metric for each cell and example;
+    - ``axes`` (e.g. ``("layer", "pos")``; ``()`` for a single number) and ``labels``
+      (axis -> one label per entry);
+    - ``metric``: what was measured.
+
+    ``values`` is the mean over examples per cell; ``stderr()`` and ``ci()`` its standard error
+    and percentile bootstrap interval; ``to_dataframe()`` one row per cell.
+    """
+
+    per_example: Tensor
+    axes: tuple[str, ...] = ()
+    labels: dict[str, list] = field(default_factory=dict)
+    metric: str = ""
+
+    def __post_init__(self) -> None:
+        self.axes = tuple(self.axes)
+        if self.per_example.ndim != len(self.axes) + 1:
+            raise ValueError(
+                f"per_example has {self.per_example.ndim} dims; expected one per axis {self.axes} plus batch"
+            )
+        for i, a in enumerate(self.axes):
+            if a not in self.labels or len(self.labels[a]) != self.per_example.shape[i]:
+                raise ValueError(f"labels[{a!r}] must have {self.per_example.shape[i]} entries")
+
+    # ------------------------------------------------------------------ numbers
+    @property
+    def values(self) -> Tensor:
+        """Mean over examples per cell."""
+        return self.per_example.mean(-1)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.per_example.shape[-1])
+
+    def stderr(self) -> Tensor:
+        """Standard error of the mean over examples (NaN with a single example)."""
+        from transformer_lens.utilities.statistics import standard_error
+
+        if self.n_examples < 2:
+            return torch.full(self.shape, math.nan)
+        return standard_error(self.per_example.float(), dim=-1)
+
+    def ci(self, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """Percentile bootstrap interval of each cell's mean over examples: ``(low, high)``."""
+        from transformer_lens.utilities.statistics import bootstrap_ci, derive_generator
+
+        return bootstrap_ci(
+            self.per_example.float(),
+            dim=-1,
+            confidence=confidence,
+            n_resamples=n_resamples,
+            generator=derive_generator(seed, "mechlens.results", self.metric),
+        )
+
+    # ------------------------------------------------------------------ tables
+    def _label_grid(self) -> pd.DataFrame:
+        if not self.axes:
+            return pd.DataFrame(index=[0])
+        idx = pd.MultiIndex.from_product([range(n) for n in self.shape], names=list(self.axes))
+        df = idx.to_frame(index=False)
+        for a in self.axes:
+            df[a] = [self.labels[a][i] for i in df[a]]
+        return df
+
+    def to_dataframe(self, per_example: bool = False) -> pd.DataFrame:
+        """One row per cell (``value``, ``stderr``, ``ci_low``, ``ci_high``), labelled by axis.
+
+        ``per_example=True``: one row per cell and example (``example``, ``value``).
+        """
+        df = self._label_grid()
+        if per_example:
+            flat = self.per_example.detach().cpu().float().reshape(len(df), self.n_examples).numpy()
+            rep = df.loc[df.index.repeat(self.n_examples)].reset_index(drop=True)
+            rep["example"] = np.tile(np.arange(self.n_examples), len(df))
+            rep["value"] = flat.reshape(-1)
+            return rep
+        lo, hi = self.ci()
+        df["value"] = self.values.detach().cpu().float().flatten().numpy()
+        df["stderr"] = self.stderr().detach().cpu().flatten().numpy()
+        df["ci_low"] = lo.cpu().flatten().numpy()
+        df["ci_high"] = hi.cpu().flatten().numpy()
+        return df
+
+    def top(self, k: int = 10, by: str = "abs") -> pd.DataFrame:
+        """The ``k`` cells with the largest ``|value|`` (``by="abs"``) or ``value`` (``by="value"``)."""
+        if by not in ("abs", "value"):
+            raise ValueError(f"by={by!r}: choose 'abs' or 'value'")
+        df = self.to_dataframe()
+        key = df["value"].abs() if by == "abs" else df["value"]
+        return df.loc[key.sort_values(ascending=False).index[:k]].reset_index(drop=True)
+
+    def _summary_lines(self) -> list[str]:
+        dims = ", ".join(f"{a}={n}" for a, n in zip(self.axes, self.shape)) or "one value"
+        lines = [f"{self.metric or 'metric'}: [{dims}] x {self.n_examples} examples"]
+        if not self.axes:
+            se = float(self.stderr())
+            lines.append(f"value {float(self.values):.4g} +- {se:.2g} (stderr)")
+        else:
+            top = self.top(3)
+            cells = [
+                "(" + ", ".join(str(r[a]) for a in self.axes) + f") {r['value']:+.4g}" for r in top.to_dict("records")
+            ]
+            lines.append("top cells: " + "; ".join(cells))
+        return lines

@@ -951,7 +951,7 @@ def nb04() -> Notebook:
 
     if FAST:
         sst_sets = [max(circuits.mini_sst(model), key=len)]  # the largest length group
-        kw = dict(n_filler=(0, 8), sweep_layers=[0, 20], ablation_ds=sst_sets, n_random=2,
+        kw = dict(n_filler=(0, 8), layers=[0, 20], ablation_ds=sst_sets, n_random=2,
                   filler_dataset=lambda n: toy_movie_review(model, "test", filler=n)[:4])
     else:
         sst_sets = circuits.mini_sst(model)
@@ -1140,10 +1140,10 @@ def nb05() -> Notebook:
     acts = answer_activations(model, polite, LAYERS, progress=PROGRESS)
     view = pca_view(acts, progress=False)
     show(view.plot())
-    view.summary().round(3)
+    view.layer_table().round(3)
     ''')
     nb.md("""
-    `view.plot_plotly()` gives the same scatter as an interactive figure (hover shows the
+    `view.plot_interactive()` gives the same scatter as an interactive figure (hover shows the
     prompt index). On SmolLM2 the letter dominates at every layer and the polite/casual split
     is faint even inside the letter clusters: this small model barely represents the
     behaviour at the letter, so a polite vector would mostly be noise. Sentiment works
@@ -1181,8 +1181,8 @@ def nb05() -> Notebook:
     """)
     nb.code('''
     base = behaviour_logit_diff(model, movie)
-    assert torch.allclose(curve.values[coeffs.index(0.0)], base)
-    m = curve.mean
+    assert torch.allclose(curve.per_example[coeffs.index(0.0)], base)
+    m = curve.values
     print("mean logit difference at", coeffs, ":", m.numpy().round(2))
     assert m[0] < m[coeffs.index(0.0)] < m[-1], "the sentiment vector should steer the answer"
     ''')
@@ -1239,7 +1239,7 @@ def nb05() -> Notebook:
 
     ks = [-2.0, 0.0, 2.0] if FAST else [-2.0, -1.0, 0.0, 1.0, 2.0]
     wcurve = evaluate_steering(model, movie, w, ks, progress=False)
-    assert torch.allclose(wcurve.values[ks.index(0.0)], base)
+    assert torch.allclose(wcurve.per_example[ks.index(0.0)], base)
     show(wcurve.plot())
     wcurve.to_dataframe().round(3)
     ''')

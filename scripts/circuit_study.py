@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     t = time.time()
     sweep_layers = _ints(args.sweep_layers) or None
     motif = summarization_motif(
-        model, test, direction=direction, n_filler=_ints(args.fillers), sweep_layers=sweep_layers,
+        model, test, direction=direction, n_filler=_ints(args.fillers), layers=sweep_layers,
         n_random=args.n_random_directions, seed=args.seed, batch_size=args.batch_size, progress=progress,
     )
     times["motif"] = time.time() - t

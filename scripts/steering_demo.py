@@ -109,14 +109,14 @@ def main() -> None:
     view = pca_view(acts, seed=args.seed)
     view.save(out / "results" / "pca_polite")
     fig_pca = _save(view.plot(), out / "pca_polite.png")
-    view.plot_plotly().write_html(out / "pca_polite.html", include_plotlyjs="cdn")
+    view.plot_interactive().write_html(out / "pca_polite.html", include_plotlyjs="cdn")
     md += ["## 1. Polite vs casual (CAA on A/B answers)", ""]
     md += [
         f"{pc_train.n_triples} training triples -> {len(pc_train)} prompts ending in the chosen "
         "letter; letters balanced against behaviour. Silhouettes of the full activations at the "
         "letter token, grouped by letter, by behaviour, and by behaviour inside each letter's cluster:",
         "",
-        _table(view.summary()),
+        _table(view.layer_table()),
         "",
         f"![PCA]({fig_pca}) (interactive: pca_polite.html)",
         "",
@@ -152,7 +152,7 @@ def main() -> None:
     sview = pca_view(sacts, seed=args.seed)
     sview.save(out / "results" / "pca_sentiment")
     fig_spca = _save(sview.plot(), out / "pca_sentiment.png")
-    sview.plot_plotly().write_html(out / "pca_sentiment.html", include_plotlyjs="cdn")
+    sview.plot_interactive().write_html(out / "pca_sentiment.html", include_plotlyjs="cdn")
     coeffs = [-4.0, -2.0, 0.0, 2.0, 4.0]
     rows, curves = [], {}
     for li, lay in enumerate(sacts.layers):
@@ -164,7 +164,7 @@ def main() -> None:
                 "layer": lay,
                 "vector norm": v.norm,
                 "resid norm": float(sacts.mean_norm[li]),
-                **{f"LD @ {c:g}": float(m) for c, m in zip(coeffs, cur.mean)},
+                **{f"LD @ {c:g}": float(m) for c, m in zip(coeffs, cur.values)},
                 "monotonic": cur.monotonic(),
             }
         )

@@ -88,7 +88,7 @@ def tiny_motif(tiny_llama):
     ds = toy_movie_review(tiny_llama, "test")
     abl = mini_sst(tiny_llama, answers=TINY_ANSWERS, min_pairs=3)[:2]
     return summarization_motif(
-        tiny_llama, ds, n_filler=(0, 4), sweep_layers=[0, 1], ablation_ds=abl, n_random=2, progress=False
+        tiny_llama, ds, n_filler=(0, 4), layers=[0, 1], ablation_ds=abl, n_random=2, progress=False
     )
 
 
@@ -104,7 +104,7 @@ def test_motif_result_is_consistent(tiny_motif):
     l0, h0 = r.top_heads[0]
     assert r.comma_attention[l0, h0] == r.comma_attention.max()
     t = r.ablation_table()
-    assert set(t["direction"]) == {"sentiment", "random"} and set(t["positions"]) == {"COMMA", "ALL"}
+    assert set(t["direction"]) == {"sentiment", "random"} and set(t["position"]) == {"COMMA", "all"}
     assert (t.loc[t["direction"] == "random", "n_directions"] == 2).all()
     df = r.to_dataframe()
     assert set(df["analysis"]) == {"comma_attention", "split", "sweep_split", "sweep_patch", "ablation"}
@@ -137,7 +137,7 @@ def test_patching_every_head_at_end_restores_the_clean_run(tiny_model, tiny_movi
     # output is exactly the clean END.
     n_l, n_h = tiny_model.cfg.n_layers, tiny_model.cfg.n_heads
     every = [(layer, h) for layer in range(n_l) for h in range(n_h)]
-    ld, ld_clean, ld_corr = patch_heads(tiny_model, tiny_movie, [every], positions="END")
+    ld, ld_clean, ld_corr = patch_heads(tiny_model, tiny_movie, [every], position="END")
     torch.testing.assert_close(ld[0], ld_clean, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(ld_clean, ld_corr)
 
@@ -148,7 +148,7 @@ def test_direction_patch_matches_a_direct_hook(tiny_llama):
     d = torch.randn(tiny_llama.cfg.d_model, generator=g)
     d = d / d.norm()
     heads = [(1, 0), (1, 3)]
-    ld, _, _ = patch_heads(tiny_llama, ds, [heads], positions=("ADJ", "END"), component="direction", direction=d)
+    ld, _, _ = patch_heads(tiny_llama, ds, [heads], position=("ADJ", "END"), component="direction", direction=d)
     # reference: layer 1 is the first patched layer, so the heads' current z is the corrupt z
     _, clean = tiny_llama.run_with_cache(ds.clean_tokens, names_filter="blocks.1.attn.hook_z")
     _, corr = tiny_llama.run_with_cache(ds.corrupt_tokens, names_filter="blocks.1.attn.hook_z")
@@ -171,7 +171,7 @@ def test_patch_heads_validates(tiny_gpt2):
     with pytest.raises(ValueError, match="out of range"):
         patch_heads(tiny_gpt2, ds, [[(5, 0)]])
     with pytest.raises(ValueError, match="not a position"):
-        patch_heads(tiny_gpt2, ds, [[(0, 0)]], positions="NOPE")
+        patch_heads(tiny_gpt2, ds, [[(0, 0)]], position="NOPE")
     with pytest.raises(ValueError, match="needs direction"):
         patch_heads(tiny_gpt2, ds, [[(0, 0)]], component="direction")
     with pytest.raises(ValueError, match="component"):

@@ -130,7 +130,7 @@ def test_from_prompts_and_bad_input(tiny_gpt2):
     sw = ds.swapped()
     assert torch.equal(sw.clean_tokens, ds.corrupt_tokens) and sw.labels.tolist() == [0, 1]
     assert torch.equal(sw.answers, ds.answers.flip(-1))
-    assert ds.position_mask("ADJ").sum() == 2 and ds.position_mask(None).all()
+    assert ds.position_mask("ADJ").sum() == 2 and ds.position_mask("all").all()
 
     with pytest.raises(ValueError, match="equal token length"):
         ContrastDataset.from_prompts(m, ["I thought"], ["I thought this"], [(" good", " bad")])
@@ -150,7 +150,7 @@ def test_from_prompts_and_bad_input(tiny_gpt2):
         ContrastDataset(ds.clean_tokens, ds.corrupt_tokens[:, :-1], ds.answers)
     with pytest.raises(ValueError, match="non-empty"):
         ContrastDataset(ds.clean_tokens[:0], ds.corrupt_tokens[:0], ds.answers[:0])
-    with pytest.raises(KeyError, match="no position named"):
+    with pytest.raises(ValueError, match="is not a position of dataset"):
         ds.position_mask("NOPE")
     with pytest.raises(ValueError, match="split"):
         toy_movie_review(m, "validation")

@@ -140,10 +140,10 @@ def test_random_directions_are_seeded_unit_vectors():
 def test_direction_save_load_exact(tmp_path):
     v = torch.randn(64)
     d = Direction(v / v.norm(), "kmeans", 3, site="resid_mid", position="COMMA", model_name="m",
-                  dataset_fingerprint="abc", meta={"n_train": 10, "das_losses": [0.5, 0.25]})
+                  fingerprint="abc", meta={"n_train": 10, "das_losses": [0.5, 0.25]})
     e = Direction.load(d.save(tmp_path / "d"))
     assert torch.equal(e.vector, d.vector)
-    for f in ("method", "layer", "site", "position", "model_name", "dataset_fingerprint", "meta"):
+    for f in ("method", "layer", "site", "position", "model_name", "fingerprint", "meta"):
         assert getattr(e, f) == getattr(d, f)
     assert e.hook_name == "blocks.3.hook_resid_mid"
     assert d.cosine(e) == pytest.approx(1.0)
@@ -171,7 +171,7 @@ def test_fit_matches_a_hand_computed_mean_difference(tiny_model):
     lab = torch.cat([ds.labels, 1 - ds.labels])
     ref = acts[lab == 1].mean(0) - acts[lab == 0].mean(0)
     assert torch.allclose(d.vector, ref / ref.norm(), atol=1e-5)
-    assert d.layer == 1 and d.position == "ADJ" and d.dataset_fingerprint == ds.fingerprint()
+    assert d.layer == 1 and d.position == "ADJ" and d.fingerprint == ds.fingerprint()
     assert d.model_name == tiny_model.cfg.model_name
 
 
@@ -268,7 +268,7 @@ def test_directional_patch_matches_slow_reference(tiny_model, layers):
     res = directional_patch(tiny_model, ds, vec, layers=layers, batch_size=4, progress=False)
     ref = _slow_directional_patch(tiny_model, ds, vec, layers)
     assert torch.allclose(res.ld_patched, ref, atol=1e-4)
-    assert res.layers == layers and res.positions == "ALL"
+    assert res.layers == layers and res.position == "all"
 
 
 def test_directional_patch_on_the_planted_model(planted):
@@ -279,9 +279,9 @@ def test_directional_patch_on_the_planted_model(planted):
     assert full.logit_flip == pytest.approx(1.0)
     assert 100 * full.ld_recovered == pytest.approx(full.ld_recovered_pct)
     # the head averages ADJ and VRB: patching one of the two restores about half
-    half = directional_patch(m, test, u, layers=1, positions="ADJ", progress=False)
+    half = directional_patch(m, test, u, layers=1, position="ADJ", progress=False)
     assert 0.4 < half.ld_recovered < 0.6
-    both = directional_patch(m, test, u, layers=1, positions=["ADJ", "VRB"], progress=False)
+    both = directional_patch(m, test, u, layers=1, position=["ADJ", "VRB"], progress=False)
     assert both.ld_recovered == pytest.approx(1.0, abs=0.01)
     # a direction orthogonal to u carries nothing
     r = random_directions(m.cfg.d_model, 1, seed=5)[0]
@@ -299,7 +299,7 @@ def test_directional_patch_validates(planted):
     with pytest.raises(ValueError, match="d_model"):
         directional_patch(m, test, torch.ones(10), layers=1)
     with pytest.raises(ValueError, match="named position"):
-        directional_patch(m, test, u, layers=1, positions="NOUN")
+        directional_patch(m, test, u, layers=1, position="NOUN")
     with pytest.raises(ValueError, match="out of range"):
         directional_patch(m, test, u, layers=5)
 
@@ -311,7 +311,7 @@ def test_zero_ablation_removes_everything_the_model_reads(planted):
     m, u, _, test = planted
     res = ablate(m, test, u, layers=1, mode="zero", progress=False)
     assert isinstance(res, AblationResult)
-    signed = _signed(res.ld_after, res.labels)
+    signed = _signed(res.ld_after, res.class_labels)
     assert float(signed.std()) < 1e-4  # every example now looks the same to the model
     assert abs(float(res.ld_after.mean())) < 0.02 * float(res.ld_before.mean())
     assert res.ld_change < -0.95
@@ -327,7 +327,7 @@ def test_mean_ablation_of_a_balanced_dataset_matches_zero(planted):
 
 def test_ablating_where_the_direction_is_absent_changes_nothing(planted):
     m, u, _, test = planted
-    res = ablate(m, test, u, layers=1, positions="COMMA", mode="zero", progress=False)
+    res = ablate(m, test, u, layers=1, position="COMMA", mode="zero", progress=False)
     assert res.positions == "COMMA"
     assert torch.allclose(res.ld_after, res.ld_before, atol=1e-5)
 
@@ -339,8 +339,8 @@ def test_resample_ablation(planted):
     assert torch.equal(a.ld_after, b.ld_after)
     # each example takes both sentiment words of one other example, so it now looks exactly
     # like a positive or like a negative example
-    before, after = _signed(a.ld_before, a.labels), _signed(a.ld_after, a.labels)
-    looks = torch.stack([before[a.labels == 1].mean(), before[a.labels == 0].mean()])
+    before, after = _signed(a.ld_before, a.class_labels), _signed(a.ld_after, a.class_labels)
+    looks = torch.stack([before[a.class_labels == 1].mean(), before[a.class_labels == 0].mean()])
     assert torch.isclose(after[:, None], looks, rtol=0.02).any(1).all()
     assert (a.ld_after < 0).any() and (a.ld_after > 0).any()
     assert set(a.summary()) >= {"ld_before", "ld_after", "ld_change", "accuracy_before", "accuracy_after"}

@@ -280,9 +280,9 @@ def test_pca_view_reproducible(model, ab, tmp_path):
     assert torch.equal(s1, s2)
     df = a.to_dataframe()
     assert set(df.columns) >= {"layer", "letter", "choice", "pc1", "pc2"} and len(df) == 2 * len(ab)
-    assert list(a.summary()["layer"]) == [0, 1]
+    assert list(a.layer_table()["layer"]) == [0, 1]
     assert isinstance(a.plot(), matplotlib.figure.Figure)
-    assert len(a.plot_plotly().data) == 8  # 2 layers x 2 letters x 2 behaviours
+    assert len(a.plot_interactive().data) == 8  # 2 layers x 2 letters x 2 behaviours
     loaded = PCAView.load(a.save(tmp_path / "pca"))
     assert torch.equal(loaded.coords, a.coords) and loaded.letters == a.letters
 
@@ -366,14 +366,14 @@ def test_evaluate_steering_activation(model, ab, tmp_path):
     v = caa_vector(model, ab, 0, progress=False)
     mv = toy_movie_review(model, "test")
     curve = evaluate_steering(model, mv, v, [-2.0, 0.0, 2.0], progress=False)
-    assert curve.values.shape == (3, mv.batch) and curve.kind == "activation"
-    torch.testing.assert_close(curve.values[1], behaviour_logit_diff(model, mv))
+    assert curve.per_example.shape == (3, mv.batch) and curve.kind == "activation"
+    torch.testing.assert_close(curve.per_example[1], behaviour_logit_diff(model, mv))
     with steer(model, v, 2.0):
-        torch.testing.assert_close(curve.values[2], behaviour_logit_diff(model, mv))
+        torch.testing.assert_close(curve.per_example[2], behaviour_logit_diff(model, mv))
     assert isinstance(curve.plot(), matplotlib.figure.Figure)
     assert list(curve.to_dataframe()["coeff"]) == [-2.0, 0.0, 2.0]
     loaded = SteeringCurve.load(curve.save(tmp_path / "curve"))
-    assert torch.equal(loaded.values, curve.values) and loaded.coeffs == curve.coeffs
+    assert torch.equal(loaded.per_example, curve.per_example) and loaded.coeffs == curve.coeffs
     with pytest.raises(ValueError, match="coeffs is empty"):
         evaluate_steering(model, mv, v, [], progress=False)
 
@@ -484,9 +484,9 @@ def test_weight_steering_is_monotonic(model, tuned_pair, tmp_path):
     mv = toy_movie_review(model, "train")
     curve = evaluate_steering(model, mv, w, [-1.0, -0.5, 0.0, 0.5, 1.0], progress=False)
     assert curve.kind == "weight" and curve.monotonic() == 1
-    base = float(curve.mean[2])
-    assert curve.mean[3] > base > curve.mean[1]
-    torch.testing.assert_close(curve.values[2], behaviour_logit_diff(model, mv))
+    base = float(curve.values[2])
+    assert curve.values[3] > base > curve.values[1]
+    torch.testing.assert_close(curve.per_example[2], behaviour_logit_diff(model, mv))
 
 
 def test_monitor_signs_and_reference(model, tuned_pair, tmp_path):

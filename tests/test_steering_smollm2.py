@@ -25,10 +25,10 @@ def test_caa_sentiment_vector_steers_movie_reviews(smollm2, movie_test):
     ds = movie_review_choices(smollm2, "train")
     vec = caa_vector(smollm2, ds, 20, progress=False)
     curve = evaluate_steering(smollm2, movie_test, vec, [-4.0, 0.0, 4.0], progress=False)
-    assert curve.monotonic() == 1, curve.mean
-    assert curve.mean[2] - curve.mean[0] > 0.3
+    assert curve.monotonic() == 1, curve.values
+    assert curve.values[2] - curve.values[0] > 0.3
     with steer(smollm2, vec, 0.0):
-        torch.testing.assert_close(curve.values[1], behaviour_logit_diff(smollm2, movie_test))
+        torch.testing.assert_close(curve.per_example[1], behaviour_logit_diff(smollm2, movie_test))
 
 
 def test_choices_japanese_on_smollm2_tokenizer(smollm2):

@@ -7,22 +7,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from mechlens.data.contrast import ContrastDataset
-from mechlens.hooks import batches, cache_batched, check_batch_size_arg, hooked
-from mechlens.metrics import logit_diff
-from mechlens.models import model_device
 from mechlens.validate import check_binary_labels, check_vector
 from mechlens.validate import check_dataset as _check_dataset
 
 Head = tuple[int, int]
 Hook = tuple[str, Callable[..., Any]]
-
-# Sequences per forward pass when batch_size is None.
-ROWS_DEFAULT = 64
-
 
 def head_label(head: Head) -> str:
     return f"L{head[0]}H{head[1]}"
@@ -51,11 +44,6 @@ def check_dataset(
         check_binary_labels(ds, what)
 
 
-def check_batch_size(batch_size: int | None) -> int:
-    check_batch_size_arg(batch_size)
-    return ROWS_DEFAULT if batch_size is None else batch_size
-
-
 def check_heads(model: Any, heads: Sequence[Head], what: str = "heads") -> list[Head]:
     out = []
     n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
@@ -69,51 +57,6 @@ def check_heads(model: Any, heads: Sequence[Head], what: str = "heads") -> list[
             raise ValueError(f"{what}: head {h!r} is out of range (layers 0..{n_l - 1}, heads 0..{n_h - 1})")
         out.append((layer, head))
     return out
-
-
-def cache_run(
-    model: Any,
-    tokens: Int[Tensor, "batch pos"],
-    names: Sequence[str],
-    answers: Int[Tensor, "batch n_pairs 2"],
-    *,
-    batch_size: int,
-) -> tuple[dict[str, Tensor], Float[Tensor, " batch"]]:
-    """One (batched) forward pass caching only ``names``; also the per-example logit diffs."""
-    acts, lds = cache_batched(model, tokens, names, batch_size=batch_size, answers=answers)
-    return acts, lds.cpu()
-
-
-@torch.no_grad()
-def run_rows(
-    model: Any,
-    tokens: Int[Tensor, "batch pos"],
-    answers: Int[Tensor, "batch n_pairs 2"],
-    n_copies: int,
-    make_hooks: Callable[[Tensor, Tensor], list[Hook]],
-    *,
-    batch_size: int,
-    progress_bar: Any = None,
-) -> Float[Tensor, "copies batch"]:
-    """Logit differences of ``n_copies`` patched copies of a dataset, stacked on the batch axis.
-
-    Row ``r`` of the grid is copy ``r // batch`` of example ``r % batch``. ``make_hooks(copy,
-    example)`` gets the copy and example index of each row of one forward pass and returns
-    the hooks for it.
-    """
-    n = len(tokens)
-    grid_c = torch.arange(n_copies).repeat_interleave(n)
-    grid_e = torch.arange(n).repeat(n_copies)
-    out = torch.empty(n_copies * n)
-    dev = model_device(model)
-    for sl in batches(n_copies * n, batch_size):
-        c, e = grid_c[sl], grid_e[sl]
-        with hooked(model, make_hooks(c, e)):
-            logits = model(tokens[e].to(dev))
-        out[sl] = logit_diff(logits, answers[e].to(logits.device)).float().cpu()
-        if progress_bar is not None:
-            progress_bar.update(sl.stop - sl.start)
-    return out.view(n_copies, n)
 
 
 def resolve_direction(
@@ -139,7 +82,7 @@ def resolve_direction(
                 f"direction=None: a direction is fitted at the 'ADJ' position, which dataset {ds.name!r} "
                 "lacks; pass direction=mechlens.directions.fit(model, movie_ds, 'mean_diff', layer=...)"
             )
-        return fit(model, ds, "mean_diff", layer=mid, position="ADJ", batch_size=batch_size or 32, progress=False)
+        return fit(model, ds, "mean_diff", layer=mid, position="ADJ", batch_size=batch_size, progress=False)
     # a raw vector gets the middle layer (used only where a layer matters: ablation)
     d = as_direction(direction, layer=mid)
     if d.d_model != model.cfg.d_model:

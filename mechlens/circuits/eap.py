@@ -52,14 +52,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlens.engine import cached_run
-from mechlens.hooks import batches, check_batch_size_arg, hooked
+from mechlens.engine import batches, cached_run
+from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.model_protocol import check_model, is_bridge, qkv_input_hook
-from mechlens.models import model_name
 from mechlens.patching._forward import prepare_dataset
 from mechlens.patching.path import _split_qkv_input
 from mechlens.patching.result import PatchResult
+from mechlens.results import provenance
+from mechlens.validate import check_batch_size
 
 __all__ = ["edge_attribution_patch", "eap_faithfulness", "eap_nodes"]
 
@@ -129,7 +130,7 @@ def edge_attribution_patch(
         ``baselines`` hold the clean and corrupt metric.
     """
     check_model(model)
-    check_batch_size_arg(batch_size)
+    check_batch_size(batch_size)
     if not callable(metric) and metric != "logit_diff":
         raise ValueError(f"metric={metric!r}: choose 'logit_diff' or a differentiable callable(logits, ds)")
     ds = prepare_dataset(model, ds)
@@ -213,8 +214,7 @@ def edge_attribution_patch(
     return PatchResult(
         per_example=scores, axes=("sender", "receiver"), labels={"sender": senders, "receiver": receivers},
         metric="logit_diff" if not callable(metric) else getattr(metric, "__name__", "custom"),
-        site="edges", mode="noise", method="eap", model_name=model_name(model), dataset=ds.name,
-        fingerprint=ds.fingerprint(), baselines={"clean": y_clean, "corrupt": y_corrupt},
+        site="edges", mode="noise", method="eap", **provenance(model, ds), baselines={"clean": y_clean, "corrupt": y_corrupt},
         meta={"valid": valid, "score": "(a_corrupt - a_clean) . dM/d(receiver input), clean run"},
     )
 
@@ -247,7 +247,7 @@ def eap_faithfulness(
         after keeping the top ``k`` edges; ``baselines`` hold the clean and corrupt values.
     """
     check_model(model)
-    check_batch_size_arg(batch_size)
+    check_batch_size(batch_size)
     ds = prepare_dataset(model, ds)
     if not isinstance(edges, PatchResult) or edges.method != "eap":
         raise TypeError("edges must be the PatchResult of edge_attribution_patch")
@@ -285,7 +285,7 @@ def eap_faithfulness(
             out[j, sl] = logit_diff(logits, sub.answers).float().cpu()
     return PatchResult(
         per_example=out, axes=("k",), labels={"k": ks}, metric="logit_diff", site="edges", mode="noise",
-        method="eap_faithfulness", model_name=model_name(model), dataset=ds.name, fingerprint=ds.fingerprint(),
+        method="eap_faithfulness", **provenance(model, ds),
         baselines={k: v.float().cpu() for k, v in edges.baselines.items()},
         meta={"n_edges": n_valid, "ranking": "|mean score|"},
     )

@@ -67,17 +67,15 @@ from tqdm.auto import tqdm
 
 from mechlens.circuits._util import (
     Head,
-    cache_run,
-    check_batch_size,
     check_dataset,
     head_label,
     pct,
     resolve_direction,
-    run_rows,
 )
 from mechlens.data.contrast import ContrastDataset
 from mechlens.data.sentiment import toy_movie_review
 from mechlens.data.sst import SST_TEMPLATE, read_sst_tsv, sst
+from mechlens.engine import cache_batched, logit_diff_metric, rows_per_pass, run_grid
 from mechlens.metrics import accuracy
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
@@ -158,6 +156,7 @@ def patch_positions(
     configs: Sequence[tuple[Bool[Tensor, "batch pos"], Bool[Tensor, "batch pos"]]],
     *,
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> tuple[Float[Tensor, "config batch"], Float[Tensor, " batch"], Float[Tensor, " batch"]]:
     """Run the clean prompts with, at every layer, the residual stream at ``patched``
     positions set to the corrupt run's and at ``frozen`` positions set to the clean run's.
@@ -166,11 +165,11 @@ def patch_positions(
     configurations run stacked on the batch axis (``batch_size`` sequences per pass).
     """
     check_dataset(ds, model=model, binary=False)
-    rows = check_batch_size(batch_size)
+    rows = rows_per_pass(batch_size)
     n = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
-    clean, ld_clean = cache_run(model, ds.clean_tokens, names, ds.answers, batch_size=rows)
-    corrupt, ld_corr = cache_run(model, ds.corrupt_tokens, names, ds.answers, batch_size=rows)
+    clean, ld_clean = cache_batched(model, ds.clean_tokens, names, answers=ds.answers, batch_size=rows)
+    corrupt, ld_corr = cache_batched(model, ds.corrupt_tokens, names, answers=ds.answers, batch_size=rows)
     patched = torch.stack([p.cpu() for p, _ in configs])
     frozen = torch.stack([f.cpu() for _, f in configs])
     if (patched & frozen).any():
@@ -189,7 +188,8 @@ def patch_positions(
 
         return [(name, hook_for(name)) for name in names]
 
-    ld = run_rows(model, ds.clean_tokens, ds.answers, len(configs), make_hooks, batch_size=rows)
+    ld = run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), n_configs=len(configs), hooks=make_hooks,
+                  batch_size=rows, progress=progress, desc="patching positions")
     return ld, ld_clean, ld_corr
 
 
@@ -237,8 +237,6 @@ class MotifResult(Result):
     sweep_patch: Float[Tensor, "filler layer position"] = field(default_factory=lambda: torch.zeros(0, 0, 2))
     ablation: list[dict[str, Any]] = field(default_factory=list)
     direction: dict[str, Any] = field(default_factory=dict)
-    model_name: str = ""
-    dataset: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ numbers
@@ -296,7 +294,7 @@ class MotifResult(Result):
         real["n_directions"] = 1
         rand = (
             df[is_rand]
-            .groupby("positions", sort=False)
+            .groupby("position", sort=False)
             .agg(
                 ld_change=("ld_change", "mean"),
                 ld_change_std=("ld_change", "std"),
@@ -309,7 +307,7 @@ class MotifResult(Result):
         )
         rand.insert(0, "direction", "random")
         return pd.concat([real, rand], ignore_index=True)[
-            ["direction", "positions", "ld_change", "ld_change_std", "accuracy_before", "accuracy_after",
+            ["direction", "position", "ld_change", "ld_change_std", "accuracy_before", "accuracy_after",
              "n_examples", "n_directions"]
         ]
 
@@ -342,8 +340,8 @@ class MotifResult(Result):
         if self.ablation:
             t = self.ablation_table()
             for r in t.itertuples():
-                out[f"ablation {r.direction} @ {r.positions}: ld_change"] = r.ld_change
-                out[f"ablation {r.direction} @ {r.positions}: accuracy_after"] = r.accuracy_after
+                out[f"ablation {r.direction} @ {r.position}: ld_change"] = r.ld_change
+                out[f"ablation {r.direction} @ {r.position}: accuracy_after"] = r.accuracy_after
         return out
 
     def __repr__(self) -> str:
@@ -401,7 +399,7 @@ class MotifResult(Result):
         ax = axs[1, 1]
         if self.ablation:
             t = self.ablation_table()
-            labels = [f"{r.direction}\n@ {r.positions}\nacc {r.accuracy_before:.2f}->{r.accuracy_after:.2f}"
+            labels = [f"{r.direction}\n@ {r.position}\nacc {r.accuracy_before:.2f}->{r.accuracy_after:.2f}"
                       for r in t.itertuples()]
             x = np.arange(len(t))
             ax.bar(x, 100 * t["ld_change"], yerr=100 * t["ld_change_std"].fillna(0), capsize=3,
@@ -427,7 +425,7 @@ def summarization_motif(
     top_k: int = 5,
     n_filler: Sequence[int] = (0, 8, 16, 32),
     filler_dataset: Callable[[int], ContrastDataset] | None = None,
-    sweep_layers: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
     ablation_ds: ContrastDataset | Sequence[ContrastDataset] | None = None,
     ablation: bool = True,
     ablation_layers: str | int | Sequence[int] = "all",
@@ -451,15 +449,16 @@ def summarization_motif(
         n_filler: filler lengths for the irrelevant-context sweep (``()`` skips it).
         filler_dataset: ``N -> dataset`` for the sweep; default ``toy_movie_review(model,
             split, filler=N)`` with the split of ``ds`` (``"test"`` when unknown).
-        sweep_layers: layers of the sweep's activation patching (default every layer).
+        layers: layers of the filler sweep's activation patching (default every layer).
         ablation_ds: dataset(s) with comma masks for the directional ablation; default
             :func:`mini_sst` (the bundled SST-style reviews).
         ablation: ``False`` skips the directional ablation.
-        ablation_layers: layers to ablate at (``"all"``, an int or a list).
-        ablation_mode: ``"mean"``, ``"zero"`` or ``"resample"`` (see :func:`mechlens.directions.ablate`).
+        ablation_layers, ablation_mode: the directional ablation's ``layers`` (``"all"``, an
+            int or a list) and ``mode``
+            (``"mean"``, ``"zero"`` or ``"resample"``; see :func:`mechlens.directions.ablate`).
         n_random: random directions for the ablation control.
         seed: seeds the random directions (and resample ablation).
-        batch_size: sequences per forward pass (default 64).
+        batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show progress bars.
 
     Returns:
@@ -469,7 +468,7 @@ def summarization_motif(
     from mechlens.patching import activation_patch
 
     check_dataset(ds, need=("COMMA",), binary=False, model=model)
-    rows = check_batch_size(batch_size)
+    rows = rows_per_pass(batch_size)
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k={top_k!r} must be a positive int")
     if not isinstance(n_random, int) or n_random < 0:
@@ -493,7 +492,7 @@ def summarization_motif(
     # 1. heads reading the comma from END
     n_l = model.cfg.n_layers
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_l)]
-    pats, _ = cache_run(model, ds.clean_tokens, names, ds.answers, batch_size=rows)
+    pats, _ = cache_batched(model, ds.clean_tokens, names, answers=ds.answers, batch_size=rows)
     b = torch.arange(ds.batch)
     comma = ds.positions["COMMA"].cpu()
     att = torch.stack([pats[n][:, :, -1, :].cpu()[b, :, comma].mean(0) for n in names]).float()
@@ -515,7 +514,7 @@ def summarization_motif(
             return toy_movie_review(model, split, filler=n)
 
     sweep_change = torch.zeros(len(fillers), len(SPLITS))
-    layer_list = list(range(n_l)) if sweep_layers is None else sorted({int(x) for x in sweep_layers})
+    layer_list = list(range(n_l)) if layers is None else sorted({int(x) for x in layers})
     sweep_patch = torch.zeros(len(fillers), len(layer_list), 2)
     for i, n in enumerate(fillers):
         dsn = filler_dataset(n)
@@ -544,20 +543,20 @@ def summarization_motif(
         abl_name = "mini_sst" if ablation_ds is None else ",".join(sorted({a.name.split("/")[0] for a in datasets}))
         dirs: list[tuple[str, Any]] = [("sentiment", d)]
         for r, vec in enumerate(random_directions(model.cfg.d_model, n_random, seed=seed)):
-            dirs.append((f"random {r}", Direction(vector=vec, method="random", layer=d.layer, site=d.site, position=None)))
+            dirs.append((f"random {r}", Direction(vector=vec, method="random", layer=d.layer, site=d.site, position="all")))
         for dname, dvec in dirs:
-            for where in ("COMMA", None):
+            for where in ("COMMA", "all"):
                 before_ld, after_ld, labels = [], [], []
                 for a in datasets:
-                    out = ablate(model, a, dvec, positions=where, mode=ablation_mode, layers=ablation_layers,
+                    out = ablate(model, a, dvec, position=where, mode=ablation_mode, layers=ablation_layers,
                                  seed=seed, batch_size=rows, progress=False)
                     before_ld.append(out.ld_before)
                     after_ld.append(out.ld_after)
-                    labels.append(out.labels)
+                    labels.append(out.class_labels)
                 lb, la, lab = torch.cat(before_ld), torch.cat(after_ld), torch.cat(labels)
                 table.append({
                     "direction": dname,
-                    "positions": where or "ALL",
+                    "position": where,
                     "ld_change": float(la.mean() / lb.mean() - 1),
                     "accuracy_before": accuracy(lb, lab),
                     "accuracy_after": accuracy(la, lab),

@@ -67,17 +67,15 @@ from tqdm.auto import tqdm
 
 from mechlens.circuits._util import (
     Head,
-    cache_run,
-    check_batch_size,
     check_dataset,
     check_heads,
     head_label,
     resolve_direction,
-    run_rows,
     safe_flip,
     unit_vector,
 )
 from mechlens.data.contrast import ContrastDataset
+from mechlens.engine import cache_batched, logit_diff_metric, rows_per_pass, run_grid
 from mechlens.metrics import fraction_recovered
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
@@ -91,32 +89,16 @@ ROLE_THRESHOLD = 3.0
 # --------------------------------------------------------------------------- head patching
 
 
-def _position_mask(ds: ContrastDataset, positions: str | Sequence[str] | None) -> tuple[Bool[Tensor, "batch pos"], str]:
-    if positions is None or positions == "ALL":
-        return torch.ones(ds.batch, ds.seq_len, dtype=torch.bool), "ALL"
-    names = [positions] if isinstance(positions, str) else list(positions)
-    if not names:
-        raise ValueError("positions is empty: give position names such as ('ADJ', 'VRB') or 'ALL'")
-    masks = []
-    for n in names:
-        try:
-            masks.append(ds.position_mask(n).cpu())
-        except KeyError as exc:
-            raise ValueError(
-                f"positions: {n!r} is not a position of dataset {ds.name!r}; it has {ds.position_names()}"
-            ) from exc
-    return torch.stack(masks).any(0), "+".join(names)
-
-
 @torch.no_grad()
 def patch_heads(
     model: Any,
     ds: ContrastDataset,
     head_sets: Sequence[Sequence[Head]],
     *,
-    positions: str | Sequence[str] | None = ("ADJ", "VRB"),
+    position: str | Sequence[str] = ("ADJ", "VRB"),
     component: str = "full",
     direction: Any = None,
+    progress: bool = False,
     batch_size: int | None = None,
 ) -> tuple[Float[Tensor, "set batch"], Float[Tensor, " batch"], Float[Tensor, " batch"]]:
     """Run the corrupt prompts with the clean outputs of each set of heads patched in.
@@ -124,8 +106,8 @@ def patch_heads(
     Args:
         head_sets: one list of ``(layer, head)`` per configuration; all run stacked on the
             batch axis.
-        positions: named positions (query positions of the heads) to patch at, or
-            ``None``/``"ALL"`` for every position.
+        position: the (query) positions of the heads patched, together: a name, a list of
+            names, or ``"all"`` (:meth:`ContrastDataset.position_mask`).
         component: ``"full"`` replaces the heads' ``hook_z`` by the clean values;
             ``"direction"`` patches only the component of each head's output ``z @ W_O``
             along ``direction`` (added to ``hook_attn_out``, so everything else of the head
@@ -140,15 +122,15 @@ def patch_heads(
     if component == "direction" and direction is None:
         raise ValueError("component='direction' needs direction= (a Direction or a [d_model] vector)")
     check_dataset(ds, model=model, binary=False)
-    rows = check_batch_size(batch_size)
+    rows = rows_per_pass(batch_size)
     sets = [check_heads(model, s, what=f"head_sets[{i}]") for i, s in enumerate(head_sets)]
     if not sets:
         raise ValueError("head_sets is empty: give at least one set of heads")
-    pos_mask, _ = _position_mask(ds, positions)
+    pos_mask = ds.position_mask(position).cpu()
     layers = sorted({layer for s in sets for layer, _ in s})
     runs = _HeadRuns(model, ds, layers, rows)
     d = unit_vector(resolve_direction(model, ds, direction, batch_size=rows)) if component == "direction" else None
-    return runs.patch(sets, pos_mask, component, d), runs.ld_clean, runs.ld_corrupt
+    return runs.patch(sets, pos_mask, component, d, progress), runs.ld_clean, runs.ld_corrupt
 
 
 class _HeadRuns:
@@ -157,14 +139,13 @@ class _HeadRuns:
     def __init__(self, model: Any, ds: ContrastDataset, layers: Sequence[int], rows: int):
         self.model, self.ds, self.rows = model, ds, rows
         self.z_names = {layer: f"blocks.{layer}.attn.hook_z" for layer in layers}
-        self.clean, self.ld_clean = cache_run(model, ds.clean_tokens, list(self.z_names.values()), ds.answers,
-                                              batch_size=rows)
-        _, self.ld_corrupt = cache_run(model, ds.corrupt_tokens, [], ds.answers, batch_size=rows)
+        self.clean, self.ld_clean = cache_batched(model, ds.clean_tokens, list(self.z_names.values()), answers=ds.answers, batch_size=rows)
+        _, self.ld_corrupt = cache_batched(model, ds.corrupt_tokens, [], answers=ds.answers, batch_size=rows)
 
     @torch.no_grad()
     def patch(
         self, sets: list[list[Head]], pos_mask: Bool[Tensor, "batch pos"], component: str,
-        d: Float[Tensor, " d_model"] | None,
+        d: Float[Tensor, " d_model"] | None, progress: bool = False,
     ) -> Float[Tensor, "set batch"]:
         model, clean = self.model, self.clean
         n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
@@ -216,7 +197,8 @@ class _HeadRuns:
             return hooks
 
         ds = self.ds
-        return run_rows(model, ds.corrupt_tokens, ds.answers, len(sets), make_hooks, batch_size=self.rows)
+        return run_grid(model, ds.corrupt_tokens, logit_diff_metric(ds.answers), n_configs=len(sets), hooks=make_hooks,
+                        batch_size=self.rows, progress=progress, desc="patching heads")
 
 
 # --------------------------------------------------------------------------- roles
@@ -275,14 +257,14 @@ def head_roles(
     per position from the first prompt, meaningful when the prompts share a template).
     """
     check_dataset(ds, model=model)
-    rows = check_batch_size(batch_size)
+    rows = rows_per_pass(batch_size)
     n_l = model.cfg.n_layers
     d = unit_vector(direction)
     if d.numel() != model.cfg.d_model:
         raise ValueError(f"direction has {d.numel()} components but the model's d_model is {model.cfg.d_model}")
     p_names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_l)]
     z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_l)]
-    acts, _ = cache_run(model, ds.clean_tokens, p_names + z_names, ds.answers, batch_size=rows)
+    acts, _ = cache_batched(model, ds.clean_tokens, p_names + z_names, answers=ds.answers, batch_size=rows)
     b = torch.arange(ds.batch)
     named = [p for p in ds.positions if p != "END"]
     targets = named + ["first", "other"]
@@ -399,8 +381,6 @@ class Circuit(Result):
     ld_corrupt: float = 0.0
     path_metric: str = ""
     direction: dict[str, Any] = field(default_factory=dict)
-    model_name: str = ""
-    dataset: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -621,7 +601,7 @@ def discover_sentiment_circuit(
             position).
         n_random: random head sets of the circuit's size per position set.
         seed: seeds the random head sets and the random directions of the OV score.
-        batch_size: sequences per forward pass (default 64).
+        batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``, 128).
         progress: show progress bars.
 
     Returns:
@@ -632,7 +612,7 @@ def discover_sentiment_circuit(
     check_dataset(ds, model=model)
     fds = ds if faithfulness_ds is None else faithfulness_ds
     check_dataset(fds, "faithfulness_ds", model=model)
-    rows = check_batch_size(batch_size)
+    rows = rows_per_pass(batch_size)
     n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
     if not isinstance(top_k, int) or not 1 <= top_k <= n_l * n_h:
         raise ValueError(f"top_k={top_k!r} must be an int in 1..{n_l * n_h}")
@@ -647,7 +627,7 @@ def discover_sentiment_circuit(
     if not pos_sets:
         raise ValueError("positions is empty: give at least one position set, e.g. [('ADJ', 'VRB')]")
     for p in pos_sets:
-        _position_mask(fds, p)  # validates the names
+        fds.position_mask(p)  # validates the names
 
     bar = tqdm(total=5, desc="sentiment circuit", disable=not progress)
     d = resolve_direction(model, ds, direction, batch_size=rows)
@@ -706,7 +686,7 @@ def discover_sentiment_circuit(
     d_unit = unit_vector(d)
     for p in pos_sets:
         label = p if isinstance(p, str) else "+".join(p)
-        pos_mask, _ = _position_mask(fds, p)
+        pos_mask = fds.position_mask(p).cpu()
         for component in ("full", "direction"):
             ld = runs.patch([heads] + random_sets, pos_mask, component, d_unit)
             for k in range(ld.shape[0]):

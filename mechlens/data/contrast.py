@@ -207,19 +207,58 @@ class ContrastDataset:
     def position_names(self) -> list[str]:
         return list(self.positions) + [m for m in self.masks if m not in self.positions]
 
-    def position_mask(self, name: str | None) -> Bool[Tensor, "batch pos"]:
-        """``[batch, pos]`` mask of a named position; ``None`` or ``"ALL"`` means every position."""
-        if name is None or name == "ALL":
-            return torch.ones_like(self.clean_tokens, dtype=torch.bool)
-        if name in self.masks:
-            return self.masks[name]
-        if name in self.positions:
+    def position_mask(self, position: Any = "all") -> Bool[Tensor, "batch pos"]:
+        """``[batch, pos]`` mask of a set of positions taken together: ``"all"`` (every
+        position), a position name (``"ADJ"``; a multi-position mask such as SST's commas),
+        an index (negative counts from the end), a list of them (their union), or a
+        ``[batch, pos]`` bool mask. The one reading of a ``position`` argument in mechlens (a
+        *swept* ``positions`` argument gives one such set per entry)."""
+        b, s = self.batch, self.seq_len
+        if isinstance(position, Tensor):
+            if position.dtype != torch.bool or tuple(position.shape) != (b, s):
+                raise ValueError(
+                    f"a position mask must be a bool tensor of shape {(b, s)}, got {position.dtype} {tuple(position.shape)}"
+                )
+            return position.to(self.device)
+        if isinstance(position, str):
+            if position.lower() == "all":
+                return torch.ones_like(self.clean_tokens, dtype=torch.bool)
+            if position in self.masks:
+                return self.masks[position]
+            if position in self.positions:
+                m = torch.zeros_like(self.clean_tokens, dtype=torch.bool)
+                m[torch.arange(b, device=self.device), self.positions[position]] = True
+                return m
+            raise ValueError(
+                f"{position!r} is not a position of dataset {self.name!r}; it has {self.position_names()} "
+                "(or 'all', an index, a list of them, or a [batch, pos] bool mask)"
+            )
+        if isinstance(position, int) and not isinstance(position, bool):
+            if not -s <= position < s:
+                raise ValueError(f"position {position} is out of range: the prompts have positions 0..{s - 1}")
             m = torch.zeros_like(self.clean_tokens, dtype=torch.bool)
-            m[torch.arange(self.batch, device=self.device), self.positions[name]] = True
+            m[:, position % s] = True
             return m
-        raise KeyError(
-            f"no position named {name!r} in dataset {self.name!r}; it has {self.position_names()}"
+        if isinstance(position, (list, tuple)):
+            if not position:
+                raise ValueError("position is an empty list: give 'all', a name, an index or a non-empty list")
+            return torch.stack([self.position_mask(p) for p in position]).any(0)
+        raise TypeError(
+            f"position must be 'all', a position name, an int index, a list of them or a [batch, pos] bool mask, "
+            f"not {position!r}"
         )
+
+    def position_label(self, position: Any = "all") -> str:
+        """A short name for a ``position`` argument (``"all"``, ``"ADJ"``, ``"ADJ+VRB"``, ``"mask"``)."""
+        if isinstance(position, Tensor):
+            return "mask"
+        if isinstance(position, (list, tuple)):
+            return "+".join(self.position_label(p) for p in position)
+        if isinstance(position, str) and position.lower() == "all":
+            return "all"
+        if isinstance(position, int):
+            return str(position % self.seq_len)
+        return str(position)
 
     def position_labels(self, model: Any | None = None, example: int = 0) -> list[str]:
         """Labels for the token axis: ``"3: ' great' (ADJ)"`` style, from one example."""

@@ -39,8 +39,8 @@ from mechlens.directions.fit import (
     hook_name,
     random_directions,
 )
-from mechlens.directions.interventions import PositionSpec, patched_logit_diffs, resolve_positions
-from mechlens.hooks import cache_batched
+from mechlens.directions.interventions import patched_logit_diffs
+from mechlens.engine import cache_batched
 from mechlens.metrics import fraction_recovered, logit_flip
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
@@ -72,10 +72,9 @@ class DirectionEvaluation(Result):
     vectors: Float[Tensor, "method layer d_model"]
     ld_clean: float
     ld_corrupt: float
-    model_name: str = ""
-    position: str | None = "ADJ"
+    position: str = "ADJ"
     site: str = "resid_pre"
-    patch_positions: str = "ALL"
+    patch_position: str = "all"
     train_fingerprint: str = ""
     test_fingerprint: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +99,7 @@ class DirectionEvaluation(Result):
             site=self.site,
             position=self.position,
             model_name=self.model_name,
-            dataset_fingerprint=self.train_fingerprint,
+            fingerprint=self.train_fingerprint,
         )
 
     def best(self, metric: str = "ld_recovered") -> dict[str, Any]:
@@ -208,7 +207,7 @@ class DirectionEvaluation(Result):
             ax.set_xlabel(f"layer ({self.site})")
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_ylabel(title)
-            ax.set_title(f"{title}, patching {self.patch_positions}")
+            ax.set_title(f"{title}, patching {self.patch_position}")
         axes[0].legend(fontsize=8)
         c = self.cosine[self._li(layer)].numpy()
         im = axes[2].imshow(c, vmin=-1, vmax=1, cmap="RdBu_r")
@@ -221,7 +220,7 @@ class DirectionEvaluation(Result):
                              color="white" if abs(c[i, j]) > 0.6 else "black")
         axes[2].set_title(f"cosine similarity, layer {layer}")
         fig.colorbar(im, ax=axes[2], fraction=0.046)
-        fig.suptitle(f"{self.model_name}: directions fitted at {self.position or 'all positions'}")
+        fig.suptitle(f"{self.model_name}: directions fitted at {self.position}")
         fig.tight_layout()
         return fig
 
@@ -241,13 +240,13 @@ def evaluate(
     *,
     methods: Sequence[str] = METHODS,
     layers: int | Sequence[int] | None = None,
-    position: str | None = "ADJ",
+    position: Any = "ADJ",
     site: str = "resid_pre",
-    patch_positions: PositionSpec = None,
+    patch_position: Any = "all",
     n_random: int = 5,
     seed: int = 0,
     das: dict[str, Any] | None = None,
-    batch_size: int | None = 32,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> DirectionEvaluation:
     """Fit every method at every layer on ``train_ds``, directional-patch on ``test_ds``.
@@ -256,7 +255,8 @@ def evaluate(
         methods: any of ``mean_diff``, ``kmeans``, ``logistic``, ``pca``, ``das``.
         layers: layers to sweep (default: all).
         position, site: where directions are fitted (see :func:`mechlens.directions.fit`).
-        patch_positions: where the test patch is applied (default: every position).
+        patch_position: where the test patch is applied, together (default ``"all"``; a
+            name, a list of names or a mask: :meth:`ContrastDataset.position_mask`).
         n_random: number of seeded random unit vectors for the baseline.
         seed: seeds every fit and the random directions.
         das: DAS options (see :func:`mechlens.directions.fit`).
@@ -279,7 +279,8 @@ def evaluate(
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1 for the random baseline, got {n_random}")
     layer_list = _layers_arg(model, layers)
-    mask, patch_label = resolve_positions(test_ds, patch_positions)
+    _check_position(test_ds, patch_position, "patch_position")
+    mask, patch_label = test_ds.position_mask(patch_position).cpu(), test_ds.position_label(patch_position)
     t0 = time.time()
 
     train_acts, train_y = collect_activations(
@@ -341,9 +342,11 @@ def evaluate(
         ld_clean=float(ld_clean.mean()),
         ld_corrupt=float(ld_corr.mean()),
         model_name=_model_name(model),
-        position=None if position in (None, "ALL") else position,
+        position=train_ds.position_label(position),
         site=site,
-        patch_positions=patch_label,
+        patch_position=patch_label,
+        dataset=test_ds.name,
+        fingerprint=test_ds.fingerprint(),
         train_fingerprint=train_ds.fingerprint(),
         test_fingerprint=test_ds.fingerprint(),
         meta={

@@ -36,10 +36,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechlens.data.contrast import ContrastDataset
-from mechlens.hooks import cache_batched, hooked
+from mechlens.engine import cache_batched
+from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
-from mechlens.models import model_name as _model_name
-from mechlens.results import Result
+from mechlens.results import Result, provenance
 from mechlens.validate import (
     check_activations,
     check_batch_size,
@@ -67,8 +67,8 @@ SITES = ("resid_pre", "resid_mid", "resid_post")
 # DAS defaults, chosen by measuring on smollm2-135m (docs/directions.md): 4 epochs of
 # minibatches of 8 pairs (24 Adam steps on the 42-pair ToyMovieReview train split) from a
 # random start get past 100% LD recovered at the middle layers in ~40 s per layer on one CPU
-# thread. "patch_positions": "position" means the fit position (ADJ), as the authors trained.
-DAS_DEFAULTS: dict[str, Any] = {"epochs": 4, "lr": 0.02, "batch_size": 8, "patch_positions": "position"}
+# thread. "patch_position": "position" means the fit position (ADJ), as the authors trained.
+DAS_DEFAULTS: dict[str, Any] = {"epochs": 4, "lr": 0.02, "batch_size": 8, "patch_position": "position"}
 
 
 # --------------------------------------------------------------------------- Direction
@@ -82,8 +82,9 @@ class Direction(Result):
         vector: ``[d_model]`` unit vector.
         method: how it was found (``"mean_diff"``, ``"das"``, ``"random"``, ...).
         layer, site: where it lives: hook ``blocks.{layer}.hook_{site}``.
-        position: the named dataset position it was fitted at (``None``: all positions).
-        model_name, dataset_fingerprint: what it was fitted on.
+        position: the positions it was fitted at (a name, ``"all"``; see
+            :meth:`ContrastDataset.position_mask`).
+        model_name, fingerprint: what it was fitted on (the model, the dataset's tokens).
         meta: method details (train separation accuracy, DAS settings and loss curve).
     """
 
@@ -91,9 +92,7 @@ class Direction(Result):
     method: str
     layer: int
     site: str = "resid_pre"
-    position: str | None = "ADJ"
-    model_name: str = ""
-    dataset_fingerprint: str = ""
+    position: str = "ADJ"
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -139,7 +138,7 @@ class Direction(Result):
         ax.bar(range(self.d_model), self.vector.detach().cpu().numpy(), width=1.0)
         ax.set_xlabel("component")
         ax.set_ylabel("value")
-        ax.set_title(f"{self.method} direction, {self.hook_name} @ {self.position or 'all positions'}")
+        ax.set_title(f"{self.method} direction, {self.hook_name} @ {self.position}")
         fig.tight_layout()
         return fig
 
@@ -147,7 +146,7 @@ class Direction(Result):
         return (
             f"Direction(method={self.method!r}, layer={self.layer}, site={self.site!r}, "
             f"position={self.position!r}, d_model={self.d_model}, model_name={self.model_name!r}, "
-            f"dataset_fingerprint={self.dataset_fingerprint!r})"
+            f"fingerprint={self.fingerprint!r})"
         )
 
 
@@ -166,14 +165,11 @@ def hook_name(layer: int, site: str = "resid_pre") -> str:
 
 
 
-def _check_position(ds: ContrastDataset, position: str | None, what: str = "position") -> None:
-    if position is None or position == "ALL":
-        return
-    if position not in ds.positions and position not in ds.masks:
-        raise ValueError(
-            f"{what}={position!r} is not a named position of dataset {ds.name!r}; "
-            f"it has {ds.position_names()} (or None for all positions)"
-        )
+def _check_position(ds: ContrastDataset, position: Any, what: str = "position") -> None:
+    try:
+        ds.position_mask(position)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{what}: {exc}") from None
 
 
 def _layers_arg(model: Any, layers: int | Sequence[int] | None, what: str = "layers") -> list[int]:
@@ -216,9 +212,9 @@ def collect_activations(
     ds: ContrastDataset,
     layers: int | Sequence[int] | None = None,
     *,
-    position: str | None = "ADJ",
+    position: Any = "ADJ",
     site: str = "resid_pre",
-    batch_size: int | None = 32,
+    batch_size: int | None = None,
 ) -> tuple[dict[int, Float[Tensor, "n d_model"]], Int[Tensor, " n"]]:
     """Activations at ``position`` for the clean and the corrupt prompts, with labels.
 
@@ -324,7 +320,7 @@ def _fit_das(
     layer: int,
     site: str,
     *,
-    patch_positions: str | None,
+    patch_position: Any,
     epochs: int,
     lr: float,
     batch_size: int,
@@ -339,9 +335,9 @@ def _fit_das(
     name = hook_name(layer, site)
     dev = model.cfg.device
     stop = layer + 1 if layer + 1 < model.cfg.n_layers else None
-    clean_acts, _ = cache_batched(model, ds.clean_tokens, [name], batch_size=32, stop_at_layer=stop)
+    clean_acts, _ = cache_batched(model, ds.clean_tokens, [name], batch_size=None, stop_at_layer=stop)
     clean_acts = clean_acts[name]
-    mask = ds.position_mask(patch_positions)
+    mask = ds.position_mask(patch_position)
     g = torch.Generator().manual_seed(seed)
     start = init.detach().float().clone() if init is not None else torch.randn(model.cfg.d_model, generator=g)
     param = torch.nn.Parameter((start / start.norm()).to(dev))
@@ -381,10 +377,10 @@ def fit(
     method: str,
     layer: int,
     *,
-    position: str | None = "ADJ",
+    position: Any = "ADJ",
     site: str = "resid_pre",
     seed: int = 0,
-    batch_size: int | None = 32,
+    batch_size: int | None = None,
     progress: bool = True,
     das: dict[str, Any] | None = None,
     acts: tuple[Float[Tensor, "n d_model"], Int[Tensor, " n"]] | None = None,
@@ -397,16 +393,17 @@ def fit(
             the opposite label).
         method: one of ``mean_diff``, ``kmeans``, ``logistic``, ``pca``, ``das``.
         layer: the layer (negative counts from the end).
-        position: the named position whose activations are fitted (``None``: every position).
-            For ``das`` it is the position used to fix the sign.
+        position: the positions whose activations are fitted, together (a name, a list of
+            names, or ``"all"``; :meth:`ContrastDataset.position_mask`). For ``das`` it is
+            where the sign is fixed.
         site: ``resid_pre`` (default), ``resid_mid`` or ``resid_post``.
         seed: seeds k-means, the probe, PCA and DAS's random start and minibatch order.
         batch_size: prompts per forward pass when collecting activations.
         progress: show DAS's progress bar.
         das: DAS options overriding ``DAS_DEFAULTS``: ``epochs``, ``lr``, ``batch_size``
-            (pairs per Adam step), ``patch_positions`` (where the training patch is applied:
-            ``"position"``, the default, is the fit position as in Tigges et al.; ``None`` is
-            every position; or another named position), ``init`` (a starting vector; default
+            (pairs per Adam step), ``patch_position`` (where the training patch is applied:
+            ``"position"``, the default, is the fit position as in Tigges et al.; ``"all"`` is
+            every position; or another position set), ``init`` (a starting vector; default
             a seeded random vector).
         acts: precomputed ``(activations, labels)`` from :func:`collect_activations` for
             this layer, to skip the forward passes (the evaluation sweep uses it).
@@ -436,9 +433,9 @@ def fit(
         if unknown:
             raise ValueError(f"das options {sorted(unknown)} are unknown; use {sorted(DAS_DEFAULTS) + ['init']}")
         opts.update(das or {})
-        if opts["patch_positions"] == "position":
-            opts["patch_positions"] = position
-        _check_position(ds, opts["patch_positions"], what="das['patch_positions']")
+        if isinstance(opts["patch_position"], str) and opts["patch_position"] == "position":
+            opts["patch_position"] = position
+        _check_position(ds, opts["patch_position"], what="das['patch_position']")
         init = opts.pop("init", None)
         v, losses = _fit_das(model, ds, layer, site, seed=seed, init=init, progress=progress, **opts)
         v = _sign_to_labels(v, X, y)
@@ -451,8 +448,7 @@ def fit(
         method=method,
         layer=layer,
         site=site,
-        position=None if position in (None, "ALL") else position,
-        model_name=_model_name(model),
-        dataset_fingerprint=ds.fingerprint(),
+        position=ds.position_label(position),
+        **provenance(model, ds),
         meta=meta,
     )

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.data.contrast import ContrastDataset
 from mechlens.directions.fit import (
@@ -39,9 +38,10 @@ from mechlens.directions.fit import (
     _layers_arg,
     hook_name,
 )
-from mechlens.hooks import batches, cache_batched, hooked
-from mechlens.metrics import accuracy, fraction_recovered, logit_diff, logit_flip
-from mechlens.results import Result
+from mechlens.engine import cache_batched, logit_diff_metric, run_grid
+from mechlens.hooks import hooked
+from mechlens.metrics import accuracy, fraction_recovered, logit_flip
+from mechlens.results import Measurement, provenance
 from mechlens.validate import (
     check_batch_size,
     check_binary_labels,
@@ -61,10 +61,9 @@ __all__ = [
     "as_direction",
     "ABLATION_MODES",
     "patched_logit_diffs",
-    "resolve_positions",
 ]
 
-PositionSpec = str | Sequence[str] | Bool[Tensor, "batch pos"] | None
+PositionSpec = str | int | Sequence[str | int] | Bool[Tensor, "batch pos"]
 
 
 # --------------------------------------------------------------------------- argument handling
@@ -78,38 +77,12 @@ def as_direction(direction: Direction | Tensor, *, layer: int | None = None, sit
         check_vector(direction, "direction")
         if layer is None:
             raise ValueError("a raw vector has no layer: pass layers=... (or a Direction from fit())")
-        return Direction(vector=direction.detach().float().cpu(), method="vector", layer=layer, site=site, position=None)
+        return Direction(vector=direction.detach().float().cpu(), method="vector", layer=layer, site=site, position="all")
     raise TypeError(f"direction must be a mechlens Direction or a [d_model] tensor, not {type(direction).__name__}")
 
 
 def _check_model_dir(model: Any, d: Direction, *, own_layer: bool = True) -> None:
     check_direction(model, d, own_layer=own_layer)
-
-
-def resolve_positions(ds: ContrastDataset, positions: PositionSpec) -> tuple[Bool[Tensor, "batch pos"], str]:
-    """A ``[batch, pos]`` mask and a label from None/"ALL" (every position), a named position,
-    a list of names (their union) or a boolean mask."""
-    if positions is None or (isinstance(positions, str) and positions == "ALL"):
-        return ds.position_mask(None), "ALL"
-    if isinstance(positions, str):
-        if positions not in ds.positions and positions not in ds.masks:
-            raise ValueError(
-                f"positions={positions!r} is not a named position of dataset {ds.name!r}; "
-                f"it has {ds.position_names()} (or None for all positions)"
-            )
-        return ds.position_mask(positions), positions
-    if isinstance(positions, Tensor):
-        if positions.dtype != torch.bool or tuple(positions.shape) != (ds.batch, ds.seq_len):
-            raise ValueError(
-                f"a positions mask must be a bool tensor of shape {(ds.batch, ds.seq_len)}, "
-                f"got {positions.dtype} {tuple(positions.shape)}"
-            )
-        return positions.cpu(), "mask"
-    names = list(positions)
-    if not names:
-        raise ValueError("positions is an empty list; give None for all positions or some names")
-    masks = [resolve_positions(ds, n)[0] for n in names]
-    return torch.stack(masks).any(0), "+".join(names)
 
 
 # --------------------------------------------------------------------------- core mechanism
@@ -123,7 +96,7 @@ def patched_logit_diffs(
     clean_acts: dict[str, Float[Tensor, "batch pos d_model"]],
     mask: Bool[Tensor, "batch pos"],
     *,
-    batch_size: int | None = 32,
+    batch_size: int | None = None,
     progress: bool = False,
     desc: str = "directional patching",
 ) -> Float[Tensor, "k batch"]:
@@ -133,45 +106,37 @@ def patched_logit_diffs(
     patched (with the same direction). Rows of ``vectors`` must be unit vectors. The
     ``k x batch`` (direction, example) grid is run in chunks of ``batch_size`` prompts.
     """
-    k, n = vectors.shape[0], ds.batch
-    grid_v = torch.arange(k).repeat_interleave(n)
-    grid_e = torch.arange(n).repeat(k)
-    out = torch.empty(k * n)
-    dev = model.cfg.device
-    chunks = list(batches(k * n, batch_size))
-    for sl in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        e, v = grid_e[sl], grid_v[sl]
-        hooks = [
-            (name, _directional_hook(acts[e], vectors[v], mask[e]))
-            for name, acts in clean_acts.items()
-        ]
-        with hooked(model, hooks):
-            logits = model(ds.corrupt_tokens[e].to(dev))
-        out[sl] = logit_diff(logits, ds.answers[e].to(logits.device)).float().cpu()
-    return out.view(k, n)
+
+    def hooks(v: Tensor, e: Tensor) -> list[tuple[str, Any]]:
+        return [(name, _directional_hook(acts[e], vectors[v], mask[e])) for name, acts in clean_acts.items()]
+
+    return run_grid(model, ds.corrupt_tokens, logit_diff_metric(ds.answers), n_configs=vectors.shape[0],
+                    hooks=hooks, batch_size=batch_size, progress=progress, desc=desc)
 
 
 # --------------------------------------------------------------------------- directional patching
 
 
-@dataclass
-class DirectionalPatchResult(Result):
-    """Per-example logit differences of one directional-patching experiment.
-
-    ``ld_*`` are clean-answer logit differences: clean run, corrupt run, corrupt run with the
-    direction patched in. ``ld_recovered`` (fraction) / ``ld_recovered_pct`` (x100) and
-    ``logit_flip`` summarise them (definitions in :mod:`mechlens.metrics`).
+@dataclass(kw_only=True)
+class DirectionalPatchResult(Measurement):
+    """One directional-patching experiment: ``per_example`` is the corrupt run's logit
+    difference with the direction patched in (``ld_patched``), beside the clean and corrupt
+    runs' (``ld_clean``, ``ld_corrupt``; clean-prompt answers throughout).
+    ``ld_recovered`` (fraction) / ``ld_recovered_pct`` (x100) and ``logit_flip`` summarise them
+    (definitions in :mod:`mechlens.metrics`); ``class_labels`` are the examples' 0/1 labels.
     """
 
     ld_clean: Float[Tensor, " batch"]
     ld_corrupt: Float[Tensor, " batch"]
-    ld_patched: Float[Tensor, " batch"]
-    labels: Int[Tensor, " batch"]
+    class_labels: Int[Tensor, " batch"]
     layers: list[int]
-    positions: str = "ALL"
+    position: str = "all"
     method: str = ""
     site: str = "resid_pre"
-    dataset: str = ""
+
+    @property
+    def ld_patched(self) -> Float[Tensor, " batch"]:
+        return self.per_example
 
     @property
     def ld_recovered(self) -> float:
@@ -183,13 +148,13 @@ class DirectionalPatchResult(Result):
 
     @property
     def logit_flip(self) -> float:
-        return logit_flip(self.ld_patched, self.ld_clean, self.ld_corrupt, self.labels)
+        return logit_flip(self.ld_patched, self.ld_clean, self.ld_corrupt, self.class_labels)
 
     def summary(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "layers": self.layers,
-            "positions": self.positions,
+            "position": self.position,
             "ld_clean": float(self.ld_clean.mean()),
             "ld_corrupt": float(self.ld_corrupt.mean()),
             "ld_patched": float(self.ld_patched.mean()),
@@ -204,7 +169,7 @@ class DirectionalPatchResult(Result):
         return pd.DataFrame(
             {
                 "example": range(len(self.ld_clean)),
-                "label": self.labels.tolist(),
+                "label": self.class_labels.tolist(),
                 "ld_clean": self.ld_clean.tolist(),
                 "ld_corrupt": self.ld_corrupt.tolist(),
                 "ld_patched": self.ld_patched.tolist(),
@@ -226,7 +191,7 @@ class DirectionalPatchResult(Result):
         ax.set_xlabel("example")
         ax.set_ylabel("logit difference")
         ax.set_title(
-            f"{self.method} direction patched at layers {self.layers}, positions {self.positions}: "
+            f"{self.method} direction patched at layers {self.layers}, position {self.position}: "
             f"{self.ld_recovered_pct:.1f}% LD recovered"
         )
         ax.legend()
@@ -235,7 +200,7 @@ class DirectionalPatchResult(Result):
 
     def __repr__(self) -> str:
         return (
-            f"DirectionalPatchResult(method={self.method!r}, layers={self.layers}, positions={self.positions!r}, "
+            f"DirectionalPatchResult(method={self.method!r}, layers={self.layers}, position={self.position!r}, "
             f"ld_recovered={self.ld_recovered:.3f}, logit_flip={self.logit_flip:.3f})"
         )
 
@@ -246,8 +211,8 @@ def directional_patch(
     direction: Direction | Float[Tensor, " d_model"],
     *,
     layers: int | Sequence[int] | None = None,
-    positions: PositionSpec = None,
-    batch_size: int | None = 32,
+    position: PositionSpec = "all",
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> DirectionalPatchResult:
     """Patch the component along ``direction`` from the clean into the corrupt run.
@@ -256,9 +221,9 @@ def directional_patch(
         direction: a :class:`Direction` (its site is used) or a raw ``[d_model]`` vector
             (then ``layers`` is required and the site is ``resid_pre``); it is normalised.
         layers: layers to patch at (default: the direction's own layer).
-        positions: ``None`` (every position, the default), a named position (``"ADJ"``), a
-            list of names, or a ``[batch, pos]`` boolean mask.
-        batch_size: prompts per forward pass.
+        position: where, together: ``"all"`` (the default), a named position (``"ADJ"``), a
+            list of names, or a ``[batch, pos]`` bool mask (:meth:`ContrastDataset.position_mask`).
+        batch_size: sequences per forward pass.
 
     Returns:
         :class:`DirectionalPatchResult` with per-example clean/corrupt/patched logit
@@ -270,7 +235,7 @@ def directional_patch(
     d = as_direction(direction, layer=layer_list[0] if layer_list else None)
     _check_model_dir(model, d, own_layer=layer_list is None)
     layer_list = layer_list or [d.layer]
-    mask, label = resolve_positions(ds, positions)
+    mask, label = ds.position_mask(position).cpu(), ds.position_label(position)
     names = [hook_name(layer, d.site) for layer in layer_list]
     acts, ld_clean = cache_batched(model, ds.clean_tokens, names, batch_size=batch_size, answers=ds.answers)
     _, ld_corr = cache_batched(model, ds.corrupt_tokens, [], batch_size=batch_size, answers=ds.answers)
@@ -278,15 +243,16 @@ def directional_patch(
         model, ds, d.unit()[None], acts, mask, batch_size=batch_size, progress=progress
     )[0]
     return DirectionalPatchResult(
+        per_example=ld_patched,
+        metric="logit_diff",
         ld_clean=ld_clean.float().cpu(),
         ld_corrupt=ld_corr.float().cpu(),
-        ld_patched=ld_patched,
-        labels=ds.labels.cpu(),
+        class_labels=ds.labels.cpu(),
         layers=layer_list,
-        positions=label,
+        position=label,
         method=d.method,
         site=d.site,
-        dataset=ds.name,
+        **provenance(model, ds, layers=layers, position=label, batch_size=batch_size),
     )
 
 
@@ -295,22 +261,26 @@ def directional_patch(
 ABLATION_MODES = ("mean", "zero", "resample")
 
 
-@dataclass
-class AblationResult(Result):
-    """Clean-prompt logit differences before and after removing a direction.
+@dataclass(kw_only=True)
+class AblationResult(Measurement):
+    """Clean-prompt logit differences after removing a direction (``per_example``, also
+    ``ld_after``) and before (``ld_before``).
 
     ``ld_change`` is the relative change of the mean logit difference (-1 = all of it gone);
-    accuracies are centred (see :func:`mechlens.metrics.accuracy`), each set by its own bias.
+    accuracies are centred (see :func:`mechlens.metrics.accuracy`), each set by its own bias;
+    ``class_labels`` are the examples' 0/1 labels.
     """
 
     ld_before: Float[Tensor, " batch"]
-    ld_after: Float[Tensor, " batch"]
-    labels: Int[Tensor, " batch"]
+    class_labels: Int[Tensor, " batch"]
     layers: list[int]
-    positions: str = "ALL"
+    position: str = "all"
     mode: str = "mean"
     method: str = ""
-    dataset: str = ""
+
+    @property
+    def ld_after(self) -> Float[Tensor, " batch"]:
+        return self.per_example
 
     @property
     def ld_change(self) -> float:
@@ -318,18 +288,18 @@ class AblationResult(Result):
 
     @property
     def accuracy_before(self) -> float:
-        return accuracy(self.ld_before, self.labels)
+        return accuracy(self.ld_before, self.class_labels)
 
     @property
     def accuracy_after(self) -> float:
-        return accuracy(self.ld_after, self.labels)
+        return accuracy(self.ld_after, self.class_labels)
 
     def summary(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "mode": self.mode,
             "layers": self.layers,
-            "positions": self.positions,
+            "position": self.position,
             "ld_before": float(self.ld_before.mean()),
             "ld_after": float(self.ld_after.mean()),
             "ld_change": self.ld_change,
@@ -343,7 +313,7 @@ class AblationResult(Result):
         return pd.DataFrame(
             {
                 "example": range(len(self.ld_before)),
-                "label": self.labels.tolist(),
+                "label": self.class_labels.tolist(),
                 "ld_before": self.ld_before.tolist(),
                 "ld_after": self.ld_after.tolist(),
             }
@@ -361,11 +331,11 @@ class AblationResult(Result):
         hi = float(max(self.ld_before.max(), self.ld_after.max()))
         ax.plot([lo, hi], [lo, hi], color="grey", lw=0.5)
         ax.axhline(0, color="grey", lw=0.5)
-        ax.scatter(self.ld_before.tolist(), self.ld_after.tolist(), c=self.labels.tolist(), cmap="coolwarm")
+        ax.scatter(self.ld_before.tolist(), self.ld_after.tolist(), c=self.class_labels.tolist(), cmap="coolwarm")
         ax.set_xlabel("logit difference before")
         ax.set_ylabel("logit difference after")
         ax.set_title(
-            f"{self.mode}-ablating {self.method} @ {self.positions}\n"
+            f"{self.mode}-ablating {self.method} @ {self.position}\n"
             f"LD {100 * self.ld_change:+.1f}%, acc {self.accuracy_before:.2f} -> {self.accuracy_after:.2f}"
         )
         fig.tight_layout()
@@ -374,7 +344,7 @@ class AblationResult(Result):
     def __repr__(self) -> str:
         return (
             f"AblationResult(method={self.method!r}, mode={self.mode!r}, layers={self.layers}, "
-            f"positions={self.positions!r}, ld_change={self.ld_change:+.3f}, "
+            f"position={self.position!r}, ld_change={self.ld_change:+.3f}, "
             f"accuracy {self.accuracy_before:.3f} -> {self.accuracy_after:.3f})"
         )
 
@@ -396,19 +366,20 @@ def ablate(
     ds: ContrastDataset,
     direction: Direction | Float[Tensor, " d_model"],
     *,
-    positions: PositionSpec = None,
+    position: PositionSpec = "all",
     mode: str = "mean",
     layers: int | Sequence[int] | str | None = None,
     seed: int = 0,
-    batch_size: int | None = 32,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> AblationResult:
     """Remove the component along ``direction`` on the clean prompts and measure the damage.
 
     Args:
         direction: a :class:`Direction` or a raw vector (then ``layers`` is required).
-        positions: ``None`` (all), a named position (``"COMMA"``, or a multi-position mask
-            such as SST's commas), a list of names, or a ``[batch, pos]`` bool mask.
+        position: where, together: ``"all"`` (the default), a named position (``"COMMA"``, or
+            a multi-position mask such as SST's commas), a list of names, or a ``[batch, pos]``
+            bool mask (:meth:`ContrastDataset.position_mask`).
         mode: what the component is replaced by: ``"mean"`` (its mean over the dataset's
             clean prompts at the same position), ``"zero"``, or ``"resample"`` (its value in
             another example at the same position, drawn with ``seed``).
@@ -431,7 +402,7 @@ def ablate(
     _check_model_dir(model, d, own_layer=layer_list is None)
     check_binary_labels(ds)
     layer_list = layer_list or [d.layer]
-    mask, label = resolve_positions(ds, positions)
+    mask, label = ds.position_mask(position).cpu(), ds.position_label(position)
     names = [hook_name(layer, d.site) for layer in layer_list]
     unit = d.unit()
     acts, ld_before = cache_batched(model, ds.clean_tokens, names, batch_size=batch_size, answers=ds.answers)
@@ -452,23 +423,24 @@ def ablate(
                 same = perm == torch.arange(ds.batch)
                 perm[same] = (perm[same] + 1) % ds.batch
             targets[name] = proj[perm]
-    dev = model.cfg.device
-    after = []
-    for sl in tqdm(list(batches(ds.batch, batch_size)), desc=f"{mode}-ablation", disable=not progress, leave=False):
-        hooks = [(name, _ablation_hook(unit, targets[name][sl], mask[sl])) for name in names]
-        with hooked(model, hooks):
-            logits = model(ds.clean_tokens[sl].to(dev))
-        after.append(logit_diff(logits, ds.answers[sl].to(logits.device)).float().cpu())
+
+    def hooks(_: Tensor, e: Tensor) -> list[tuple[str, Any]]:
+        return [(name, _ablation_hook(unit, targets[name][e], mask[e])) for name in names]
+
+    ld_after = run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), hooks=hooks, batch_size=batch_size,
+                        progress=progress, desc=f"{mode}-ablation")[0]
     return AblationResult(
+        per_example=ld_after,
+        metric="logit_diff",
         ld_before=ld_before.float().cpu(),
-        ld_after=torch.cat(after),
-        labels=ds.labels.cpu(),
+        class_labels=ds.labels.cpu(),
         layers=layer_list,
-        positions=label,
+        position=label,
         mode=mode,
         method=d.method,
-        dataset=ds.name,
+        **provenance(model, ds, layers=layers, position=label, mode=mode, seed=seed, batch_size=batch_size),
     )
+
 
 
 # --------------------------------------------------------------------------- activation addition

@@ -42,7 +42,6 @@ class Projection(Result):
     method: str = ""
     layer: int = 0
     site: str = "resid_pre"
-    model_name: str = ""
 
     def to_dataframe(self) -> Any:
         import pandas as pd

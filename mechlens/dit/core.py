@@ -69,6 +69,7 @@ from mechlens.dit.data import (
     topic_texts,
     trigger_prefix,
 )
+from mechlens.engine import pad_id
 from mechlens.models import cache_dir as _mechlens_cache_dir
 from mechlens.models import model_name
 from mechlens.results import Result, markdown_table
@@ -219,12 +220,6 @@ def _logits(hf: torch.nn.Module, toks: Tensor) -> Tensor:
     return hf(input_ids=toks, use_cache=False).logits
 
 
-def _pad_id(model: Any) -> int:
-    tok = getattr(model, "tokenizer", None)
-    pid = getattr(tok, "pad_token_id", None) if tok is not None else None
-    return int(pid) if pid is not None else 0
-
-
 def _pad(seqs: Sequence[Tensor], pad: int) -> tuple[Tensor, Tensor]:
     lens = torch.tensor([len(s) for s in seqs])
     out = torch.full((len(seqs), int(lens.max())), pad, dtype=torch.long)
@@ -288,8 +283,6 @@ class DiffFamily(Result):
     modules: list[str]
     scale: float
     losses: Tensor
-    settings: dict[str, Any] = field(default_factory=dict)
-    model: str = ""
     key: str = ""
 
     def __len__(self) -> int:
@@ -297,7 +290,7 @@ class DiffFamily(Result):
 
     def __repr__(self) -> str:
         return (
-            f"DiffFamily({len(self)} differences of {self.model!r}, rank {self.settings.get('rank')}, "
+            f"DiffFamily({len(self)} differences of {self.model_name!r}, rank {self.settings.get('rank')}, "
             f"{len(set(self.topics))} topics, modules {self.modules})"
         )
 
@@ -322,7 +315,7 @@ class DiffFamily(Result):
         for m in self.modules:
             d = self.scale * (self.B[m][i].double() @ self.A[m][i].double())  # [d_out, d_in]
             tensors[f"{m}.weight"] = (d.T if m in conv else d).float()
-        return WeightVector(tensors, name=f"diff{i}:{self.topics[i]}", model=self.model)
+        return WeightVector(tensors, name=f"diff{i}:{self.topics[i]}", model_name=self.model_name)
 
     @contextmanager
     def apply(self, model: Any, i: int) -> Iterator[Any]:
@@ -423,7 +416,7 @@ def make_diffs(
     settings["group_size"] = group_size
     settings["conv1d"] = [m for m in mod_names if _is_conv1d(mods[m])]
     scale = alpha / rank
-    pad = _pad_id(model)
+    pad = pad_id(model)
     A = {m: torch.zeros(n_diffs, rank, _io(mods[m])[0]) for m in mod_names}
     B = {m: torch.zeros(n_diffs, _io(mods[m])[1], rank) for m in mod_names}
     for i in range(n_diffs):
@@ -477,7 +470,7 @@ def make_diffs(
     bar.close()
     fam = DiffFamily(
         A=A, B=B, topics=[b.topic for b in behaviours], codes=[b.code for b in behaviours],
-        modules=mod_names, scale=scale, losses=losses, settings=settings, model=model_name(model), key=key,
+        modules=mod_names, scale=scale, losses=losses, settings=settings, model_name=model_name(model), key=key,
     )
     if root is not None:
         _save_atomic(fam, root / f"diffs-{key}")
@@ -513,13 +506,11 @@ class DITAdapter(Result):
     trained_on: list[int]
     curve: dict[str, list[float]]
     losses: list[float]
-    settings: dict[str, Any] = field(default_factory=dict)
-    model: str = ""
     seconds: float = 0.0
 
     def __repr__(self) -> str:
         n = sum(int(t.numel()) for t in self.lora.values())
-        return f"DITAdapter({self.model!r}, {n} LoRA parameters, {len(self.losses)} steps, final loss {self.losses[-1]:.3f})"
+        return f"DITAdapter({self.model_name!r}, {n} LoRA parameters, {len(self.losses)} steps, final loss {self.losses[-1]:.3f})"
 
 
 def _peft_model(hf: torch.nn.Module, config: dict[str, Any], seed: int) -> Any:
@@ -604,7 +595,7 @@ def train_adapter(
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
-    pad = _pad_id(model)
+    pad = pad_id(model)
     dev = next(pm.parameters()).device
     order: list[int] = []
     trained_on: set[int] = set()
@@ -651,7 +642,7 @@ def train_adapter(
     }
     return DITAdapter(
         lora=lora, config=config, trained_on=sorted(trained_on), curve=curve, losses=losses,
-        settings=settings, model=model_name(model), seconds=time.perf_counter() - t0,
+        settings=settings, model_name=model_name(model), seconds=time.perf_counter() - t0,
     )
 
 
@@ -741,9 +732,7 @@ class DITResult(Result):
     fuzzy: dict[str, Tensor]
     n_topics: int
     curve: dict[str, list[float]] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    model: str = ""
 
     @property
     def chance(self) -> float:
@@ -751,7 +740,7 @@ class DITResult(Result):
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{m} {float(self.exact[m].mean()):.2f}/{float(self.fuzzy[m].mean()):.2f}" for m in self.methods)
-        return f"DITResult({self.model!r}, {len(self.topics)} held-out, exact/fuzzy: {parts}; chance {self.chance:.2f})"
+        return f"DITResult({self.model_name!r}, {len(self.topics)} held-out, exact/fuzzy: {parts}; chance {self.chance:.2f})"
 
     def to_dataframe(self) -> Any:
         """One row per method (and one for chance): exact and fuzzy accuracy with stderr."""
@@ -800,7 +789,7 @@ class DITResult(Result):
         a.set_xticks(list(x), list(df["method"]), rotation=15, fontsize=8)
         a.set_ylim(0, 1)
         a.set_ylabel("held-out accuracy")
-        a.set_title(f"{self.model}: {len(self.topics)} held-out differences", fontsize=9)
+        a.set_title(f"{self.model_name}: {len(self.topics)} held-out differences", fontsize=9)
         a.legend(fontsize=7)
         c = self.curve or {}
         if c.get("step"):
@@ -856,7 +845,7 @@ def evaluate(
     mods = {m: hf.get_submodule(m) for m in family.modules}
     pm = _peft_model(hf, adapter.config, int(adapter.settings.get("seed", 0)))
     set_peft_model_state_dict(pm, adapter.lora)
-    pad = _pad_id(model)
+    pad = pad_id(model)
     tok = model.tokenizer
     eos = getattr(tok, "eos_token_id", None)
     topics = [family.topics[i] for i in held]
@@ -889,7 +878,7 @@ def evaluate(
         n_topics=len(family.topic_set), curve=dict(adapter.curve),
         settings={"family": dict(family.settings), "adapter": dict(adapter.settings),
                   "max_new_tokens": max_new_tokens, "blackbox_tokens": blackbox_tokens},
-        seconds=seconds, model=model_name(model),
+        seconds=seconds, model_name=model_name(model),
     )
 
 

@@ -14,11 +14,19 @@ numbers:
 ``backend="auto"`` picks the fast path where it applies (:func:`resolve_backend`) and the hooks
 path elsewhere. Methods choose between them; both are tested against each other and against
 ``transformer_lens.patching`` on every site and architecture.
+
+Interventions that are not patches from another run (moving along a direction, adding a
+vector, ablating) are hooks built per forward pass: :func:`run_grid` runs any number of
+configurations of them over a dataset, stacked on the batch axis, and returns the metric per
+configuration and example. :func:`cache_batched` is the one batched caching run.
+
+One batching rule for every method: ``batch_size`` is sequences per forward pass, ``None``
+means :data:`DEFAULT_BATCH_SIZE`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +36,154 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechlens.hooks import hooked
+from mechlens.metrics import logit_diff
 from mechlens.model_protocol import check_model, is_bridge
+from mechlens.models import model_device
+from mechlens.validate import check_batch_size
 
 __all__ = [
     "BACKENDS", "Patch", "HooksRunner", "patch_mask", "patch_rows", "resolve_backend", "run_with_patches",
-    "cached_run", "saver", "is_bridge",
+    "cached_run", "saver", "is_bridge", "DEFAULT_BATCH_SIZE", "rows_per_pass", "copies_per_pass", "chunks",
+    "progress_iter", "batches", "padded_batches", "pad_id", "run_grid", "logit_diff_metric", "cache_batched",
 ]
 
 BACKENDS = ("auto", "fast", "hooks")
+
+# Sequences per forward pass when batch_size is None (every method).
+DEFAULT_BATCH_SIZE = 128
+
+Hook = tuple[str, Callable[..., Any]]
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def rows_per_pass(batch_size: int | None) -> int:
+    """Sequences per forward pass: ``batch_size`` checked, ``None`` -> :data:`DEFAULT_BATCH_SIZE`."""
+    check_batch_size(batch_size)
+    return DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+
+
+def copies_per_pass(batch_size: int | None, batch: int) -> int:
+    """How many copies of a ``batch``-prompt dataset fit in one pass (at least one)."""
+    return max(1, rows_per_pass(batch_size) // batch)
+
+
+def chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def batches(n: int, batch_size: int | None) -> list[slice]:
+    """Slices of ``range(n)`` of ``batch_size`` rows (``None``: :data:`DEFAULT_BATCH_SIZE`)."""
+    return [slice(r.start, r.stop) for r in chunks(n, rows_per_pass(batch_size))]
+
+
+def progress_iter(items: Sequence[Any], progress: bool, desc: str) -> Any:
+    return tqdm(items, desc=desc, leave=False) if progress else items
+
+
+def padded_batches(
+    tokens: Sequence[Tensor], batch_size: int | None, pad_id: int = 0
+) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """Right-padded batches ``(indices, tokens, index of each last real token)``.
+
+    A causal model never attends to later positions, so right padding leaves every real
+    token's activations unchanged; no attention mask is needed.
+    """
+    batch_size = rows_per_pass(batch_size)
+    # Sort by length so that batches carry little padding.
+    order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        lens = torch.tensor([len(tokens[i]) for i in idx])
+        out = torch.full((len(idx), int(lens.max())), pad_id, dtype=torch.long)
+        for row, i in enumerate(idx):
+            out[row, : lens[row]] = tokens[i]
+        yield idx, out, lens - 1
+
+
+def pad_id(model: Any) -> int:
+    """The tokenizer's padding id (0 without one): right padding never changes real tokens."""
+    tok = getattr(model, "tokenizer", None)
+    pid = getattr(tok, "pad_token_id", None) if tok is not None else None
+    return int(pid) if pid is not None else 0
+
+
+# --------------------------------------------------------------------------- running hook interventions
+
+
+def logit_diff_metric(answers: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """The metric of most methods: the logit difference of ``answers`` ``[batch, n_pairs, 2]``
+    for the rows' examples (``fn(logits, example_index) -> [rows]``)."""
+
+    def metric(logits: Tensor, examples: Tensor) -> Tensor:
+        return logit_diff(logits, answers[examples].to(logits.device))
+
+    return metric
+
+
+@torch.no_grad()
+def run_grid(
+    model: Any,
+    tokens: Tensor,
+    metric: Callable[[Tensor, Tensor], Tensor],
+    *,
+    n_configs: int = 1,
+    hooks: Callable[[Tensor, Tensor], Sequence[Hook]] | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    desc: str = "running",
+) -> Tensor:
+    """``metric`` of every (configuration, example) run, ``[n_configs, batch]`` (float32, CPU).
+
+    The ``n_configs x batch`` grid is run in forward passes of ``batch_size`` sequences: row
+    ``r`` is configuration ``r // batch`` of example ``r % batch``. ``hooks(configs, examples)``
+    gets the configuration and example index of each row of one pass and returns the hooks
+    that implement the interventions for those rows; ``metric(logits, examples)`` maps the
+    pass's logits to one value per row (:func:`logit_diff_metric`). Without ``hooks`` this is
+    the plain batched run of the dataset.
+    """
+    n = tokens.shape[0]
+    grid_c = torch.arange(n_configs).repeat_interleave(n)
+    grid_e = torch.arange(n).repeat(n_configs)
+    out = torch.empty(n_configs * n)
+    dev = model_device(model)
+    for sl in progress_iter(batches(n_configs * n, batch_size), progress, desc):
+        c, e = grid_c[sl], grid_e[sl]
+        with hooked(model, list(hooks(c, e)) if hooks is not None else []):
+            logits = model(tokens[e].to(dev))
+        out[sl] = metric(logits, e).detach().float().cpu()
+    return out.view(n_configs, n)
+
+
+@torch.no_grad()
+def cache_batched(
+    model: Any,
+    tokens: Tensor,
+    names: Sequence[str],
+    *,
+    batch_size: int | None,
+    answers: Tensor | None = None,
+    stop_at_layer: int | None = None,
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """Run ``tokens`` in batches caching only ``names``; with ``answers`` also the per-example
+    logit differences (float32, CPU). ``stop_at_layer`` only applies without answers (the
+    logits need every layer)."""
+    names = list(names)
+    acts: dict[str, list[Tensor]] = {n: [] for n in names}
+    lds = []
+    dev = model_device(model)
+    kw = {"stop_at_layer": stop_at_layer} if (stop_at_layer is not None and answers is None) else {}
+    for sl in batches(len(tokens), batch_size):
+        cache: dict[str, Tensor] = {}
+        with hooked(model, [(n, saver(cache, n)) for n in names]):
+            out = model(tokens[sl].to(dev), **kw)
+        for n in names:
+            acts[n].append(cache[n])
+        if answers is not None:
+            lds.append(logit_diff(out, answers[sl].to(out.device)).detach().float().cpu())
+        del cache, out
+    return {n: torch.cat(v) for n, v in acts.items()}, (torch.cat(lds) if lds else None)
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,10 @@ from mechlens.metrics import fraction_recovered, logit_diff
 from mechlens.models import model_device
 from mechlens.validate import check_dataset
 
-__all__ = ["model_device", "prepare_dataset", "base_run", "BaseRun", "SuffixRunner", "PatchMetric", "check_mode", "plan_passes", "overhead_tokens", "ROWS_DEFAULT"]
+__all__ = ["model_device", "prepare_dataset", "base_run", "BaseRun", "SuffixRunner", "PatchMetric", "check_mode", "plan_passes", "overhead_tokens"]
 
 # Rows (sequences) per patched forward pass when batch_size is None: large enough that a
 # CPU runs near its batched throughput, small enough to keep activations modest.
-ROWS_DEFAULT = 128
 
 
 

@@ -42,21 +42,19 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.engine import (
     Patch,
     cached_run,
+    copies_per_pass,
     patch_mask,
     patch_rows,
+    progress_iter,
     resolve_backend,
     run_with_patches,
 )
-from mechlens.hooks import check_batch_size_arg
 from mechlens.model_protocol import check_model
-from mechlens.models import model_name
 from mechlens.patching._forward import (
-    ROWS_DEFAULT,
     PatchMetric,
     SuffixRunner,
     base_run,
@@ -66,22 +64,17 @@ from mechlens.patching._forward import (
     prepare_dataset,
 )
 from mechlens.patching.result import PatchResult
-from mechlens.patching.sites import Site, get_site, resolve_heads, resolve_layers, resolve_positions
+from mechlens.patching.sites import (
+    Site,
+    get_site,
+    resolve_heads,
+    resolve_layers,
+    resolve_positions,
+    sweep_axes,
+)
+from mechlens.results import provenance
 
 __all__ = ["activation_patch", "patch_mask", "patch_rows"]
-
-
-def _progress(items: list, progress: bool, desc: str) -> Any:
-    return tqdm(items, desc=desc, leave=False) if progress else items
-
-
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(i, min(n, i + size)) for i in range(0, n, size)]
-
-
-def _rows_per_pass(batch_size: int | None, batch: int) -> int:
-    check_batch_size_arg(batch_size)
-    return max(1, (ROWS_DEFAULT if batch_size is None else batch_size) // batch)
 
 
 def activation_patch(
@@ -138,7 +131,7 @@ def activation_patch(
     head_list = resolve_heads(model, s, heads)
     pos = resolve_positions(model, ds, positions)
     n, b = model.cfg.n_layers, ds.batch
-    k_max = _rows_per_pass(batch_size, b)
+    k_max = copies_per_pass(batch_size, b)
 
     # Hook names: what the source run provides, what the base (patched) run starts from.
     src_names = {s.hook_name(layer) for layer in layer_list}
@@ -190,13 +183,7 @@ def activation_patch(
     else:
         _run_fast(model, run, s, pm, mode, ds, configs, todo, pos, head_onehot, base, source, k_max, progress,
                   per_example)
-    shape = [len(layer_list)] + ([len(pos.masks)] if pos.has_axis else []) + ([len(head_list)] if s.per_head else [])
-    axes = ("layer",) + (("pos",) if pos.has_axis else ()) + (("head",) if s.per_head else ())
-    labels: dict[str, list] = {"layer": layer_list}
-    if pos.has_axis:
-        labels["pos"] = pos.labels
-    if s.per_head:
-        labels["head"] = head_list
+    axes, labels, shape = sweep_axes(layer_list, pos, head_list, s.per_head)
     return PatchResult(
         per_example=per_example.view(*shape, b),
         axes=axes,
@@ -205,9 +192,7 @@ def activation_patch(
         site=s.name,
         mode=mode,
         method="activation",
-        model_name=model_name(model),
-        dataset=ds.name,
-        fingerprint=ds.fingerprint(),
+        **provenance(model, ds),
         baselines={k: v.float().cpu() for k, v in pm.baselines.items()},
         meta={"positions": pos.description if not pos.has_axis else "per entry", "n_layers": n},
     )
@@ -252,7 +237,7 @@ def _run_fast(
     )
 
     with torch.no_grad():
-        for chunk in _progress(plan, progress, f"patching {s.name}"):
+        for chunk in progress_iter(plan, progress, f"patching {s.name}"):
             ids = sorted((todo[i] for i in chunk), key=lambda i: (configs[i][0], i))  # rows join by layer
             off = min(first[configs[i][1]] for i in ids)
             joins: list[tuple[int, Tensor]] = []

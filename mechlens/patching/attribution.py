@@ -28,15 +28,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlens.engine import saver
-from mechlens.hooks import check_batch_size_arg, hooked
+from mechlens.engine import chunks, progress_iter, rows_per_pass, saver
+from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.model_protocol import check_model
-from mechlens.models import model_name
 from mechlens.patching._forward import PatchMetric, check_mode, prepare_dataset
-from mechlens.patching.activation import _chunks, _progress
 from mechlens.patching.result import PatchResult
-from mechlens.patching.sites import Site, get_site, resolve_heads, resolve_layers, resolve_positions
+from mechlens.patching.sites import (
+    Site,
+    get_site,
+    resolve_heads,
+    resolve_layers,
+    resolve_positions,
+    sweep_axes,
+)
+from mechlens.results import provenance
 
 __all__ = ["attribution_patch"]
 
@@ -81,12 +87,12 @@ def attribution_patch(
     check_model(model)
     s = get_site(model, site)
     check_mode(mode)
+    rows = rows_per_pass(batch_size)
     ds = prepare_dataset(model, ds)
     layer_list = resolve_layers(model, layers)
     head_list = resolve_heads(model, s, heads)
     pos = resolve_positions(model, ds, positions)
     b = ds.batch
-    check_batch_size_arg(batch_size)
     builtin = not callable(metric)
     if builtin and metric not in ("fraction_recovered", "logit_diff"):
         raise ValueError(f"metric={metric!r}: choose 'fraction_recovered', 'logit_diff' or a callable(logits, ds)")
@@ -103,7 +109,7 @@ def attribution_patch(
     base_value = torch.zeros(b)  # metric units: LD for built-in metrics, else the callable's
     clean_logits, corrupt_logits = [], []
 
-    for chunk in _progress(_chunks(b, batch_size or b), progress, f"attribution {s.name}"):
+    for chunk in progress_iter(chunks(b, rows), progress, f"attribution {s.name}"):
         sub = ds[list(chunk)]
         base_tok, src_tok = (sub.corrupt_tokens, sub.clean_tokens) if mode == "denoise" else (
             sub.clean_tokens, sub.corrupt_tokens)
@@ -152,12 +158,7 @@ def attribution_patch(
         est = est[:, :, 0]
     if not pos.has_axis:
         est = est[:, 0]
-    axes = ("layer",) + (("pos",) if pos.has_axis else ()) + (("head",) if s.per_head else ())
-    labels: dict[str, list] = {"layer": layer_list}
-    if pos.has_axis:
-        labels["pos"] = pos.labels
-    if s.per_head:
-        labels["head"] = head_list
+    axes, labels, _ = sweep_axes(layer_list, pos, head_list, s.per_head)
     return PatchResult(
         per_example=est.contiguous(),
         axes=axes,
@@ -166,9 +167,7 @@ def attribution_patch(
         site=s.name,
         mode=mode,
         method="attribution",
-        model_name=model_name(model),
-        dataset=ds.name,
-        fingerprint=ds.fingerprint(),
+        **provenance(model, ds),
         baselines={k: v.float().cpu() for k, v in pm.baselines.items()},
         meta={"positions": pos.description if not pos.has_axis else "per entry", "n_layers": model.cfg.n_layers},
     )

@@ -61,10 +61,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlens.engine import HooksRunner, cached_run, resolve_backend
-from mechlens.hooks import check_layer
+from mechlens.engine import (
+    HooksRunner,
+    cached_run,
+    chunks,
+    copies_per_pass,
+    progress_iter,
+    resolve_backend,
+)
 from mechlens.model_protocol import check_model, qkv_input_hook
-from mechlens.models import model_name
 from mechlens.patching._forward import (
     PatchMetric,
     SuffixRunner,
@@ -72,9 +77,10 @@ from mechlens.patching._forward import (
     check_mode,
     prepare_dataset,
 )
-from mechlens.patching.activation import _chunks, _progress, _rows_per_pass
 from mechlens.patching.result import PatchResult
 from mechlens.patching.sites import resolve_layers, resolve_positions
+from mechlens.results import provenance
+from mechlens.validate import check_layer
 
 __all__ = ["path_patch", "Node", "parse_node"]
 
@@ -314,7 +320,7 @@ def path_patch(
             per_example[i] = base_metric
     todo = [i for i, ok in enumerate(reach) if ok]
     todo.sort(key=lambda i: groups[i][0].layer)  # rows join the pass at their first sender's layer
-    k_max = _rows_per_pass(batch_size, b)
+    k_max = copies_per_pass(batch_size, b)
 
     def writes(g: list[Node], layer: int) -> Tensor:
         """Freeze-all residual change at the input of ``layer`` (``n`` = final) for group g."""
@@ -333,7 +339,7 @@ def path_patch(
         return total
 
     with torch.no_grad():
-        for chunk in _progress(_chunks(len(todo), k_max), progress, "path patching"):
+        for chunk in progress_iter(chunks(len(todo), k_max), progress, "path patching"):
             idx = [todo[i] for i in chunk]
             gs = [groups[i] for i in idx]
             k = len(gs)
@@ -366,9 +372,7 @@ def path_patch(
         site="path",
         mode=mode,
         method="path",
-        model_name=model_name(model),
-        dataset=ds.name,
-        fingerprint=ds.fingerprint(),
+        **provenance(model, ds),
         baselines={kk: v.float().cpu() for kk, v in pm.baselines.items()},
         meta={
             "receivers": "resid_final" if recv is None else [str(r) for r in recv],

@@ -14,7 +14,7 @@ sender, ...) and per example. ``PatchResult`` keeps all of it:
   (the metric per example on the unpatched clean and corrupt runs).
 
 Every cell has a standard error (:meth:`PatchResult.stderr`) and a percentile bootstrap
-interval (:meth:`PatchResult.bootstrap_ci`), so a heatmap can show which cells are
+interval (:meth:`PatchResult.ci`), so a heatmap can show which cells are
 distinguishable from zero (``plot(ci=True)``).
 """
 
@@ -26,75 +26,24 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from jaxtyping import Float
 from torch import Tensor
 
-from mechlens.results import Result
+from mechlens.results import Measurement
 
 __all__ = ["PatchResult"]
 
 
-@dataclass
-class PatchResult(Result):
-    per_example: Float[Tensor, "*cells batch"]
-    axes: tuple[str, ...]
-    labels: dict[str, list]
-    metric: str
+@dataclass(kw_only=True, repr=False)
+class PatchResult(Measurement):
+    """A patching-style sweep: the result core (:class:`~mechlens.results.Measurement`) plus
+    what was patched (``method``, ``site``, ``mode``), the unpatched ``baselines`` (metric per
+    example on the clean and corrupt runs) and method-specific ``meta``."""
+
     site: str
     mode: str
     method: str = "activation"
-    model_name: str = ""
-    dataset: str = ""
-    fingerprint: str = ""
     baselines: dict[str, Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.axes = tuple(self.axes)
-        if self.per_example.ndim != len(self.axes) + 1:
-            raise ValueError(
-                f"per_example has {self.per_example.ndim} dims; expected one per axis {self.axes} plus batch"
-            )
-        for i, a in enumerate(self.axes):
-            if a not in self.labels or len(self.labels[a]) != self.per_example.shape[i]:
-                raise ValueError(f"labels[{a!r}] must have {self.per_example.shape[i]} entries")
-
-    # ------------------------------------------------------------------ numbers
-    @property
-    def values(self) -> Float[Tensor, "*cells"]:
-        """Mean over examples per cell."""
-        return self.per_example.mean(-1)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.values.shape)
-
-    @property
-    def n_examples(self) -> int:
-        return int(self.per_example.shape[-1])
-
-    def stderr(self) -> Float[Tensor, "*cells"]:
-        """Standard error of the mean over examples (NaN with a single example)."""
-        from transformer_lens.utilities.statistics import standard_error
-
-        if self.n_examples < 2:
-            return torch.full(self.shape, math.nan)
-        return standard_error(self.per_example.float(), dim=-1)
-
-    def bootstrap_ci(
-        self, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0
-    ) -> tuple[Float[Tensor, "*cells"], Float[Tensor, "*cells"]]:
-        """Percentile bootstrap interval of each cell's mean over examples: ``(low, high)``."""
-        from transformer_lens.utilities.statistics import bootstrap_ci, derive_generator
-
-        return bootstrap_ci(
-            self.per_example.float(),
-            dim=-1,
-            confidence=confidence,
-            n_resamples=n_resamples,
-            generator=derive_generator(seed, "mechlens.patching", self.metric),
-        )
 
     def correlation(self, other: PatchResult, method: str = "pearson") -> float:
         """Correlation of this result's cell values with another's (same axes and shape).
@@ -115,47 +64,8 @@ class PatchResult(Result):
             raise ValueError(f"method={method!r}: choose 'pearson' or 'spearman'")
         return float(a.corr(b, method=method))
 
-    # ------------------------------------------------------------------ tables
-    def _label_grid(self) -> pd.DataFrame:
-        idx = pd.MultiIndex.from_product([range(n) for n in self.shape], names=list(self.axes))
-        df = idx.to_frame(index=False)
-        for a in self.axes:
-            df[a] = [self.labels[a][i] for i in df[a]]
-        return df
-
-    def to_dataframe(self, per_example: bool = False) -> pd.DataFrame:
-        """One row per cell (``value``, ``stderr``, ``ci_low``, ``ci_high``), labelled by axis.
-
-        ``per_example=True``: one row per cell and example (``example``, ``value``).
-        """
-        df = self._label_grid()
-        if per_example:
-            flat = self.per_example.detach().cpu().reshape(len(df), self.n_examples).numpy()
-            rep = df.loc[df.index.repeat(self.n_examples)].reset_index(drop=True)
-            rep["example"] = np.tile(np.arange(self.n_examples), len(df))
-            rep["value"] = flat.reshape(-1)
-            return rep
-        lo, hi = self.bootstrap_ci()
-        df["value"] = self.values.detach().cpu().flatten().numpy()
-        df["stderr"] = self.stderr().detach().cpu().flatten().numpy()
-        df["ci_low"] = lo.cpu().flatten().numpy()
-        df["ci_high"] = hi.cpu().flatten().numpy()
-        return df
-
-    def top(self, k: int = 10, by: str = "abs") -> pd.DataFrame:
-        """The ``k`` cells with the largest ``|value|`` (``by="abs"``) or ``value`` (``by="value"``)."""
-        if by not in ("abs", "value"):
-            raise ValueError(f"by={by!r}: choose 'abs' or 'value'")
-        df = self.to_dataframe()
-        key = df["value"].abs() if by == "abs" else df["value"]
-        return df.loc[key.sort_values(ascending=False).index[:k]].reset_index(drop=True)
-
-    def __repr__(self) -> str:
-        dims = ", ".join(f"{a}={n}" for a, n in zip(self.axes, self.shape))
-        return (
-            f"PatchResult({self.method} {self.site}, {self.mode}, metric={self.metric}, "
-            f"[{dims}] x {self.n_examples} examples, model={self.model_name!r}, dataset={self.dataset!r})"
-        )
+    def _summary_lines(self) -> list[str]:
+        return [f"{self.method} patching of {self.site} ({self.mode})", *super()._summary_lines()]
 
     # ------------------------------------------------------------------ plots
     def _title(self) -> str:
@@ -173,7 +83,7 @@ class PatchResult(Result):
         vals = self.values.detach().cpu().float().numpy()
         lo = hi = None
         if ci:
-            lo_t, hi_t = self.bootstrap_ci()
+            lo_t, hi_t = self.ci()
             lo, hi = lo_t.cpu().numpy(), hi_t.cpu().numpy()
         title = title or self._title()
         label = self.metric
@@ -257,7 +167,7 @@ class PatchResult(Result):
             return fig
         vals = self.values.detach().cpu().float().numpy()
         se = self.stderr().cpu().numpy()
-        lo, hi = (t.cpu().numpy() for t in self.bootstrap_ci())
+        lo, hi = (t.cpu().numpy() for t in self.ci())
         if len(self.axes) == 3:
             n_f = vals.shape[2]
             frames_lab = [str(x) for x in self.labels[self.axes[2]]]

@@ -158,23 +158,9 @@ class PositionSpec:
 
 
 def _entry_mask(ds: Any, entry: int | str) -> tuple[Tensor, str]:
-    b, s = ds.batch, ds.seq_len
     if isinstance(entry, bool) or not isinstance(entry, (int, str)):
         raise TypeError(f"positions entries must be int indices or position names, not {entry!r}")
-    if isinstance(entry, int):
-        if not -s <= entry < s:
-            raise ValueError(f"position {entry} is out of range: the prompts have positions 0..{s - 1}")
-        j = entry % s
-        m = torch.zeros(b, s, dtype=torch.bool, device=ds.device)
-        m[:, j] = True
-        return m, str(j)
-    try:
-        return ds.position_mask(entry), entry
-    except KeyError as exc:
-        raise ValueError(
-            f"positions={entry!r} is not a position of dataset {ds.name!r}; it has "
-            f"{ds.position_names()} (or use None, 'all', an index or a list)"
-        ) from exc
+    return ds.position_mask(entry), ds.position_label(entry)
 
 
 def resolve_positions(
@@ -201,3 +187,21 @@ def resolve_positions(
     raise TypeError(
         f"positions must be None, 'all', an int, a position name or a list of them, not {type(positions).__name__}"
     )
+
+
+def sweep_axes(
+    layers: list[int], pos: PositionSpec, heads: list[int], per_head: bool
+) -> tuple[tuple[str, ...], dict[str, list], list[int]]:
+    """Axes, labels and shape of a layer (x position) (x head) sweep's result cells."""
+    axes: tuple[str, ...] = ("layer",)
+    labels: dict[str, list] = {"layer": list(layers)}
+    shape = [len(layers)]
+    if pos.has_axis:
+        axes += ("pos",)
+        labels["pos"] = pos.labels
+        shape.append(len(pos.masks))
+    if per_head:
+        axes += ("head",)
+        labels["head"] = list(heads)
+        shape.append(len(heads))
+    return axes, labels, shape

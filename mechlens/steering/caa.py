@@ -45,6 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechlens.data.choices import ChoiceDataset
+from mechlens.engine import pad_id, padded_batches
 from mechlens.hooks import hooked
 from mechlens.models import model_device, model_name
 from mechlens.results import Result
@@ -84,34 +85,6 @@ def _layers(model: Any, layer: int | Sequence[int]) -> list[int]:
     return check_layers(model, layer, what="layers")
 
 
-def padded_batches(
-    tokens: Sequence[Tensor], batch_size: int, pad_id: int = 0
-) -> Iterator[tuple[list[int], Int[Tensor, "b pos"], Int[Tensor, " b"]]]:
-    """Right-padded batches ``(indices, tokens, index of each last real token)``.
-
-    A causal model never attends to later positions, so right padding leaves every real
-    token's activations unchanged; no attention mask is needed.
-    """
-    check_batch_size(batch_size)
-    if batch_size is None:
-        raise ValueError("batch_size=None: give a positive int (sequences per forward pass)")
-    # Sort by length so that batches carry little padding.
-    order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        lens = torch.tensor([len(tokens[i]) for i in idx])
-        out = torch.full((len(idx), int(lens.max())), pad_id, dtype=torch.long)
-        for row, i in enumerate(idx):
-            out[row, : lens[row]] = tokens[i]
-        yield idx, out, lens - 1
-
-
-def _pad_id(model: Any) -> int:
-    tok = getattr(model, "tokenizer", None)
-    pid = getattr(tok, "pad_token_id", None) if tok is not None else None
-    return int(pid) if pid is not None else 0
-
-
 # --------------------------------------------------------------------------- activations
 
 
@@ -127,8 +100,6 @@ class AnswerActivations(Result):
     pair: Int[Tensor, " batch"]
     behaviour: str = "behaviour"
     opposite: str = "opposite"
-    model: str = ""
-    dataset: str = ""
 
     def at(self, layer: int) -> Float[Tensor, "batch d_model"]:
         if layer not in self.layers:
@@ -155,7 +126,7 @@ class AnswerActivations(Result):
             behaviour=self.behaviour,
             opposite=self.opposite,
             n=int(pos.sum()),
-            model=self.model,
+            model_name=self.model_name,
         )
 
     def to_dataframe(self) -> Any:
@@ -187,7 +158,7 @@ def answer_activations(
     layer: int | Sequence[int],
     *,
     site: str = "resid_post",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> AnswerActivations:
     """The activation at each prompt's last token (the chosen letter), for one or more layers.
@@ -206,7 +177,7 @@ def answer_activations(
     names = [hook_name(x, site) for x in layers]
     out = torch.zeros(len(layers), len(ds), model.cfg.d_model)
     dev = model_device(model)
-    batches = list(padded_batches(ds.tokens, batch_size, _pad_id(model)))
+    batches = list(padded_batches(ds.tokens, batch_size, pad_id(model)))
     # No need to run the blocks after the last requested layer.
     stop = max(layers) + 1 if max(layers) + 1 < model.cfg.n_layers else None
     with torch.no_grad():
@@ -224,7 +195,7 @@ def answer_activations(
         pair=ds.pair.clone(),
         behaviour=ds.behaviour,
         opposite=ds.opposite,
-        model=model_name(model),
+        model_name=model_name(model),
         dataset=ds.name,
     )
 
@@ -264,8 +235,6 @@ class PCAView(Result):
     opposite: str = "opposite"
     site: str = "resid_post"
     seed: int = 0
-    model: str = ""
-    dataset: str = ""
 
     @property
     def dominant(self) -> list[str]:
@@ -274,7 +243,7 @@ class PCAView(Result):
             for sl, sb in zip(self.silhouette_letter.tolist(), self.silhouette_behaviour.tolist())
         ]
 
-    def summary(self) -> Any:
+    def layer_table(self) -> Any:
         """One row per layer: explained variance, the three silhouettes, the dominant split."""
         import pandas as pd
 
@@ -346,11 +315,11 @@ class PCAView(Result):
         for k in range(n, rows * cols):
             axes[k // cols][k % cols].axis("off")
         axes[0][0].legend(fontsize=7, loc="best")
-        fig.suptitle(f"{self.model} {self.dataset}: answer-letter activations ({self.site})", fontsize=10)
+        fig.suptitle(f"{self.model_name} {self.dataset}: answer-letter activations ({self.site})", fontsize=10)
         fig.tight_layout()
         return fig
 
-    def plot_plotly(self) -> Any:
+    def plot_interactive(self) -> Any:
         """The same scatter as an interactive plotly figure (one panel per layer)."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
@@ -381,7 +350,7 @@ class PCAView(Result):
                         row=li // cols + 1, col=li % cols + 1,
                     )
         fig.update_layout(
-            title=f"{self.model} {self.dataset}: answer-letter activations ({self.site})",
+            title=f"{self.model_name} {self.dataset}: answer-letter activations ({self.site})",
             height=330 * rows, width=430 * cols,
         )
         return fig
@@ -432,7 +401,7 @@ def pca_view(
         opposite=acts.opposite,
         site=acts.site,
         seed=seed,
-        model=acts.model,
+        model_name=acts.model_name,
         dataset=acts.dataset,
     )
 
@@ -451,7 +420,6 @@ class SteeringVector(Result):
     behaviour: str = "behaviour"
     opposite: str = "opposite"
     n: int = 0
-    model: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -487,7 +455,7 @@ def caa_vector(
     layer: int,
     *,
     site: str = "resid_post",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> SteeringVector:
     """The CAA steering vector: mean activation at the letter when the behaviour answer is

@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from mechlens.data.choices import ChoiceDataset
 from mechlens.data.contrast import ContrastDataset
-from mechlens.metrics import logit_diff
+from mechlens.engine import logit_diff_metric, pad_id, padded_batches, run_grid
 from mechlens.models import model_device, model_name
-from mechlens.results import Result
-from mechlens.steering.caa import SteeringVector, _pad_id, padded_batches, steer
+from mechlens.results import Measurement, settings_of
+from mechlens.steering.caa import SteeringVector, steer
 from mechlens.steering.weights import WeightVector, apply_weights
 from mechlens.validate import (
     check_batch_size,
@@ -43,44 +43,28 @@ from mechlens.validate import (
 __all__ = ["SteeringCurve", "evaluate_steering", "behaviour_logit_diff"]
 
 
-@dataclass
-class SteeringCurve(Result):
-    """``values[coeff_i, example]``: the behaviour logit difference under each coefficient."""
+@dataclass(kw_only=True)
+class SteeringCurve(Measurement):
+    """The behaviour logit difference under each coefficient: ``per_example[coeff, example]``,
+    ``values[coeff]`` the mean (the result core, axis ``"coeff"``)."""
 
-    coeffs: list[float]
-    values: Float[Tensor, "coeff batch"]
     kind: str
-    metric: str
     vector: str = ""
-    dataset: str = ""
-    model: str = ""
 
     @property
-    def mean(self) -> Float[Tensor, " coeff"]:
-        return self.values.mean(-1)
-
-    @property
-    def stderr(self) -> Float[Tensor, " coeff"]:
-        n = self.values.shape[-1]
-        return self.values.std(-1) / n**0.5 if n > 1 else torch.zeros(len(self.coeffs))
+    def coeffs(self) -> list[float]:
+        return list(self.labels["coeff"])
 
     def monotonic(self) -> int:
         """+1 if the mean rises strictly with the coefficient, -1 if it falls strictly, else 0."""
         order = sorted(range(len(self.coeffs)), key=lambda i: self.coeffs[i])
-        m = self.mean[order]
+        m = self.values[order]
         d = m[1:] - m[:-1]
         if len(d) and bool((d > 0).all()):
             return 1
         if len(d) and bool((d < 0).all()):
             return -1
         return 0
-
-    def to_dataframe(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(
-            {"coeff": self.coeffs, "mean": self.mean.tolist(), "stderr": self.stderr.tolist(), "n": self.values.shape[-1]}
-        )
 
     def plot(self) -> Any:
         import matplotlib
@@ -89,17 +73,17 @@ class SteeringCurve(Result):
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        ax.errorbar(self.coeffs, self.mean.numpy(), yerr=self.stderr.numpy(), marker="o", capsize=3)
+        ax.errorbar(self.coeffs, self.values.numpy(), yerr=self.stderr().numpy(), marker="o", capsize=3)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_xlabel("k (weight vector)" if self.kind == "weight" else "coeff (activation vector)")
         ax.set_ylabel(self.metric)
-        ax.set_title(f"{self.model} {self.dataset}\n{self.kind} steering: {self.vector}", fontsize=8)
+        ax.set_title(f"{self.model_name} {self.dataset}\n{self.kind} steering: {self.vector}", fontsize=8)
         fig.tight_layout()
         return fig
 
 
 def behaviour_logit_diff(
-    model: Any, ds: ContrastDataset | ChoiceDataset, *, batch_size: int = 32
+    model: Any, ds: ContrastDataset | ChoiceDataset, *, batch_size: int | None = None
 ) -> Float[Tensor, " batch"]:
     """The raw behaviour logit difference per example (see the module docstring)."""
     check_batch_size(batch_size)
@@ -111,16 +95,12 @@ def behaviour_logit_diff(
     with torch.no_grad():
         if isinstance(ds, ContrastDataset):
             sign = torch.where(ds.labels == 1, 1.0, -1.0)
-            out = []
-            for s in range(0, ds.batch, batch_size):
-                logits = model(ds.clean_tokens[s : s + batch_size].to(dev))
-                out.append(logit_diff(logits.float(), ds.answers[s : s + batch_size].to(dev)).cpu())
-            return torch.cat(out) * sign
+            return run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), batch_size=batch_size)[0] * sign
         if isinstance(ds, ChoiceDataset):
             out = torch.zeros(ds.n_triples)
             ids = torch.tensor(ds.letter_ids)
             beh = torch.tensor([0 if x == "A" else 1 for x in ds.behaviour_letters])
-            for idx, toks, last in padded_batches(ds.open_tokens, batch_size, _pad_id(model)):
+            for idx, toks, last in padded_batches(ds.open_tokens, batch_size, pad_id(model)):
                 logits = model(toks.to(dev)).float().cpu()
                 lg = logits[torch.arange(len(idx)), last][:, ids]  # [b, 2] logits of A, B
                 b = beh[idx]
@@ -136,7 +116,7 @@ def evaluate_steering(
     coeffs: Sequence[float],
     *,
     layers: int | Sequence[int] | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> SteeringCurve:
     """The behaviour logit difference on ``ds`` for each coefficient.
@@ -151,8 +131,6 @@ def evaluate_steering(
         coeffs = [coeffs]
     coeffs = [check_coefficient(c, f"coeffs[{i}]") for i, c in enumerate(coeffs)]
     check_batch_size(batch_size)
-    if batch_size is None:
-        batch_size = 32
     if not coeffs:
         raise ValueError("coeffs is empty: give the coefficients to evaluate, e.g. [-2, -1, 0, 1, 2]")
     if not isinstance(ds, (ContrastDataset, ChoiceDataset)):
@@ -169,11 +147,14 @@ def evaluate_steering(
         metric = f"logit diff ({ds.behaviour} letter - {ds.opposite} letter)"
     name = vector.name if isinstance(vector, (SteeringVector, WeightVector)) else "vector"
     return SteeringCurve(
-        coeffs=coeffs,
-        values=torch.stack(rows),
+        per_example=torch.stack(rows),
+        axes=("coeff",),
+        labels={"coeff": coeffs},
+        dataset=ds.name,
+        settings=settings_of(coeffs=coeffs, layers=layers, batch_size=batch_size),
         kind="weight" if is_weight else "activation",
         metric=metric,
         vector=name,
-        dataset=ds.name,
-        model=model_name(model),
+        fingerprint=ds.fingerprint() if isinstance(ds, ContrastDataset) else "",
+        model_name=model_name(model),
     )

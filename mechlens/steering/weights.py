@@ -44,9 +44,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechlens.engine import padded_batches
 from mechlens.models import model_name
 from mechlens.results import Result
-from mechlens.steering.caa import padded_batches
 from mechlens.validate import check_coefficient
 
 __all__ = [
@@ -103,7 +103,6 @@ class WeightVector(Result):
 
     tensors: dict[str, Tensor]
     name: str = "weights"
-    model: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -120,14 +119,14 @@ class WeightVector(Result):
 
     def __add__(self, other: WeightVector) -> WeightVector:
         self._check(other)
-        return WeightVector({k: v + other.tensors[k] for k, v in self.tensors.items()}, f"({self.name} + {other.name})", self.model)
+        return WeightVector({k: v + other.tensors[k] for k, v in self.tensors.items()}, f"({self.name} + {other.name})", model_name=self.model_name)
 
     def __sub__(self, other: WeightVector) -> WeightVector:
         self._check(other)
-        return WeightVector({k: v - other.tensors[k] for k, v in self.tensors.items()}, f"({self.name} - {other.name})", self.model)
+        return WeightVector({k: v - other.tensors[k] for k, v in self.tensors.items()}, f"({self.name} - {other.name})", model_name=self.model_name)
 
     def __mul__(self, k: float) -> WeightVector:
-        return WeightVector({n: v * k for n, v in self.tensors.items()}, f"{k:g} * {self.name}", self.model)
+        return WeightVector({n: v * k for n, v in self.tensors.items()}, f"{k:g} * {self.name}", model_name=self.model_name)
 
     __rmul__ = __mul__
 
@@ -196,7 +195,7 @@ def task_vector(base: Any, tuned: Any) -> WeightVector:
     _check_same_arch(pb, pt, "tuned")
     with torch.no_grad():
         tensors = {k: (pt[k].detach() - pb[k].detach()).cpu() for k in pb}
-    return WeightVector(tensors, name=f"task:{model_name(tuned)}", model=model_name(base))
+    return WeightVector(tensors, name=f"task:{model_name(tuned)}", model_name=model_name(base))
 
 
 def contrastive_weight_vector(base: Any, pos_tuned: Any, neg_tuned: Any) -> WeightVector:
@@ -208,14 +207,14 @@ def contrastive_weight_vector(base: Any, pos_tuned: Any, neg_tuned: Any) -> Weig
     _check_same_arch(pb, pn, "neg_tuned")
     with torch.no_grad():
         tensors = {k: (pp[k].detach() - pn[k].detach()).cpu() for k in pb}
-    return WeightVector(tensors, name="contrastive", model=model_name(base))
+    return WeightVector(tensors, name="contrastive", model_name=model_name(base))
 
 
 @contextmanager
 def apply_weights(
-    model: Any, vector: WeightVector | Mapping[str, Tensor], k: float = 1.0
+    model: Any, vector: WeightVector | Mapping[str, Tensor], coeff: float = 1.0
 ) -> Iterator[Any]:
-    """``with apply_weights(model, w, k):`` the model runs with ``theta + k * w``.
+    """``with apply_weights(model, w, coeff):`` the model runs with ``theta + coeff * w``.
 
     The touched parameters are copied before the change and copied back on exit, so the
     model returns to its exact (bit-for-bit) weights, even when the block raises.
@@ -223,7 +222,7 @@ def apply_weights(
     tensors = vector.tensors if isinstance(vector, WeightVector) else dict(vector)
     if not tensors:
         raise ValueError("vector is empty: nothing to apply")
-    k = check_coefficient(k, "k")
+    coeff = check_coefficient(coeff, "coeff")
     params = parameters(model)
     unknown = [n for n in tensors if n not in params]
     if unknown:
@@ -241,7 +240,7 @@ def apply_weights(
         with torch.no_grad():
             for n, v in tensors.items():
                 p = params[n]
-                p.add_(v.to(device=p.device, dtype=p.dtype), alpha=float(k))
+                p.add_(v.to(device=p.device, dtype=p.dtype), alpha=float(coeff))
         yield model
     finally:
         with torch.no_grad():
@@ -426,7 +425,6 @@ class MonitorResult(Result):
     update_norm: Float[Tensor, " checkpoint"]
     behaviour: str = "behaviour"
     name: str = "run"
-    model: str = ""
 
     def to_dataframe(self) -> Any:
         import pandas as pd
@@ -509,7 +507,7 @@ def monitor(
         update_norm=torch.tensor(norms),
         behaviour=behaviour_vector.name,
         name=name,
-        model=model_name(base),
+        model_name=model_name(base),
     )
 
 
@@ -527,7 +525,7 @@ class WeightMonitor:
         self.behaviour = behaviour_vector
         self.every = every
         self.name = name
-        self.model = model_name(base)
+        self.model_name = model_name(base)
         self.groups = _group_order([layer_group(n) for n in behaviour_vector.tensors])
         self.steps: list[int] = []
         self.rows: list[list[float]] = []
@@ -549,7 +547,7 @@ class WeightMonitor:
         return MonitorResult(
             steps=list(self.steps), groups=list(self.groups), cosine=torch.tensor(self.rows),
             overall=torch.tensor(self.overall), update_norm=torch.tensor(self.norms),
-            behaviour=self.behaviour.name, name=self.name, model=self.model,
+            behaviour=self.behaviour.name, name=self.name, model_name=self.model_name,
         )
 
 
@@ -584,7 +582,6 @@ class DiffAnatomy(Result):
     rel_norm: Float[Tensor, " param"]
     effective_rank: Float[Tensor, " param"]
     max_rank: list[int]
-    model: str = ""
     name: str = "update"
 
     def to_dataframe(self) -> Any:
@@ -681,5 +678,5 @@ def diff_anatomy(base: Any, tuned: Any | WeightVector, *, progress: bool = True)
     return DiffAnatomy(
         names=names, groups=groups, kinds=kinds, shapes=shapes,
         fro_norm=torch.tensor(fro), rel_norm=torch.tensor(rel), effective_rank=torch.tensor(erank),
-        max_rank=maxr, model=model_name(base), name=label,
+        max_rank=maxr, model_name=model_name(base), name=label,
     )

@@ -85,7 +85,6 @@ class AttentionPatterns(Result):
         patterns: ``[layer, head, dest, src]`` probabilities over the kept positions.
     """
 
-    model_name: str
     text: str
     tokens: list[str]
     token_ids: list[int]

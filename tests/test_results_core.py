@@ -1,0 +1,166 @@
+"""The result core: one type for measured values, provenance on every result, short reprs.
+
+Every result class is produced here by its real method on a tiny model, so the test sees
+what a user sees; the module also checks that no result class is left out.
+"""
+
+import importlib
+import math
+import pkgutil
+
+import pytest
+import torch
+
+import mechlens
+from mechlens.data import toy_movie_review
+from mechlens.data.choices import choices
+from mechlens.models import tiny
+from mechlens.results import Measurement, Result
+
+TRIPLES = [
+    ("I thought this movie was", "good , I loved it .", "bad , I hated it ."),
+    ("the plot", "delightful and charming", "dull and boring"),
+    ("the music", "lovely", "awful"),
+    ("the acting", "great and warm", "terrible and flat"),
+]
+TEMPLATE = "Question : {question} ?\n(A) {a}\n(B) {b}\nAnswer : ("
+# made by slow training runs (LoRA fine-tunes); their reprs are checked in tests/test_dit.py
+NOT_BUILT_HERE = {"DiffFamily", "DITAdapter", "DITResult"}
+
+
+def _all_result_classes() -> set[type]:
+    for info in pkgutil.walk_packages(mechlens.__path__, "mechlens."):
+        if info.name.endswith("__main__") or ".cli" in info.name:
+            continue
+        importlib.import_module(info.name)
+    out, todo = set(), [Result]
+    while todo:
+        c = todo.pop()
+        for sub in c.__subclasses__():
+            if sub not in out:
+                out.add(sub)
+                todo.append(sub)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built():
+    """One instance of every result class, each from its method on a tiny model."""
+    from mechlens import ablation, lens, patching
+    from mechlens.baseline import baseline
+    from mechlens.circuits import discover_sentiment_circuit, edge_attribution_patch, summarization_motif
+    from mechlens.directions import ablate, directional_patch, evaluate, fit, project
+    from mechlens.steering import (
+        WeightVector,
+        answer_activations,
+        caa_vector,
+        diff_anatomy,
+        evaluate_steering,
+        monitor,
+        pca_view,
+    )
+    from mechlens.viz import attention
+
+    m = tiny("llama", n_layers=2, n_ctx=512, seed=0)
+    train, test = toy_movie_review(m, "train"), toy_movie_review(m, "test")
+    filler = toy_movie_review(m, "test", filler=4)
+    ab = choices(m, TRIPLES, question_template=TEMPLATE, seed=0, behaviour="pos", opposite="neg")
+    d = fit(m, train, "mean_diff", layer=1)
+    acts = answer_activations(m, ab, [0, 1], progress=False)
+    g = torch.Generator().manual_seed(0)
+    upd = {n: 1e-3 * torch.randn(p.shape, generator=g) for n, p in m.named_parameters() if "blocks.1.mlp" in n}
+    w = WeightVector(upd, name="random")
+    out = [
+        patching.activation_patch(m, test, "resid_pre", progress=False),
+        patching.attribution_patch(m, test, "z", progress=False),
+        patching.path_patch(m, test, progress=False),
+        ablation.ablate_sweep(m, test, "heads", progress=False),
+        lens.logit_lens(m, test, progress=False),
+        lens.direct_logit_attribution(m, test, progress=False),
+        edge_attribution_patch(m, test, progress=False),
+        baseline(m, {"test": test}, progress=False),
+        d,
+        directional_patch(m, test, d, progress=False),
+        ablate(m, test, d, progress=False),
+        evaluate(m, train, test, methods=["mean_diff"], n_random=2, progress=False),
+        project(m, d, ["a great movie"], progress=False),
+        acts,
+        pca_view(acts, progress=False),
+        caa_vector(m, ab, 1, progress=False),
+        evaluate_steering(m, test, caa_vector(m, ab, 1, progress=False), [-1.0, 0.0, 1.0], progress=False),
+        w,
+        diff_anatomy(m, w, progress=False),
+        monitor(m, {1: m}, w, progress=False),
+        attention(m, "the movie was great"),
+        discover_sentiment_circuit(m, train, faithfulness_ds=test, top_k=1, n_movers=1, n_random=2, progress=False),
+        summarization_motif(m, filler, n_filler=(), ablation=False, progress=False),
+    ]
+    return m, test, out
+
+
+def test_every_result_class_is_built_here(built):
+    names = {type(r).__name__ for r in built[2]}
+    missing = {c.__name__ for c in _all_result_classes()} - names - NOT_BUILT_HERE - {"Measurement"}
+    assert not missing, f"add these result classes to the fixture: {sorted(missing)}"
+
+
+def test_every_repr_is_short_and_names_the_model(built):
+    for r in built[2]:
+        text = repr(r)
+        assert len(text.splitlines()) < 30, f"{type(r).__name__} repr has {len(text.splitlines())} lines"
+        assert max(len(x) for x in text.splitlines()) < 400, type(r).__name__
+        assert text.startswith(type(r).__name__), text[:80]
+        assert "tiny-llama" in text or r.model_name in text, text[:200]
+        html = r._repr_html_()
+        assert html.startswith("<div>") and type(r).__name__ in html
+
+
+def test_every_result_records_its_provenance_and_survives_save_load(built, tmp_path):
+    for i, r in enumerate(built[2]):
+        assert r.model_name, type(r).__name__
+        assert r.version == mechlens.__version__
+        back = type(r).load(r.save(tmp_path / str(i)))
+        assert (back.model_name, back.dataset, back.fingerprint, back.settings, back.version) == (
+            r.model_name, r.dataset, r.fingerprint, r.settings, r.version
+        ), type(r).__name__
+
+
+def test_measurements_share_one_set_of_names(built):
+    ms = [r for r in built[2] if isinstance(r, Measurement)]
+    assert {type(r).__name__ for r in ms} >= {"PatchResult", "SteeringCurve", "DirectionalPatchResult", "AblationResult"}
+    for r in ms:
+        pe = r.per_example.float()
+        assert r.per_example.ndim == len(r.axes) + 1
+        torch.testing.assert_close(r.values.float(), pe.mean(-1))
+        n = pe.shape[-1]
+        if n > 1:  # the textbook standard error, computed by hand
+            torch.testing.assert_close(r.stderr().float(), pe.std(-1) / math.sqrt(n), rtol=1e-4, atol=1e-6)
+        lo, hi = r.ci(n_resamples=200)
+        assert bool((lo <= r.values.float() + 1e-6).all() and (r.values.float() <= hi + 1e-6).all())
+        df = r.to_dataframe()
+        assert len(df) == max(1, r.values.numel()) and {"value", "stderr", "ci_low", "ci_high"} <= set(df.columns)
+        assert len(r.to_dataframe(per_example=True)) == r.per_example.numel()
+        fig = r.plot()
+        assert type(fig).__name__ == "Figure"
+
+
+def test_a_single_number_is_a_measurement_with_no_axes(built):
+    dp = next(r for r in built[2] if type(r).__name__ == "DirectionalPatchResult")
+    assert dp.axes == () and dp.values.ndim == 0
+    assert torch.equal(dp.ld_patched, dp.per_example)
+    assert dp.dataset == built[1].name and dp.fingerprint == built[1].fingerprint()
+    assert dp.settings["position"] == "all"
+
+
+def test_steering_curve_values_are_means_over_examples(built):
+    curve = next(r for r in built[2] if type(r).__name__ == "SteeringCurve")
+    assert curve.axes == ("coeff",) and curve.coeffs == [-1.0, 0.0, 1.0]
+    assert curve.per_example.shape == (3, built[1].batch)
+    torch.testing.assert_close(curve.values, curve.per_example.mean(-1))
+
+
+def test_measurement_checks_its_shape():
+    with pytest.raises(ValueError, match="expected one per axis"):
+        Measurement(per_example=torch.zeros(2, 3), axes=("layer", "pos"), labels={"layer": [0, 1], "pos": [0]})
+    with pytest.raises(ValueError, match="labels\\['layer'\\] must have 2 entries"):
+        Measurement(per_example=torch.zeros(2, 3), axes=("layer",), labels={"layer": [0]})
