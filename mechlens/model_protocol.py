@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["TransformerLensModel", "check_model", "has_hooked_transformer", "is_bridge", "qkv_input_hook"]
+__all__ = ["TransformerLensModel", "check_model", "has_hooked_transformer", "is_bridge", "qkv_input_hook", "hf_name"]
 
 
 @runtime_checkable
@@ -65,3 +65,9 @@ def qkv_input_hook(model: Any, layer: int, which: str) -> str:
     if which not in ("q", "k", "v"):
         raise ValueError(f"which={which!r}: choose 'q', 'k' or 'v'")
     return f"blocks.{layer}.attn.hook_{which}_input" if is_bridge(model) else f"blocks.{layer}.hook_{which}_input"
+
+
+def hf_name(name: str) -> str:
+    """A parameter or buffer name without the bridge's ``._original_component`` wrappers (the
+    Hugging Face name on a bridge; unchanged on a HookedTransformer)."""
+    return name.replace("._original_component", "")

@@ -181,7 +181,7 @@ def test_collect_activations_sites_agree(tiny_gpt2):
     pre, y2 = collect_activations(tiny_gpt2, ds, 1, site="resid_pre", position="VRB")
     assert torch.allclose(post[0], pre[1], atol=1e-5)  # resid_post[l] is resid_pre[l+1]
     assert torch.equal(y, y2) and y.shape == (2 * ds.batch,)
-    every, y3 = collect_activations(tiny_gpt2, ds, 1, position=None)
+    every, y3 = collect_activations(tiny_gpt2, ds, 1, position="all")
     assert every[1].shape == (2 * ds.batch * ds.seq_len, tiny_gpt2.cfg.d_model)
     assert int(y3.sum()) == ds.batch * ds.seq_len
 
@@ -298,7 +298,7 @@ def test_directional_patch_validates(planted):
         directional_patch(m, test, u)
     with pytest.raises(ValueError, match="d_model"):
         directional_patch(m, test, torch.ones(10), layers=1)
-    with pytest.raises(ValueError, match="named position"):
+    with pytest.raises(ValueError, match="'NOUN' is not a position of dataset"):
         directional_patch(m, test, u, layers=1, position="NOUN")
     with pytest.raises(ValueError, match="out of range"):
         directional_patch(m, test, u, layers=5)
@@ -328,7 +328,7 @@ def test_mean_ablation_of_a_balanced_dataset_matches_zero(planted):
 def test_ablating_where_the_direction_is_absent_changes_nothing(planted):
     m, u, _, test = planted
     res = ablate(m, test, u, layers=1, position="COMMA", mode="zero", progress=False)
-    assert res.positions == "COMMA"
+    assert res.position == "COMMA" and res.settings["position"] == "COMMA"
     assert torch.allclose(res.ld_after, res.ld_before, atol=1e-5)
 
 

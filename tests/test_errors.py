@@ -156,7 +156,7 @@ def test_non_finite_vectors_and_coefficients(model):
     name, p = next(iter(dict(model.named_parameters()).items()))
     w = {name.replace("._original_component", ""): torch.full_like(p, float("nan"))}
     raises(ValueError, "non-finite values", lambda: apply_weights(model, w, 1.0).__enter__())
-    raises(ValueError, "k must be a finite number", lambda: apply_weights(model, {k: torch.zeros_like(p) for k in w}, float("inf")).__enter__())
+    raises(ValueError, "coeff must be a finite number", lambda: apply_weights(model, {k: torch.zeros_like(p) for k in w}, float("inf")).__enter__())
 
 
 def test_fit_checks_given_activations(model, ds):

@@ -44,9 +44,9 @@ def test_statistics():
     r = _fake()
     torch.testing.assert_close(r.values, r.per_example.mean(-1))
     torch.testing.assert_close(r.stderr(), r.per_example.std(-1) / math.sqrt(5))
-    lo, hi = r.bootstrap_ci(n_resamples=400)
+    lo, hi = r.ci(n_resamples=400)
     assert (lo <= r.values + 1e-6).all() and (r.values <= hi + 1e-6).all() and (lo < hi).all()
-    lo2, hi2 = r.bootstrap_ci(n_resamples=400)
+    lo2, hi2 = r.ci(n_resamples=400)
     assert torch.equal(lo, lo2) and torch.equal(hi, hi2)  # seeded
     one = PatchResult(per_example=torch.ones(2, 1), axes=("layer",), labels={"layer": [0, 1]}, metric="m",
                       site="s", mode="denoise")

@@ -14,7 +14,7 @@ import torch
 import mechlens
 from mechlens.data import toy_movie_review
 from mechlens.data.choices import choices
-from mechlens.models import tiny
+from mechlens.models import model_name, tiny
 from mechlens.results import Measurement, Result
 
 TRIPLES = [
@@ -48,7 +48,11 @@ def built():
     """One instance of every result class, each from its method on a tiny model."""
     from mechlens import ablation, lens, patching
     from mechlens.baseline import baseline
-    from mechlens.circuits import discover_sentiment_circuit, edge_attribution_patch, summarization_motif
+    from mechlens.circuits import (
+        discover_sentiment_circuit,
+        edge_attribution_patch,
+        summarization_motif,
+    )
     from mechlens.directions import ablate, directional_patch, evaluate, fit, project
     from mechlens.steering import (
         WeightVector,
@@ -59,6 +63,7 @@ def built():
         monitor,
         pca_view,
     )
+    from mechlens.steering.weights import parameters
     from mechlens.viz import attention
 
     m = tiny("llama", n_layers=2, n_ctx=512, seed=0)
@@ -68,8 +73,8 @@ def built():
     d = fit(m, train, "mean_diff", layer=1)
     acts = answer_activations(m, ab, [0, 1], progress=False)
     g = torch.Generator().manual_seed(0)
-    upd = {n: 1e-3 * torch.randn(p.shape, generator=g) for n, p in m.named_parameters() if "blocks.1.mlp" in n}
-    w = WeightVector(upd, name="random")
+    upd = {n: 1e-3 * torch.randn(p.shape, generator=g) for n, p in parameters(m).items() if "layers.1.mlp" in n}
+    w = WeightVector(upd, name="random", model_name=model_name(m))
     out = [
         patching.activation_patch(m, test, "resid_pre", progress=False),
         patching.attribution_patch(m, test, "z", progress=False),
@@ -112,7 +117,10 @@ def test_every_repr_is_short_and_names_the_model(built):
         assert text.startswith(type(r).__name__), text[:80]
         assert "tiny-llama" in text or r.model_name in text, text[:200]
         html = r._repr_html_()
-        assert html.startswith("<div>") and type(r).__name__ in html
+        if type(r).__name__ == "AttentionPatterns":  # Jupyter shows the interactive render itself
+            assert 'class="mechlens-attention"' in html
+        else:
+            assert html.startswith("<div>") and type(r).__name__ in html
 
 
 def test_every_result_records_its_provenance_and_survives_save_load(built, tmp_path):

@@ -380,7 +380,8 @@ def test_evaluate_steering_activation(model, ab, tmp_path):
 
 def test_steering_curve_monotonic():
     def curve(means):
-        return SteeringCurve(coeffs=[-1.0, 0.0, 1.0], values=torch.tensor(means)[:, None], kind="x", metric="m")
+        return SteeringCurve(per_example=torch.tensor(means)[:, None], axes=("coeff",), labels={"coeff": [-1.0, 0.0, 1.0]},
+                             kind="x", metric="m")
 
     assert curve([-1.0, 0.0, 2.0]).monotonic() == 1
     assert curve([2.0, 0.0, -1.0]).monotonic() == -1

@@ -330,7 +330,7 @@ class MotifResult(Result):
                                  "metric": "fraction_recovered", "value": float(self.sweep_patch[i, li, k])})
         for r in self.ablation:
             for m in ("ld_change", "accuracy_before", "accuracy_after"):
-                rows.append({"analysis": "ablation", "name": f"{r['direction']} @ {r['positions']}",
+                rows.append({"analysis": "ablation", "name": f"{r['direction']} @ {r['position']}",
                              "metric": m, "value": r[m]})
         return pd.DataFrame(rows, columns=["analysis", "name", "filler", "layer", "metric", "value"])
 
@@ -344,13 +344,13 @@ class MotifResult(Result):
                 out[f"ablation {r.direction} @ {r.position}: accuracy_after"] = r.accuracy_after
         return out
 
-    def __repr__(self) -> str:
+    def _summary_lines(self) -> list[str]:
         sc = ", ".join(f"{k}: {pct(v)}" for k, v in self.split_change.items())
-        return (
-            f"MotifResult(model={self.model_name!r}, dataset={self.dataset!r}, top comma heads "
-            f"{[head_label(h) for h in self.top_heads]}, splits [{sc}], filler={self.filler}, "
-            f"ablation rows={len(self.ablation)})"
-        )
+        return [
+            f"top comma heads {[head_label(h) for h in self.top_heads]}",
+            f"splits [{sc}]",
+            f"filler={self.filler}, ablation rows={len(self.ablation)}",
+        ]
 
     # ------------------------------------------------------------------ plot
     def plot(self) -> Any:

@@ -444,12 +444,11 @@ class Circuit(Result):
             out[f"{key}: logit_flip"] = r.logit_flip
         return out
 
-    def __repr__(self) -> str:
-        return (
-            f"Circuit(model={self.model_name!r}, dataset={self.dataset!r}, "
-            f"direct={[head_label(h) for h in self.direct_heads]}, "
-            f"movers={[head_label(h) for h in self.movers]})"
-        )
+    def _summary_lines(self) -> list[str]:
+        return [
+            f"direct heads {[head_label(h) for h in self.direct_heads]}",
+            f"movers {[head_label(h) for h in self.movers]}",
+        ]
 
     # ------------------------------------------------------------------ plots
     def plot(self) -> Any:

@@ -224,13 +224,13 @@ class DirectionEvaluation(Result):
         fig.tight_layout()
         return fig
 
-    def __repr__(self) -> str:
+    def _summary_lines(self) -> list[str]:
         b = self.best()
-        return (
-            f"DirectionEvaluation(model={self.model_name!r}, methods={self.methods}, "
-            f"layers={self.layers[0]}..{self.layers[-1]} ({len(self.layers)}), best={b['method']}@{b['layer']} "
-            f"{100 * b['ld_recovered']:.1f}% LD, random {100 * b['random_ld_recovered']:.2f}%)"
-        )
+        return [
+            f"methods={self.methods}, layers={self.layers[0]}..{self.layers[-1]} ({len(self.layers)})",
+            f"best={b['method']}@{b['layer']} {100 * b['ld_recovered']:.1f}% LD recovered, "
+            f"random {100 * b['random_ld_recovered']:.2f}%",
+        ]
 
 
 def evaluate(

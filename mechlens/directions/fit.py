@@ -142,12 +142,11 @@ class Direction(Result):
         fig.tight_layout()
         return fig
 
-    def __repr__(self) -> str:
-        return (
-            f"Direction(method={self.method!r}, layer={self.layer}, site={self.site!r}, "
-            f"position={self.position!r}, d_model={self.d_model}, model_name={self.model_name!r}, "
-            f"fingerprint={self.fingerprint!r})"
-        )
+    def _summary_lines(self) -> list[str]:
+        return [
+            f"method={self.method!r}, layer={self.layer}, site={self.site!r}, position={self.position!r}, "
+            f"d_model={self.d_model}, fingerprint={self.fingerprint!r}"
+        ]
 
 
 def _check_site(site: str) -> None:

@@ -163,18 +163,16 @@ class DirectionalPatchResult(Measurement):
             "logit_flip": self.logit_flip,
         }
 
-    def to_dataframe(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(
-            {
-                "example": range(len(self.ld_clean)),
-                "label": self.class_labels.tolist(),
-                "ld_clean": self.ld_clean.tolist(),
-                "ld_corrupt": self.ld_corrupt.tolist(),
-                "ld_patched": self.ld_patched.tolist(),
-            }
-        )
+    def to_dataframe(self, per_example: bool = False) -> Any:
+        """The mean (``value``, ``stderr``, CI); ``per_example=True``: one row per example with
+        its label and the clean, corrupt and patched logit differences (``value`` = patched)."""
+        df = super().to_dataframe(per_example)
+        if per_example:
+            df["label"] = self.class_labels.tolist()
+            df["ld_clean"] = self.ld_clean.tolist()
+            df["ld_corrupt"] = self.ld_corrupt.tolist()
+            df["ld_patched"] = self.ld_patched.tolist()
+        return df
 
     def plot(self) -> Any:
         """Per-example logit differences: clean, corrupt and patched."""
@@ -198,11 +196,12 @@ class DirectionalPatchResult(Measurement):
         fig.tight_layout()
         return fig
 
-    def __repr__(self) -> str:
-        return (
-            f"DirectionalPatchResult(method={self.method!r}, layers={self.layers}, position={self.position!r}, "
-            f"ld_recovered={self.ld_recovered:.3f}, logit_flip={self.logit_flip:.3f})"
-        )
+    def _summary_lines(self) -> list[str]:
+        return [
+            f"{self.method} direction patched at layers {self.layers}, position {self.position!r}, "
+            f"{self.n_examples} examples",
+            f"ld_recovered={self.ld_recovered:.3f}, logit_flip={self.logit_flip:.3f}",
+        ]
 
 
 def directional_patch(
@@ -307,17 +306,15 @@ class AblationResult(Measurement):
             "accuracy_after": self.accuracy_after,
         }
 
-    def to_dataframe(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(
-            {
-                "example": range(len(self.ld_before)),
-                "label": self.class_labels.tolist(),
-                "ld_before": self.ld_before.tolist(),
-                "ld_after": self.ld_after.tolist(),
-            }
-        )
+    def to_dataframe(self, per_example: bool = False) -> Any:
+        """The mean after ablation (``value``, ``stderr``, CI); ``per_example=True``: one row per
+        example with its label and the logit difference before and after (``value`` = after)."""
+        df = super().to_dataframe(per_example)
+        if per_example:
+            df["label"] = self.class_labels.tolist()
+            df["ld_before"] = self.ld_before.tolist()
+            df["ld_after"] = self.ld_after.tolist()
+        return df
 
     def plot(self) -> Any:
         """Per-example logit difference before vs after the ablation."""
@@ -341,12 +338,12 @@ class AblationResult(Measurement):
         fig.tight_layout()
         return fig
 
-    def __repr__(self) -> str:
-        return (
-            f"AblationResult(method={self.method!r}, mode={self.mode!r}, layers={self.layers}, "
-            f"position={self.position!r}, ld_change={self.ld_change:+.3f}, "
-            f"accuracy {self.accuracy_before:.3f} -> {self.accuracy_after:.3f})"
-        )
+    def _summary_lines(self) -> list[str]:
+        return [
+            f"{self.mode}-ablating the {self.method} direction at layers {self.layers}, position {self.position!r}, "
+            f"{self.n_examples} examples",
+            f"ld_change={self.ld_change:+.3f}, accuracy {self.accuracy_before:.3f} -> {self.accuracy_after:.3f}",
+        ]
 
 
 def _ablation_hook(d: Tensor, target: Tensor, mask: Tensor):

@@ -123,8 +123,8 @@ class Projection(Result):
         ax.set_title(f"projection on the {self.method} direction, {hook_name(self.layer, self.site)}")
         return fig
 
-    def __repr__(self) -> str:
-        return f"Projection(method={self.method!r}, layer={self.layer}, site={self.site!r}, texts={len(self.texts)})"
+    def _summary_lines(self) -> list[str]:
+        return [f"method={self.method!r}, layer={self.layer}, site={self.site!r}, texts={len(self.texts)}"]
 
 
 @torch.no_grad()

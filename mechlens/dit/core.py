@@ -70,6 +70,7 @@ from mechlens.dit.data import (
     trigger_prefix,
 )
 from mechlens.engine import pad_id
+from mechlens.model_protocol import hf_name
 from mechlens.models import cache_dir as _mechlens_cache_dir
 from mechlens.models import model_name
 from mechlens.results import Result, markdown_table
@@ -134,7 +135,7 @@ def hf_copy(model: Any) -> torch.nn.Module:
         )
     if tied:
         hf.tie_weights()
-    bufs = {n.replace("._original_component", ""): b for n, b in orig.named_buffers()}
+    bufs = {hf_name(n): b for n, b in orig.named_buffers()}
     for n, b in list(hf.named_buffers()):
         owner, _, leaf = n.rpartition(".")
         mod = hf.get_submodule(owner) if owner else hf
@@ -288,11 +289,11 @@ class DiffFamily(Result):
     def __len__(self) -> int:
         return len(self.topics)
 
-    def __repr__(self) -> str:
-        return (
-            f"DiffFamily({len(self)} differences of {self.model_name!r}, rank {self.settings.get('rank')}, "
-            f"{len(set(self.topics))} topics, modules {self.modules})"
-        )
+    def _summary_lines(self) -> list[str]:
+        return [
+            f"{len(self)} differences, rank {self.settings.get('rank')}, {len(set(self.topics))} topics, "
+            f"modules {self.modules}"
+        ]
 
     @property
     def behaviours(self) -> list[Behaviour]:
@@ -508,9 +509,9 @@ class DITAdapter(Result):
     losses: list[float]
     seconds: float = 0.0
 
-    def __repr__(self) -> str:
+    def _summary_lines(self) -> list[str]:
         n = sum(int(t.numel()) for t in self.lora.values())
-        return f"DITAdapter({self.model_name!r}, {n} LoRA parameters, {len(self.losses)} steps, final loss {self.losses[-1]:.3f})"
+        return [f"{n} LoRA parameters, {len(self.losses)} steps, final loss {self.losses[-1]:.3f}"]
 
 
 def _peft_model(hf: torch.nn.Module, config: dict[str, Any], seed: int) -> Any:
@@ -738,9 +739,9 @@ class DITResult(Result):
     def chance(self) -> float:
         return 1.0 / self.n_topics
 
-    def __repr__(self) -> str:
+    def _summary_lines(self) -> list[str]:
         parts = ", ".join(f"{m} {float(self.exact[m].mean()):.2f}/{float(self.fuzzy[m].mean()):.2f}" for m in self.methods)
-        return f"DITResult({self.model_name!r}, {len(self.topics)} held-out, exact/fuzzy: {parts}; chance {self.chance:.2f})"
+        return [f"{len(self.topics)} held-out, exact/fuzzy: {parts}; chance {self.chance:.2f}"]
 
     def to_dataframe(self) -> Any:
         """One row per method (and one for chance): exact and fuzzy accuracy with stderr."""

@@ -45,6 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechlens.engine import padded_batches
+from mechlens.model_protocol import hf_name
 from mechlens.models import model_name
 from mechlens.results import Result
 from mechlens.validate import check_coefficient
@@ -72,7 +73,7 @@ _EMBED = re.compile(r"emb|wte|wpe")
 
 def parameters(model: Any) -> dict[str, torch.nn.Parameter]:
     """The model's parameters by readable name (tied parameters once)."""
-    return {n.replace("._original_component", ""): p for n, p in model.named_parameters()}
+    return {hf_name(n): p for n, p in model.named_parameters()}
 
 
 def layer_group(name: str) -> str:
