@@ -288,7 +288,7 @@ def test_directional_patch_on_the_planted_model(planted):
     r = r - (r @ u) * u
     none = directional_patch(m, test, r, layers=1, progress=False)
     assert abs(none.ld_recovered) < 0.01
-    assert len(full.to_dataframe()) == test.batch
+    assert len(full.to_dataframe()) == 1 and len(full.to_dataframe(per_example=True)) == test.batch
     assert isinstance(full.plot(), matplotlib.figure.Figure)
 
 
