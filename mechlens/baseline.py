@@ -85,20 +85,9 @@ class BaselineResult(Result):
         return head + markdown_table(df) + "\n"
 
     def plot(self):
-        import matplotlib.pyplot as plt
+        from mechlens.viz.baseline import plot_baseline
 
-        df = self.to_dataframe()
-        fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(df), 3.2))
-        x = range(len(df))
-        ax.bar([i - 0.2 for i in x], df.clean_ld, width=0.4, label="clean")
-        ax.bar([i + 0.2 for i in x], df.corrupt_ld, width=0.4, label="corrupt")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(list(x), df.dataset, rotation=15)
-        ax.set_ylabel("mean logit difference")
-        ax.set_title(f"Baseline: {self.model_name}")
-        ax.legend()
-        fig.tight_layout()
-        return fig
+        return plot_baseline(self)
 
 
 def default_datasets(model: Any) -> dict[str, ContrastDataset]:

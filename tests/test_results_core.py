@@ -123,6 +123,14 @@ def test_every_repr_is_short_and_names_the_model(built):
             assert html.startswith("<div>") and type(r).__name__ in html
 
 
+def test_every_plot_is_one_figure(built):
+    from matplotlib.figure import Figure
+
+    for r in built[2]:
+        if hasattr(r, "plot"):
+            assert isinstance(r.plot(), Figure), type(r).__name__
+
+
 def test_every_result_records_its_provenance_and_survives_save_load(built, tmp_path):
     for i, r in enumerate(built[2]):
         assert r.model_name, type(r).__name__

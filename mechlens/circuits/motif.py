@@ -356,62 +356,9 @@ class MotifResult(Result):
     def plot(self) -> Any:
         """Four panels: attention to the comma per head, the patching splits, the
         irrelevant-context sweep, and the directional ablations."""
-        import numpy as np
-        from matplotlib.figure import Figure
+        from mechlens.viz.circuits import plot_motif
 
-        from mechlens.viz.heatmap import heatmap
-
-        fig = Figure(figsize=(14, 9), layout="constrained")
-        axs = fig.subplots(2, 2)
-        att = self.comma_attention.float().numpy()
-        heatmap(att, x_labels=list(range(att.shape[1])), y_labels=list(range(att.shape[0])), ax=axs[0, 0],
-                title="attention from END to COMMA", xlabel="head", ylabel="layer", x_rotation=0,
-                colorbar_label="attention")
-        ax = axs[0, 1]
-        sc = self.split_change
-        vals = [100 * sc[s] for s in self.split_names]
-        ax.barh(range(len(vals)), vals, color=["grey"] + ["tab:blue"] * (len(vals) - 1))
-        ax.set_yticks(range(len(vals)), self.split_names)
-        ax.invert_yaxis()
-        ax.axvline(0, color="black", lw=0.5)
-        for i, v in enumerate(vals):
-            ax.text(v, i, f" {v:+.0f}%", va="center", ha="right" if v < 0 else "left", fontsize=8)
-        lo, hi = min([*vals, 0.0]), max([*vals, 0.0])
-        ax.set_xlim(lo - 0.2 * (hi - lo) - 1, hi + 0.2 * (hi - lo) + 1)  # room for the value labels
-        ax.set_xlabel("LD change (% of clean - corrupt)")
-        ax.set_title(f"patching splits (noise), {self.dataset}")
-        ax = axs[1, 0]
-        if self.filler:
-            for name, style in (("comma only", "o-"), ("before comma, comma frozen", "s-")):
-                if name in self.split_names:
-                    j = self.split_names.index(name)
-                    ax.plot(self.filler, (-100 * self.sweep_change[:, j]).tolist(), style, label=f"{name} (-LD change)")
-            for k, p in enumerate(self.sweep_positions):
-                if self.sweep_patch.shape[1]:
-                    best = self.sweep_patch[:, :, k].max(1).values
-                    ax.plot(self.filler, (100 * best).tolist(), "--", label=f"patch {p} resid, best layer (% recovered)")
-            ax.set_xlabel("filler tokens between review and question")
-            ax.set_ylabel("% of logit difference")
-            ax.legend(fontsize=7)
-            ax.set_title("irrelevant-context sweep")
-        else:
-            ax.set_axis_off()
-        ax = axs[1, 1]
-        if self.ablation:
-            t = self.ablation_table()
-            labels = [f"{r.direction}\n@ {r.position}\nacc {r.accuracy_before:.2f}->{r.accuracy_after:.2f}"
-                      for r in t.itertuples()]
-            x = np.arange(len(t))
-            ax.bar(x, 100 * t["ld_change"], yerr=100 * t["ld_change_std"].fillna(0), capsize=3,
-                   color=["tab:red" if d != "random" else "grey" for d in t["direction"]])
-            ax.set_xticks(x, labels, fontsize=8)
-            ax.axhline(0, color="black", lw=0.5)
-            ax.set_ylabel("LD change (%)")
-            ax.set_title(f"directional ablation ({self.meta.get('ablation_data', '')})")
-        else:
-            ax.set_axis_off()
-        fig.suptitle(f"summarization motif: {self.model_name}")
-        return fig
+        return plot_motif(self)
 
 
 # --------------------------------------------------------------------------- the analysis

@@ -454,40 +454,9 @@ class Circuit(Result):
     def plot(self) -> Any:
         """The circuit graph (heads by layer, mover -> direct -> logits edges), the two
         path-patching heatmaps and the faithfulness bars."""
-        import numpy as np
-        from matplotlib.figure import Figure
+        from mechlens.viz.circuits import plot_circuit
 
-        from mechlens.viz.heatmap import heatmap
-
-        fig = Figure(figsize=(16, 10), layout="constrained")
-        gs = fig.add_gridspec(2, 3)
-        self._draw_graph(fig.add_subplot(gs[:, 0]))
-        n_l, n_h = self.direct_effect.shape
-        for k, (vals, title) in enumerate(((self.direct_effect, "path patching: head -> final residual"),
-                                           (self.mover_effect, "path patching: head -> q/k/v of direct heads"))):
-            heatmap(vals.float().numpy(), x_labels=list(range(n_h)), y_labels=list(range(n_l)),
-                    ax=fig.add_subplot(gs[0, 1 + k]), title=title, xlabel="head", ylabel="layer",
-                    center=0, x_rotation=0, colorbar_label=self.path_metric or "effect")
-        ax = fig.add_subplot(gs[1, 1:])
-        t = self.faithfulness_table()
-        if not t.empty:
-            labels = [f"{r.heads}\n{r.component}\n@ {r.positions}" for r in t.itertuples()]
-            x = np.arange(len(t))
-            w = 0.4
-            colors = ["tab:red" if h == "circuit" else "grey" for h in t["heads"]]
-            ax.bar(x - w / 2, 100 * t["ld_recovered"], w, yerr=100 * t["ld_recovered_std"], capsize=3,
-                   color=colors, label="LD recovered (%)")
-            ax.bar(x + w / 2, 100 * t["logit_flip"], w, yerr=100 * t["logit_flip_std"], capsize=3,
-                   color=colors, alpha=0.5, hatch="//", label="logit flip (%)")
-            ax.set_xticks(x, labels, fontsize=8)
-            ax.axhline(0, color="black", lw=0.5)
-            ax.set_ylabel("%")
-            ax.legend(fontsize=8)
-            ax.set_title(f"faithfulness: circuit ({len(self.heads)} heads) vs random head sets")
-        else:
-            ax.set_axis_off()
-        fig.suptitle(f"sentiment circuit: {self.model_name} on {self.dataset}")
-        return fig
+        return plot_circuit(self)
 
     def _draw_graph(self, ax: Any) -> None:
         """Nodes per layer (matplotlib only): movers -> direct heads -> logits."""

@@ -129,18 +129,9 @@ class Direction(Result):
 
     def plot(self) -> Any:
         """Bar plot of the vector's components."""
-        import matplotlib
+        from mechlens.viz.directions import plot_direction
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 2.5))
-        ax.bar(range(self.d_model), self.vector.detach().cpu().numpy(), width=1.0)
-        ax.set_xlabel("component")
-        ax.set_ylabel("value")
-        ax.set_title(f"{self.method} direction, {self.hook_name} @ {self.position}")
-        fig.tight_layout()
-        return fig
+        return plot_direction(self)
 
     def _summary_lines(self) -> list[str]:
         return [

@@ -176,25 +176,9 @@ class DirectionalPatchResult(Measurement):
 
     def plot(self) -> Any:
         """Per-example logit differences: clean, corrupt and patched."""
-        import matplotlib
+        from mechlens.viz.directions import plot_directional_patch
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 3))
-        x = range(len(self.ld_clean))
-        for name, v, m in (("clean", self.ld_clean, "o"), ("corrupt", self.ld_corrupt, "x"), ("patched", self.ld_patched, "s")):
-            ax.plot(x, v.tolist(), m, label=name)
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set_xlabel("example")
-        ax.set_ylabel("logit difference")
-        ax.set_title(
-            f"{self.method} direction patched at layers {self.layers}, position {self.position}: "
-            f"{self.ld_recovered_pct:.1f}% LD recovered"
-        )
-        ax.legend()
-        fig.tight_layout()
-        return fig
+        return plot_directional_patch(self)
 
     def _summary_lines(self) -> list[str]:
         return [
@@ -318,25 +302,9 @@ class AblationResult(Measurement):
 
     def plot(self) -> Any:
         """Per-example logit difference before vs after the ablation."""
-        import matplotlib
+        from mechlens.viz.directions import plot_direction_ablation
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(4.5, 4))
-        lo = float(min(self.ld_before.min(), self.ld_after.min()))
-        hi = float(max(self.ld_before.max(), self.ld_after.max()))
-        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.5)
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.scatter(self.ld_before.tolist(), self.ld_after.tolist(), c=self.class_labels.tolist(), cmap="coolwarm")
-        ax.set_xlabel("logit difference before")
-        ax.set_ylabel("logit difference after")
-        ax.set_title(
-            f"{self.mode}-ablating {self.method} @ {self.position}\n"
-            f"LD {100 * self.ld_change:+.1f}%, acc {self.accuracy_before:.2f} -> {self.accuracy_after:.2f}"
-        )
-        fig.tight_layout()
-        return fig
+        return plot_direction_ablation(self)
 
     def _summary_lines(self) -> list[str]:
         return [

@@ -100,28 +100,9 @@ class Projection(Result):
 
     def plot(self) -> Any:
         """Matplotlib version of the coloured tokens: one row per text."""
-        import matplotlib
+        from mechlens.viz.directions import plot_projection
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-        from matplotlib.colors import Normalize
-
-        m = self._scale()
-        norm, cmap = Normalize(-m, m), plt.get_cmap("RdBu")
-        width = max((sum(len(t) + 1 for t in toks) for toks in self.tokens), default=10)
-        fig, ax = plt.subplots(figsize=(min(20, 2 + 0.12 * width), 0.6 + 0.5 * len(self.texts)))
-        for i, (toks, vals) in enumerate(zip(self.tokens, self.values)):
-            x = 0.0
-            for tok, v in zip(toks, vals):
-                ax.text(x, -i, tok.replace("\n", "\\n"), family="monospace", fontsize=9, va="center",
-                        bbox={"facecolor": cmap(norm(v)), "edgecolor": "none", "pad": 1.5})
-                x += len(tok) + 1
-        ax.set_xlim(-1, width + 1)
-        ax.set_ylim(-len(self.texts) + 0.5, 0.5)
-        ax.axis("off")
-        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.02, label="projection")
-        ax.set_title(f"projection on the {self.method} direction, {hook_name(self.layer, self.site)}")
-        return fig
+        return plot_projection(self)
 
     def _summary_lines(self) -> list[str]:
         return [f"method={self.method!r}, layer={self.layer}, site={self.site!r}, texts={len(self.texts)}"]

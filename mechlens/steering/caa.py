@@ -32,7 +32,6 @@ sweep layers and coefficients with ``evaluate_steering`` before trusting one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,8 +68,6 @@ __all__ = [
 ]
 
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-_LETTER_COLOURS = {"A": "tab:blue", "B": "tab:orange"}
-_MARKERS = {1: "o", 0: "x"}
 
 
 def hook_name(layer: int, site: str) -> str:
@@ -149,7 +146,9 @@ class AnswerActivations(Result):
         return pd.DataFrame(rows)
 
     def plot(self) -> Any:
-        return pca_view(self, progress=False).plot()
+        from mechlens.viz.steering import plot_answer_activations
+
+        return plot_answer_activations(self)
 
 
 def answer_activations(
@@ -287,73 +286,15 @@ class PCAView(Result):
 
     def plot(self) -> Any:
         """Matplotlib scatter per layer: colour = letter, marker = behaviour."""
-        import matplotlib
+        from mechlens.viz.steering import plot_pca_view
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        n = len(self.layers)
-        cols = min(n, 3)
-        rows = math.ceil(n / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False)
-        labels = self.labels.numpy()
-        letters = np.array(self.letters)
-        for li in range(n):
-            ax = axes[li // cols][li % cols]
-            xy = self.coords[li].numpy()
-            for letter, colour in _LETTER_COLOURS.items():
-                for lab, marker in _MARKERS.items():
-                    m = (letters == letter) & (labels == lab)
-                    if m.any():
-                        ax.scatter(
-                            xy[m, 0], xy[m, 1], c=colour, marker=marker, s=28, alpha=0.8,
-                            label=f"({letter}) {self.behaviour if lab else self.opposite}",
-                        )
-            ax.set_title(self._title(li), fontsize=8)
-            ax.set_xlabel(f"PC1 ({self.explained[li, 0]:.0%})")
-            ax.set_ylabel(f"PC2 ({self.explained[li, 1]:.0%})")
-        for k in range(n, rows * cols):
-            axes[k // cols][k % cols].axis("off")
-        axes[0][0].legend(fontsize=7, loc="best")
-        fig.suptitle(f"{self.model_name} {self.dataset}: answer-letter activations ({self.site})", fontsize=10)
-        fig.tight_layout()
-        return fig
+        return plot_pca_view(self)
 
     def plot_interactive(self) -> Any:
         """The same scatter as an interactive plotly figure (one panel per layer)."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        from mechlens.viz.steering import plot_pca_view_interactive
 
-        n = len(self.layers)
-        cols = min(n, 3)
-        rows = math.ceil(n / cols)
-        fig = make_subplots(rows=rows, cols=cols, subplot_titles=[self._title(i) for i in range(n)])
-        labels = self.labels.numpy()
-        letters = np.array(self.letters)
-        colours = {"A": "#1f77b4", "B": "#ff7f0e"}
-        symbols = {1: "circle", 0: "x"}
-        for li in range(n):
-            xy = self.coords[li].numpy()
-            for letter in ("A", "B"):
-                for lab in (1, 0):
-                    m = (letters == letter) & (labels == lab)
-                    if not m.any():
-                        continue
-                    fig.add_trace(
-                        go.Scatter(
-                            x=xy[m, 0], y=xy[m, 1], mode="markers",
-                            marker={"color": colours[letter], "symbol": symbols[lab]},
-                            name=f"({letter}) {self.behaviour if lab else self.opposite}",
-                            legendgroup=f"{letter}{lab}", showlegend=li == 0,
-                            text=[f"prompt {i}" for i in np.nonzero(m)[0]],
-                        ),
-                        row=li // cols + 1, col=li % cols + 1,
-                    )
-        fig.update_layout(
-            title=f"{self.model_name} {self.dataset}: answer-letter activations ({self.site})",
-            height=330 * rows, width=430 * cols,
-        )
-        return fig
+        return plot_pca_view_interactive(self)
 
 
 def pca_view(
@@ -433,20 +374,9 @@ class SteeringVector(Result):
 
     def plot(self) -> Any:
         """The vector's components, largest magnitude first."""
-        import matplotlib
+        from mechlens.viz.steering import plot_steering_vector
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        v = self.vector.float()
-        order = v.abs().argsort(descending=True)
-        fig, ax = plt.subplots(figsize=(7, 3))
-        ax.bar(range(len(v)), v[order].numpy(), width=1.0)
-        ax.set_xlabel("component (sorted by |value|)")
-        ax.set_ylabel("value")
-        ax.set_title(f"{self.name}  (L{self.layer} {self.site}, norm {self.norm:.2f})", fontsize=9)
-        fig.tight_layout()
-        return fig
+        return plot_steering_vector(self)
 
 
 def caa_vector(

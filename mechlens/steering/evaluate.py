@@ -67,19 +67,9 @@ class SteeringCurve(Measurement):
         return 0
 
     def plot(self) -> Any:
-        import matplotlib
+        from mechlens.viz.steering import plot_steering_curve
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        ax.errorbar(self.coeffs, self.values.numpy(), yerr=self.stderr().numpy(), marker="o", capsize=3)
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_xlabel("k (weight vector)" if self.kind == "weight" else "coeff (activation vector)")
-        ax.set_ylabel(self.metric)
-        ax.set_title(f"{self.model_name} {self.dataset}\n{self.kind} steering: {self.vector}", fontsize=8)
-        fig.tight_layout()
-        return fig
+        return plot_steering_curve(self)
 
 
 def behaviour_logit_diff(

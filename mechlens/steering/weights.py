@@ -166,19 +166,9 @@ class WeightVector(Result):
 
     def plot(self) -> Any:
         """Norm of the vector per layer group."""
-        import matplotlib
+        from mechlens.viz.steering import plot_weight_vector
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        norms = self.group_norms()
-        fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(norms) + 2), 3))
-        ax.bar(list(norms), list(norms.values()))
-        ax.set_ylabel("L2 norm")
-        ax.set_title(f"{self.name}: norm per layer (total {self.norm():.3g})", fontsize=9)
-        ax.tick_params(axis="x", rotation=90, labelsize=7)
-        fig.tight_layout()
-        return fig
+        return plot_weight_vector(self)
 
 
 def _check_same_arch(base: dict[str, Tensor], other: dict[str, Tensor], what: str) -> None:
@@ -439,27 +429,9 @@ class MonitorResult(Result):
 
     def plot(self) -> Any:
         """Left: overall cosine over steps. Right: per-layer cosine (steps x layers heatmap)."""
-        import matplotlib
+        from mechlens.viz.steering import plot_monitor
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1, 2.2]})
-        a.plot(self.steps, self.overall.numpy(), marker="o")
-        a.axhline(0, color="grey", lw=0.8)
-        a.set_xlabel("training step")
-        a.set_ylabel(f"cosine(update, {self.behaviour})")
-        a.set_title(f"{self.name}: all parameters", fontsize=9)
-        c = self.cosine.numpy()
-        lim = max(1e-6, float(self.cosine.nan_to_num(0.0).abs().max()))
-        im = b.imshow(c, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
-        b.set_yticks(range(len(self.steps)), [str(s) for s in self.steps])
-        b.set_xticks(range(len(self.groups)), self.groups, rotation=90, fontsize=7)
-        b.set_ylabel("training step")
-        b.set_title(f"{self.name}: cosine per layer", fontsize=9)
-        fig.colorbar(im, ax=b)
-        fig.tight_layout()
-        return fig
+        return plot_monitor(self)
 
 
 def monitor(
@@ -603,32 +575,9 @@ class DiffAnatomy(Result):
 
     def plot(self) -> Any:
         """Per layer, one line per module kind: Frobenius norm (left), effective rank (right)."""
-        import matplotlib
+        from mechlens.viz.steering import plot_diff_anatomy
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        df = self.to_dataframe()
-        df = df[df["group"].str.startswith("L")].copy()
-        df["layer"] = df["group"].str[1:].astype(int)
-        fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
-        cmap = plt.get_cmap("tab20")
-        for i, (kind, sub) in enumerate(df.groupby("kind", sort=True)):
-            sub = sub.sort_values("layer")
-            colour = cmap(i % 20)  # the same colour for a kind in both panels
-            a.plot(sub["layer"], sub["fro_norm"], marker=".", label=kind, color=colour)
-            if sub["effective_rank"].notna().any():
-                b.plot(sub["layer"], sub["effective_rank"], marker=".", label=kind, color=colour)
-        a.set_xlabel("layer")
-        a.set_ylabel("||update||_F")
-        a.set_title(f"{self.name}: Frobenius norm of the update", fontsize=9)
-        b.set_xlabel("layer")
-        b.set_ylabel("effective rank (entropy)")
-        b.set_title(f"{self.name}: effective rank of 2-D updates", fontsize=9)
-        a.legend(fontsize=6, ncol=2)
-        b.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        return fig
+        return plot_diff_anatomy(self)
 
 
 def _kind(name: str) -> str:
