@@ -49,7 +49,8 @@ __all__ = [
 
 BACKENDS = ("auto", "fast", "hooks")
 
-# Sequences per forward pass when batch_size is None (every method).
+# Sequences per forward pass when batch_size is None (every method): large enough that a CPU
+# runs near its batched throughput, small enough to keep activations modest.
 DEFAULT_BATCH_SIZE = 128
 
 Hook = tuple[str, Callable[..., Any]]

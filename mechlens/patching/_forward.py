@@ -36,10 +36,6 @@ from mechlens.validate import check_dataset
 
 __all__ = ["model_device", "prepare_dataset", "base_run", "BaseRun", "SuffixRunner", "PatchMetric", "check_mode", "plan_passes", "overhead_tokens"]
 
-# Rows (sequences) per patched forward pass when batch_size is None: large enough that a
-# CPU runs near its batched throughput, small enough to keep activations modest.
-
-
 
 def check_mode(mode: str) -> str:
     if mode not in ("denoise", "noise"):
