@@ -1,0 +1,84 @@
+"""mechlens.engine's hook-intervention runner and batching, against plain TransformerLens calls."""
+
+import pytest
+import torch
+
+from mechlens.data import toy_movie_review
+from mechlens.engine import (
+    DEFAULT_BATCH_SIZE,
+    batches,
+    cache_batched,
+    copies_per_pass,
+    logit_diff_metric,
+    padded_batches,
+    run_grid,
+)
+from mechlens.metrics import logit_diff
+
+
+@pytest.fixture(scope="module")
+def ds(tiny_gpt2):
+    return toy_movie_review(tiny_gpt2, "test")
+
+
+def _adder(vecs, configs):
+    def hook(act, hook):
+        return act + vecs[configs].to(act.dtype)[:, None, :]
+
+    return hook
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, None])
+def test_run_grid_equals_one_run_with_hooks_per_configuration(tiny_model, batch_size):
+    ds = toy_movie_review(tiny_model, "test")
+    g = torch.Generator().manual_seed(0)
+    vecs = torch.randn(3, tiny_model.cfg.d_model, generator=g)
+    name = "blocks.1.hook_resid_pre"
+    got = run_grid(
+        tiny_model, ds.clean_tokens, logit_diff_metric(ds.answers), n_configs=3,
+        hooks=lambda c, e: [(name, _adder(vecs, c))], batch_size=batch_size,
+    )
+    for c in range(3):
+        with torch.no_grad():
+            logits = tiny_model.run_with_hooks(
+                ds.clean_tokens, fwd_hooks=[(name, lambda act, hook, c=c: act + vecs[c].to(act.dtype))]
+            )
+        torch.testing.assert_close(got[c], logit_diff(logits, ds.answers).float(), atol=1e-5, rtol=1e-5)
+    assert not tiny_model.hook_dict[name].fwd_hooks  # nothing left on the model
+
+
+def test_run_grid_without_hooks_is_the_plain_run(tiny_gpt2, ds):
+    got = run_grid(tiny_gpt2, ds.clean_tokens, logit_diff_metric(ds.answers), batch_size=7)
+    with torch.no_grad():
+        ref = logit_diff(tiny_gpt2(ds.clean_tokens), ds.answers).float()
+    assert got.shape == (1, ds.batch)
+    torch.testing.assert_close(got[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_batched_equals_run_with_cache(tiny_gpt2, ds):
+    names = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
+    acts, lds = cache_batched(tiny_gpt2, ds.clean_tokens, names, batch_size=3, answers=ds.answers)
+    with torch.no_grad():
+        logits, cache = tiny_gpt2.run_with_cache(ds.clean_tokens, names_filter=lambda n: n in names)
+    for n in names:
+        torch.testing.assert_close(acts[n], cache[n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lds, logit_diff(logits, ds.answers).float().cpu(), atol=1e-5, rtol=1e-5)
+
+
+def test_one_batching_rule():
+    assert [(s.start, s.stop) for s in batches(5, 2)] == [(0, 2), (2, 4), (4, 5)]
+    assert len(batches(DEFAULT_BATCH_SIZE + 1, None)) == 2
+    assert copies_per_pass(None, 22) == DEFAULT_BATCH_SIZE // 22 and copies_per_pass(4, 22) == 1
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises((ValueError, TypeError), match="batch_size"):
+            batches(3, bad)
+
+
+def test_padded_batches_keep_every_token_and_find_the_last():
+    seqs = [torch.tensor([5, 6, 7]), torch.tensor([1]), torch.tensor([2, 3])]
+    seen = []
+    for idx, toks, last in padded_batches(seqs, 2, pad_id=0):
+        for row, i in enumerate(idx):
+            assert torch.equal(toks[row, : len(seqs[i])], seqs[i]) and int(last[row]) == len(seqs[i]) - 1
+            seen.append(i)
+    assert sorted(seen) == [0, 1, 2]
