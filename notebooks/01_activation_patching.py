@@ -38,7 +38,7 @@
 # a few answer pairs (great/terrible, amazing/awful, ...). A patch's effect is reported as
 # the **fraction of the logit difference recovered**:
 #
-# $$\frac{LD_\text{patched} - LD_\text{corrupt}}{LD_\text{clean} - LD_\text{corrupt}}$$
+#     fraction recovered = (LD_patched - LD_corrupt) / (LD_clean - LD_corrupt)
 #
 # 0 means the patch did nothing, 1 means the clean behaviour is fully restored. It is not
 # clipped: values above 1 or below 0 are real (a patch can overshoot, or push the wrong way).
