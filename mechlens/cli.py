@@ -1,7 +1,14 @@
-"""The ``mechlens`` command line."""
+"""The ``mechlens`` command line.
+
+Every argument is checked while the command line is parsed (the option callbacks under
+"argument checks"), so a typo fails at once: before a model loads and before any folder is
+made. Messages name the flag (``--model smollm2-135m``) and suggest close matches. A hub model
+is loaded only after a quick check that the hub answers (see ``_hub_problem``).
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -9,20 +16,227 @@ import typer
 
 from mechlens.models import OFFLINE_MODEL
 
+# rich_markup_mode=None: click's plain help, which re-wraps each paragraph (typer's rich help
+# keeps the docstrings' line breaks) and shows no type metavar on flags (`--fast <bool>`).
 app = typer.Typer(
     help="mechlens: mechanistic interpretability on TransformerLens (patching, sentiment "
     "directions, circuits, steering). Every command runs offline on the bundled "
     f"{OFFLINE_MODEL!r} model.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
 
-ModelOpt = typer.Option(
-    OFFLINE_MODEL, "--model", "-m",
-    help=f"Model: {OFFLINE_MODEL!r} (bundled, offline), a hub name such as 'gpt2-small' "
-    "(needs the Hugging Face hub), or a local Hugging Face model directory.",
+
+# --------------------------------------------------------------------------- argument checks
+
+
+class ArgumentError(ValueError):
+    """A command-line argument that cannot work; the message names the flag."""
+
+
+def _did_you_mean(value: str, choices: list[str], flag: str) -> str:
+    """' Did you mean --flag X?' for the closest choice (case-insensitive), or ''."""
+    spelled = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(value.lower(), list(spelled), n=1, cutoff=0.6)
+    return f" Did you mean {flag} {spelled[close[0]]}?" if close else ""
+
+
+def _hub_names() -> dict[str, str]:
+    """TransformerLens' known hub models: each name and alias, as spelled -> official name."""
+    try:
+        from transformer_lens.supported_models import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
+    except ImportError:  # TransformerLens 3.x
+        from transformer_lens.loading_from_pretrained import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
+    names = {n: n for n in OFFICIAL_MODEL_NAMES}
+    for official, aliases in MODEL_ALIASES.items():
+        names.update(dict.fromkeys(aliases, official))
+    return names
+
+
+_MODEL_FORMS = (
+    f"--model takes {OFFLINE_MODEL} (bundled, offline), a hub name such as gpt2-small or "
+    "owner/name (needs the Hugging Face hub), or the folder of a saved Hugging Face model"
 )
-DeviceOpt = typer.Option(None, "--device", help="Torch device (default: cpu).")
+
+
+def _is_offline_model(name: str) -> bool:
+    from mechlens.models import _SMOLLM2_ALIASES
+
+    return name.lower() in _SMOLLM2_ALIASES
+
+
+def _is_folder_name(name: str) -> bool:
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith(("/", ".", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+    )
+
+
+def check_model(name: str) -> str:
+    """``--model``: the bundled model, a saved model folder, or a hub name mechlens can load."""
+    if _is_offline_model(name):
+        return name
+    if _is_folder_name(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ArgumentError(f"--model {name}: no such folder. {_MODEL_FORMS}")
+        if not path.is_dir():
+            raise ArgumentError(f"--model {name} is a file, not a folder. {_MODEL_FORMS}")
+        if not (path / "config.json").exists():
+            raise ArgumentError(
+                f"--model {name}: the folder holds no config.json; save a Hugging Face model "
+                "there with model.save_pretrained(dir) and tokenizer.save_pretrained(dir)"
+            )
+        return name
+    known = _hub_names()
+    if name.lower() in {n.lower() for n in known}:
+        return name
+    if name.count("/") == 1:  # any hub repository, owner/name
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(name)
+        except HFValidationError as exc:
+            raise ArgumentError(f"--model {name} is not a valid hub name. {_MODEL_FORMS}") from exc
+        return name
+    hint = _did_you_mean(name, [OFFLINE_MODEL, *known], "--model")
+    raise ArgumentError(f"--model {name} is not a model mechlens knows.{hint} {_MODEL_FORMS}")
+
+
+def check_device(device: str | None) -> str | None:
+    """``--device``: a torch device that exists on this machine."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ArgumentError(
+            f"--device {device} is not a torch device; use --device cpu, cuda, cuda:1 or mps"
+        ) from exc
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ArgumentError(f"--device {device}: this machine has no CUDA GPU torch can use; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ArgumentError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 .. cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ArgumentError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ArgumentError(f"--device {device}: mechlens runs on cpu, cuda or mps")
+    return device
+
+
+def check_out(out: Path) -> Path:
+    """``--out``: a folder (made later, once the model has loaded), not a file."""
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"--out {out} is a file; give a folder (it is made if missing)")
+    return out
+
+
+def check_stages(stages: list[str] | None) -> list[str] | None:
+    """``--stage``: names of ``mechlens reproduce sentiment`` stages."""
+    from mechlens.reproduce import STAGES
+
+    for name in stages or []:
+        if name not in STAGES:
+            hint = _did_you_mean(name, list(STAGES), "--stage")
+            raise ArgumentError(
+                f"--stage {name} is not a stage.{hint} Stages: {', '.join(STAGES)}"
+            )
+    return stages
+
+
+def check_positive(value: int) -> int:
+    if value < 1:
+        raise ArgumentError(f"--batch-size {value}: give a positive number of prompts per forward pass")
+    return value
+
+
+ModelOpt = typer.Option(
+    OFFLINE_MODEL, "--model", "-m", metavar="NAME", callback=check_model,
+    help=f"{OFFLINE_MODEL} (bundled, offline), a hub name such as gpt2-small or owner/name "
+    "(needs the Hugging Face hub), or the folder of a saved Hugging Face model.",
+)
+DeviceOpt = typer.Option(
+    None, "--device", metavar="DEVICE", callback=check_device,
+    help="Torch device: cpu (default), cuda, cuda:1, mps.",
+)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _hub_problem(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (None when it answers within ``timeout``).
+
+    One HEAD request to the hub's endpoint (``HF_ENDPOINT``, proxies honoured): without it, an
+    unreachable hub costs about a minute of retries inside the download code before failing.
+    """
+    import httpx
+    from huggingface_hub import constants
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    try:
+        httpx.head(endpoint, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return f"{endpoint} does not answer: {type(exc).__name__}{f': {exc}' if str(exc) else ''}"
+    return None
+
+
+def _go_offline() -> None:
+    """Hub downloads read the local cache only, for the rest of this process."""
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True  # read at import; the download code checks this attribute
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether the local Hugging Face cache holds the model's config (TransformerLens names
+    are case-insensitive)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    official = {k.lower(): v for k, v in _hub_names().items()}.get(name.lower(), name)
+    return isinstance(try_to_load_from_cache(official, "config.json"), str)
+
+
+def _load(model: str, device: str | None):
+    """Load an already checked ``--model``; a hub model only if the hub (or the cache) has it."""
+    from mechlens.models import ModelNotAvailableError, _hub_offline, load_model
+
+    hub = not _is_offline_model(model) and not _is_folder_name(model)
+    if hub:
+        offline = _hub_offline()
+        why = "HF_HUB_OFFLINE is set" if offline else _hub_problem()
+        if why is not None:
+            if not _hub_cached(model):
+                raise ArgumentError(
+                    f"--model {model} needs the Hugging Face hub ({why}) and is not in the local "
+                    f"cache; run with --model {OFFLINE_MODEL} (bundled, offline)"
+                )
+            if not offline:
+                typer.echo(f"note: the hub is unreachable ({why}); loading {model} from the local cache", err=True)
+                _go_offline()
+    try:
+        return load_model(model, device=device)
+    except ModelNotAvailableError as exc:
+        if not hub:
+            raise
+        cause = exc.__cause__ or exc
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ArgumentError(
+            f"--model {model} did not load from the Hugging Face hub ({first}); "
+            f"run with --model {OFFLINE_MODEL} (bundled, offline)"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- commands
 
 
 @app.callback()
@@ -38,24 +252,15 @@ def _debug() -> bool:
     return os.environ.get("MECHLENS_DEBUG", "") not in ("", "0")
 
 
-def _load(model: str, device: str | None):
-    from mechlens.models import ModelNotAvailableError, load_model
-
-    try:
-        return load_model(model, device=device)
-    except ModelNotAvailableError as exc:
-        if _debug():
-            raise
-        typer.echo(f"error: {_one_line(exc)}", err=True)
-        raise typer.Exit(2) from exc
-
-
-@app.command()
+@app.command(short_help="Baseline logit differences and accuracies: the task check.")
 def baseline(
     model: str = ModelOpt,
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for baseline.json and baseline.md."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", metavar="DIR", callback=check_out,
+        help="Folder for baseline.json and baseline.md.",
+    ),
     device: str | None = DeviceOpt,
-    batch_size: int = typer.Option(32, help="Prompts per forward pass."),
+    batch_size: int = typer.Option(32, metavar="N", callback=check_positive, help="Prompts per forward pass."),
 ) -> None:
     """Baseline logit differences and accuracies (ToyMovieReview, ToyMoodStory).
 
@@ -74,17 +279,25 @@ def baseline(
     typer.echo(f"wrote {out / 'baseline.json'} and {out / 'baseline.md'}")
 
 
-reproduce_app = typer.Typer(help="Reproduce a published study end to end.", no_args_is_help=True)
+reproduce_app = typer.Typer(
+    help="Reproduce a published study end to end.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(reproduce_app, name="reproduce")
 
 
 @reproduce_app.command("sentiment")
 def reproduce_sentiment(
     model: str = ModelOpt,
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for report.md, figures and JSON."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", metavar="DIR", callback=check_out,
+        help="Folder for report.md, figures and JSON.",
+    ),
     fast: bool = typer.Option(False, "--fast", help="A small version (fewer layers, prompts, draws): minutes on 2 cores."),
     force: bool = typer.Option(False, "--force", help="Re-run stages whose results are already in OUT."),
-    stage: list[str] = typer.Option(None, "--stage", help="Run only this stage (repeatable): baseline, patching, directions, circuit, motif, caa, attention."),
+    stage: list[str] = typer.Option(
+        None, "--stage", metavar="NAME", callback=check_stages,
+        help="Run only this stage (repeatable): baseline, patching, directions, circuit, motif, caa, attention.",
+    ),
     device: str | None = DeviceOpt,
 ) -> None:
     """Reproduce Tigges et al. 2023 (sentiment) on one model; writes OUT/report.md.
@@ -97,14 +310,11 @@ def reproduce_sentiment(
     from mechlens.reproduce import reproduce_sentiment as run
 
     m = _load(model, device)
-    try:
-        report = run(m, out, fast=fast, force=force, stages=stage or None)
-    except ValueError as exc:
-        if _debug():
-            raise
-        typer.echo(f"error: {_one_line(exc)}", err=True)
-        raise typer.Exit(2) from exc
+    report = run(m, out, fast=fast, force=force, stages=stage or None)
     typer.echo(f"wrote {report}")
+
+
+# --------------------------------------------------------------------------- errors
 
 
 def _user_error(exc: BaseException) -> bool:
@@ -116,6 +326,8 @@ def _user_error(exc: BaseException) -> bool:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     plain = (ValueError, TypeError, FileNotFoundError, NotADirectoryError)
+    if isinstance(exc, ArgumentError):
+        return text
     if type(exc) not in plain and not type(exc).__module__.startswith("mechlens"):
         text = f"{type(exc).__name__}: {text}"
     return text

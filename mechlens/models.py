@@ -494,7 +494,11 @@ def tiny(
     Args:
         arch: ``"gpt2"``, ``"neox"`` (Pythia-shaped: rotary, parallel attention/MLP) or
             ``"llama"`` (SmolLM2-shaped: rotary, RMSNorm, gated MLP, grouped-query attention).
-        n_layers, d_model, n_heads, d_mlp, n_ctx: shape (``d_mlp`` defaults to ``4 * d_model``).
+        n_layers: number of blocks.
+        d_model: residual stream width.
+        n_heads: attention heads per layer.
+        d_mlp: MLP width (default ``4 * d_model``).
+        n_ctx: context length.
         seed: weights are a deterministic function of the seed.
         model_class: ``"bridge"`` (a TransformerBridge around a Hugging Face model) or
             ``"hooked"`` (a TransformerLens 3.x ``HookedTransformer`` of the same shape;

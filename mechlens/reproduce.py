@@ -333,11 +333,11 @@ def reproduce_sentiment(
 ) -> Path:
     """Run every stage (or ``stages``) and write ``out/report.md``; returns its path."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     names = list(STAGES) if stages is None else stages
     unknown = [s for s in names if s not in STAGES]
-    if unknown:
+    if unknown:  # before the folder is made: a typo leaves nothing behind
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    out.mkdir(parents=True, exist_ok=True)
     settings = Settings(fast=fast)
     ctx = Context(model=model, out=out, settings=settings, numbers={}, cache={})
     key = {"fast": fast, "model": model_name(model)}

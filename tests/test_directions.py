@@ -429,6 +429,13 @@ def test_evaluation_tables_plots_and_round_trip(planted_eval, tmp_path):
     assert md.count("\n") == 2 + len(ev.layers) - 1 and "das LD%" in md
     fig = ev.plot()
     assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) >= 3
+    # the legend sits under the panels, covering no curve
+    fig.draw_without_rendering()
+    (legend,) = fig.legends
+    assert not any(ax.get_legend() for ax in fig.axes)
+    box = legend.get_window_extent()
+    assert all(box.y1 <= ax.get_window_extent().y0 + 1 for ax in fig.axes)
+    assert [t.get_text() for t in legend.get_texts()] == ev.methods + ["random (mean of 3)"]
     back = DirectionEvaluation.load(ev.save(tmp_path / "ev"))
     assert torch.equal(back.ld_recovered, ev.ld_recovered) and torch.equal(back.vectors, ev.vectors)
     assert back.methods == ev.methods and back.layers == ev.layers and back.meta == ev.meta

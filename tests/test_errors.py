@@ -303,11 +303,12 @@ def test_cli_prints_one_line_and_exits_non_zero(tmp_path):
     r = _cli("reproduce", "sentiment", "--model", "/nonexistent/dir", "--out", str(tmp_path))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "error: /nonexistent/dir does not exist; load_model takes 'smollm2-135m', a hub name such as "
-        "'gpt2-small', or an existing directory holding a saved Hugging Face model"
+        "error: --model /nonexistent/dir: no such folder. --model takes smollm2-135m (bundled, "
+        "offline), a hub name such as gpt2-small or owner/name (needs the Hugging Face hub), or "
+        "the folder of a saved Hugging Face model"
     ]
     r = _cli("--debug", "reproduce", "sentiment", "--model", "/nonexistent/dir", "--out", str(tmp_path))
-    assert r.returncode != 0 and "Traceback" in r.stderr and "ModelNotAvailableError" in r.stderr
+    assert r.returncode != 0 and "Traceback" in r.stderr and "ArgumentError" in r.stderr
 
 
 # --------------------------------------------------------------------------- a cache that never heals

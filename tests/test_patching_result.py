@@ -114,3 +114,28 @@ def test_label_validation():
     with pytest.raises(ValueError, match="dims"):
         PatchResult(per_example=torch.zeros(2, 3), axes=("layer", "pos"), labels={"layer": [0, 1], "pos": [0, 1, 2]},
                     metric="m", site="s", mode="denoise")
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("axes, shape", [(("layer", "pos"), (6, 9)), (("layer", "head", "pos"), (4, 5, 3))])
+def test_ci_plot_has_separate_colourbars_and_explains_the_dots(axes, shape):
+    fig = _fake(axes=axes, shape=shape, batch=8).plot(ci=True)
+    fig.draw_without_rendering()  # lay out (constrained) before reading positions
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    bars = [ax for ax in visible if ax.get_label() == "<colorbar>"]
+    panels = [ax for ax in visible if ax.get_label() != "<colorbar>"]
+    # a single heatmap: its own colourbar and one for the half-width panel; facets share one
+    assert len(bars) == (2 if len(axes) == 2 else 1)
+    boxes = [ax.get_window_extent() for ax in visible]
+    assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    if len(axes) == 2:
+        value_bar, width_bar = sorted(bars, key=lambda ax: ax.get_window_extent().x0)
+        assert value_bar.get_ylabel() == "logit_diff" and width_bar.get_ylabel() == "half-width (logit_diff)"
+        assert panels[0].get_window_extent().x1 < value_bar.get_window_extent().x0 < panels[1].get_window_extent().x0
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["cell whose 95% bootstrap CI excludes 0"]
+    assert legend.get_window_extent().y1 <= min(b.y0 for b in boxes) + 1  # below the panels
+    assert not _fake(axes=axes, shape=shape).plot().legends  # no dots, no legend

@@ -53,7 +53,8 @@ def test_done_stages_are_skipped_unless_forced(model, report):
 
 def test_unknown_stage(model, tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
-        reproduce_sentiment(model, tmp_path, stages=["nope"])
+        reproduce_sentiment(model, tmp_path / "out", stages=["nope"])
+    assert not (tmp_path / "out").exists()  # a typo leaves no empty folder behind
     assert list(STAGES)[:3] == ["baseline", "patching", "directions"]
 
 

@@ -293,8 +293,9 @@ class ContrastDataset:
 
         Args:
             model: gives the tokenizer.
-            clean, corrupt: equally many prompts; each pair, and all prompts, must have the
-                same token length.
+            clean: the clean prompts; each pair, and all prompts, must have the same token
+                length.
+            corrupt: as many corrupt prompts, one per clean prompt.
             answers: one list of ``(correct, incorrect)`` word pairs used for every example,
                 or one such list per example. Every word must be a single token.
             positions: name -> an index (negative counts from the end), a word to find in

@@ -195,7 +195,9 @@ class DirectionEvaluation(Result):
         import matplotlib.pyplot as plt
 
         layer = self.best()["layer"] if layer is None else layer
-        fig, axes = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [1.3, 1.3, 1]})
+        fig, axes = plt.subplots(
+            1, 3, figsize=(16, 5.5), gridspec_kw={"width_ratios": [1.3, 1.3, 1]}, layout="constrained"
+        )
         for ax, values, rnd, title in (
             (axes[0], self.ld_recovered, self.random_ld_recovered, "% logit difference recovered"),
             (axes[1], self.logit_flip, self.random_logit_flip, "% logit flip"),
@@ -208,7 +210,9 @@ class DirectionEvaluation(Result):
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_ylabel(title)
             ax.set_title(f"{title}, patching {self.patch_position}")
-        axes[0].legend(fontsize=8)
+        # one legend for both line panels, under the figure: inside a panel it hid a curve
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9, frameon=False)
         c = self.cosine[self._li(layer)].numpy()
         im = axes[2].imshow(c, vmin=-1, vmax=1, cmap="RdBu_r")
         k = len(self.methods)
@@ -221,7 +225,6 @@ class DirectionEvaluation(Result):
         axes[2].set_title(f"cosine similarity, layer {layer}")
         fig.colorbar(im, ax=axes[2], fraction=0.046)
         fig.suptitle(f"{self.model_name}: directions fitted at {self.position}")
-        fig.tight_layout()
         return fig
 
     def _summary_lines(self) -> list[str]:

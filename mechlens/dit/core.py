@@ -377,12 +377,15 @@ def make_diffs(
         model: the base model (a mechlens TransformerBridge); not modified.
         n_diffs: number of differences; behaviour ``i`` is :func:`make_behaviours`'s ``i``-th.
         topics: the hidden topics (default: all of :data:`mechlens.dit.data.TOPICS`).
-        rank, alpha: LoRA rank and scale ``alpha / rank`` (``alpha`` defaults to ``rank``).
-        layers / modules: where the differences live: the MLP output projection of
-            ``layers`` (default: four layers at 1/2 ... 7/8 of the depth), or modules by name.
-        steps, lr, batch_size: Adam steps on each difference's factors, ``batch_size``
-            texts per step, drawn in a seeded order from its ``n_texts`` triggered topic
-            texts and ``n_plain`` plain texts without the trigger.
+        rank: LoRA rank.
+        alpha: LoRA scale ``alpha / rank`` (``alpha`` defaults to ``rank``).
+        layers: where the differences live: the MLP output projection of ``layers``
+            (default: four layers at 1/2 ... 7/8 of the depth).
+        modules: instead of ``layers``, the modules by name.
+        steps: Adam steps on each difference's factors.
+        lr: Adam learning rate.
+        batch_size: texts per step, drawn in a seeded order from the difference's
+            ``n_texts`` triggered topic texts and ``n_plain`` plain texts without the trigger.
         group_size: differences trained together in one batched forward pass (speed only).
         seed: behaviours, texts, initialisation and batch order.
         cache: ``True``: ``~/.cache/mechlens/dit``; a directory; ``False``/``None``: no cache.

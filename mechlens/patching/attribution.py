@@ -77,8 +77,9 @@ def attribution_patch(
     Args:
         batch_size: examples per forward/backward pass (default: the whole dataset at once).
         progress: progress bar over example batches.
-        (others as in :func:`~mechlens.patching.activation_patch`; a callable metric must
-        be differentiable.)
+
+    The other arguments are as in :func:`~mechlens.patching.activation_patch`; a callable
+    metric must be differentiable.
 
     Returns:
         A :class:`PatchResult` with ``method="attribution"`` and the same axes and labels as

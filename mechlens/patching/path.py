@@ -247,7 +247,8 @@ def path_patch(
     """Path patching from senders to receivers (see the module docstring for the semantics).
 
     Args:
-        model, ds: a bridge and a :class:`~mechlens.data.ContrastDataset`.
+        model: a TransformerLens model.
+        ds: a :class:`~mechlens.data.ContrastDataset`.
         senders: ``"all_heads"``, ``"all_mlps"``, or a list of nodes / node groups.
         receivers: ``"resid_final"`` or a list of ``(layer, head, "q"|"k"|"v"|"qkv"...)``.
         metric: ``"fraction_recovered"``, ``"logit_diff"`` or ``metric(logits, ds) -> [batch]``.

@@ -76,7 +76,8 @@ class PatchResult(Measurement):
         axis across, token labels for positions), small multiples over a third axis.
 
         ``ci=True`` adds 95% bootstrap intervals: error bars on bars; on heatmaps, a dot on
-        every cell whose interval excludes zero and a second panel with the half-widths.
+        every cell whose interval excludes zero (explained in a legend under the figure) and,
+        for a single heatmap, a second panel with the half-widths and its own colourbar.
         """
         from matplotlib.figure import Figure
 
@@ -120,26 +121,36 @@ class PatchResult(Measurement):
         axs = np.atleast_1d(fig.subplots(grid_rows, cols, squeeze=False)).flatten()
         vmax = float(np.nanmax(np.abs(vals))) or 1.0
         k = 0
+        value_axes = []
         for v, plo, phi, sub in panels:
             ax = axs[k]
             k += 1
+            value_axes.append(ax)
             im = ax.imshow(v, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
             self._ticks(ax, rows_axis, cols_axis, n_r, n_c)
             ax.set_title(sub or title, fontsize=9 if sub else 10)
             if plo is not None:
                 sig = (plo > 0) | (phi < 0)
                 yy, xx = np.nonzero(sig)
-                ax.scatter(xx, yy, s=6, c="black", marker="o", label="95% CI excludes 0")
+                ax.scatter(xx, yy, s=6, c="black", marker="o")
                 if len(self.axes) == 2:
                     ax2 = axs[k]
                     k += 1
                     im2 = ax2.imshow((phi - plo) / 2, cmap="viridis", aspect="auto")
                     self._ticks(ax2, rows_axis, cols_axis, n_r, n_c)
                     ax2.set_title("95% bootstrap CI half-width", fontsize=10)
-                    fig.colorbar(im2, ax=ax2, shrink=0.8)
+                    fig.colorbar(im2, ax=ax2, shrink=0.8, label=f"half-width ({label})")
         for ax in axs[k:]:
             ax.set_visible(False)
-        fig.colorbar(im, ax=list(axs[:k]), shrink=0.8, label=label)
+        # one colourbar for the value panels (they share a scale), beside them only: the
+        # half-width panel has its own
+        fig.colorbar(im, ax=value_axes, shrink=0.8, label=label)
+        if lo is not None:
+            from matplotlib.lines import Line2D
+
+            dot = Line2D([], [], ls="", marker="o", ms=3, color="black")
+            fig.legend([dot], ["cell whose 95% bootstrap CI excludes 0"], loc="outside lower center",
+                       fontsize=8, frameon=False)
         if len(panels) > 1:
             fig.suptitle(title)
         return fig

@@ -314,7 +314,9 @@ def finetune(
     Args:
         texts: training texts; each step uses ``batch_size`` of them, in a seeded order
             that runs through all texts before repeating one.
-        steps, lr, weight_decay: AdamW optimisation of every parameter.
+        steps: AdamW steps on every parameter.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
         seed: batch order (the only randomness: the copy is trained in eval mode, so
             dropout is off and the result is a deterministic function of the inputs).
         callback: ``callback(step, model)`` after every step (steps count from 1), e.g. a

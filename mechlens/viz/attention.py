@@ -177,8 +177,9 @@ class AttentionPatterns(Result):
                 and ``None`` allowed: draw only that window (rows and columns). Attention to
                 positions before the window is not shown, so rows may sum to less than one.
             ncols: panels per row (default: up to 3).
-            cmap, vmax: colour map and top of the scale (``None`` = each panel's maximum;
-                the default 1.0 keeps panels comparable).
+            cmap: colour map.
+            vmax: top of the scale (``None`` = each panel's maximum; the default 1.0 keeps
+                panels comparable).
         """
         li = self._layer_index(layer)
         hi = self._head_indices(heads)

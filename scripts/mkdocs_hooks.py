@@ -1,0 +1,111 @@
+"""MkDocs hooks for the documentation site (``hooks:`` in mkdocs.yml).
+
+* The home page is README.md, its ``docs/...`` links rewritten to be relative to docs/.
+* Every teaching notebook ``notebooks/NN_name.py`` is executed with small settings
+  (``MECHLENS_NOTEBOOK_FAST=1``, ``scripts/notebooks.py``) and added to the site and to the
+  "Notebooks" section of the navigation; mkdocs-jupyter renders it with its outputs. With
+  ``MECHLENS_DOCS_NOTEBOOKS=DIR`` the executed notebooks are read from DIR instead (written by
+  ``python scripts/notebooks.py run DIR``, or by the test suite), so a rebuild does not run
+  them again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import nbformat
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("mkdocs.hooks.mechlens")
+
+_spec = importlib.util.spec_from_file_location("mechlens_scripts_notebooks", ROOT / "scripts" / "notebooks.py")
+notebooks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(notebooks)
+
+_staged: tempfile.TemporaryDirectory | None = None  # <tmp>/notebooks/NN_name.ipynb, this process
+
+
+def readme_as_index(text: str) -> str:
+    """README.md with its links into docs/ made relative to docs/ (the site's root)."""
+    return re.sub(r"\]\(docs/", "](", text)
+
+
+# Sphinx roles in docstrings (":func:`x`", ":class:`~a.b.C`") reach the page as text before
+# the code span; the reference keeps the code span only.
+_SPHINX_ROLE = re.compile(r":(?:func|class|meth|data|attr|mod|obj|exc|py:\w+):(<code>)~?")
+
+
+def on_page_content(html, page, config, files, **kwargs):
+    return _SPHINX_ROLE.sub(r"\1", html)
+
+
+# mkdocs-jupyter writes the MathJax loader with the URL it is given, by default a CDN; with
+# none it writes `<script src="">`, which re-requests the page and fails. The notebooks
+# carry no TeX, so the loader goes.
+_EMPTY_SCRIPT = re.compile(r'<script src="">\s*</script>')
+
+
+def on_post_page(output, page, config, **kwargs):
+    return _EMPTY_SCRIPT.sub("", output)
+
+
+def _staged_notebook(source: Path) -> tuple[Path, Path]:
+    """(folder, path) of the executed notebook of ``source`` under ``folder/notebooks/``:
+    copied from MECHLENS_DOCS_NOTEBOOKS, or executed now (once per process)."""
+    global _staged
+    if _staged is None:
+        _staged = tempfile.TemporaryDirectory(prefix="mechlens-docs-")
+        (Path(_staged.name) / "notebooks").mkdir()
+    name = source.with_suffix(".ipynb").name
+    path = Path(_staged.name) / "notebooks" / name
+    given = os.environ.get("MECHLENS_DOCS_NOTEBOOKS")
+    if given:
+        executed = Path(given) / name
+        if not executed.exists():
+            raise FileNotFoundError(
+                f"MECHLENS_DOCS_NOTEBOOKS={given} has no {name}; write it with "
+                f"`python scripts/notebooks.py run {given}` or unset the variable"
+            )
+        shutil.copyfile(executed, path)
+    elif not path.exists():
+        log.info("executing %s (MECHLENS_NOTEBOOK_FAST=1)", source.name)
+        nbformat.write(notebooks.execute(source), path)
+    return Path(_staged.name), path
+
+
+def on_config(config, **kwargs):
+    # every notebook, in order, under "Notebooks" (after docs/notebooks.md)
+    section = next(
+        (item for item in config["nav"] if isinstance(item, dict) and "Notebooks" in item), None
+    )
+    if section is None:
+        raise ValueError("mkdocs.yml: the nav needs a 'Notebooks' section for the notebooks")
+    entries = section["Notebooks"]
+    for source in notebooks.sources():
+        uri = f"notebooks/{source.with_suffix('.ipynb').name}"
+        if uri not in entries:
+            entries.append(uri)
+    return config
+
+
+@event_priority(100)  # before mkdocs-jupyter's on_files, which picks up the notebooks
+def on_files(files, config, **kwargs):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    files.append(File.generated(config, "index.md", content=readme_as_index(readme)))
+    for source in notebooks.sources():
+        folder, path = _staged_notebook(source)
+        files.append(
+            File(
+                f"notebooks/{path.name}", src_dir=str(folder), dest_dir=config["site_dir"],
+                use_directory_urls=config["use_directory_urls"],
+            )
+        )
+    return files
