@@ -1,8 +1,8 @@
 """How a behaviour's logit difference moves with the steering coefficient.
 
-:func:`evaluate_steering` runs a dataset once per coefficient ``k`` with an intervention
-applied: an activation vector (``with steer(model, vec, k)``) or a weight vector
-(``with apply_weights(model, w, k)``). The metric is a *raw behaviour logit difference*:
+:func:`evaluate_steering` runs a dataset once per coefficient ``coeff`` with an intervention
+applied: an activation vector (``with steer(model, vec, coeff)``) or a weight vector
+(``with apply_weights(model, w, coeff)``). The metric is a *raw behaviour logit difference*:
 
 - on a :class:`~mechlens.data.ContrastDataset` (e.g. ToyMovieReview), the clean prompts'
   logit difference between the class-1 answer and the class-0 answer (for sentiment:

@@ -11,8 +11,8 @@ A *weight vector* is a difference of two parameter sets of one architecture, kep
 - **Contrastive weight steering** (arXiv 2511.05408): fine-tune the base once on texts that
   show a behaviour and once on texts that show its opposite; ``w = theta_pos - theta_neg``
   cancels what the two fine-tunes share (the topic, the style of the data) and keeps the
-  behaviour. ``with apply_weights(model, w, k):`` runs the model with
-  ``theta_base + k * w``: ``k > 0`` adds the behaviour, ``k < 0`` removes it (also from an
+  behaviour. ``with apply_weights(model, w, coeff):`` runs the model with
+  ``theta_base + coeff * w``: ``coeff > 0`` adds the behaviour, ``coeff < 0`` removes it (also from an
   already fine-tuned model, to undo a side effect). The weights are restored bit-exactly on
   exit, even after an exception.
 - **Monitoring**: during a fine-tune, the cosine between the update so far
