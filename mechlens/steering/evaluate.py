@@ -11,8 +11,8 @@ applied: an activation vector (``with steer(model, vec, coeff)``) or a weight ve
 - on a :class:`~mechlens.data.choices.ChoiceDataset`, at the open prompt (before the letter),
   logit(behaviour letter) - logit(opposite letter).
 
-A working steering vector gives a curve that rises with ``k``: above the ``k = 0`` value for
-``k > 0`` and below it for ``k < 0``. ``SteeringCurve.monotonic()`` checks that strictly.
+A working steering vector gives a curve that rises with ``coeff``: above the ``coeff = 0`` value for
+``coeff > 0`` and below it for ``coeff < 0``. ``SteeringCurve.monotonic()`` checks that strictly.
 """
 
 from __future__ import annotations
