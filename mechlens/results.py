@@ -337,6 +337,28 @@ class Measurement(Result):
         key = df["value"].abs() if by == "abs" else df["value"]
         return df.loc[key.sort_values(ascending=False).index[:k]].reset_index(drop=True)
 
+    # ------------------------------------------------------------------ figures
+    def _title(self) -> str:
+        return f"{self.metric or 'metric'} on {self.dataset or 'dataset'}"
+
+    def plot(self, ci: bool = False, *, title: str | None = None) -> Any:
+        """A matplotlib Figure: a point with its error bar (no axes), bars (one axis), a heatmap
+        (two: the first axis down, token labels for positions), small multiples over a third.
+
+        ``ci=True`` adds 95% bootstrap intervals: error bars on bars; on heatmaps, a dot on
+        every cell whose interval excludes zero (explained in a legend under the figure) and,
+        for a single heatmap, a second panel with the half-widths and its own colourbar.
+        """
+        from mechlens.viz.cells import plot_cells
+
+        return plot_cells(self, ci, title=title)
+
+    def plot_interactive(self) -> Any:
+        """A plotly figure (heatmap with value, stderr and CI on hover; bars for one axis)."""
+        from mechlens.viz.cells import plot_cells_interactive
+
+        return plot_cells_interactive(self)
+
     def _summary_lines(self) -> list[str]:
         dims = ", ".join(f"{a}={n}" for a, n in zip(self.axes, self.shape)) or "one value"
         lines = [f"{self.metric or 'metric'}: [{dims}] x {self.n_examples} examples"]

@@ -93,3 +93,45 @@ def plot_projection(r: Any) -> Any:
 
     ax.set_title(f"projection on the {r.method} direction, {hook_name(r.layer, r.site)}")
     return fig
+
+
+def plot_direction_evaluation(r: Any, layer: int | None = None) -> Any:
+    """Three panels: % LD recovered over layers, logit flip over layers (random dashed),
+    and the methods' cosine matrix at ``layer`` (default: the best layer)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    layer = r.best()["layer"] if layer is None else layer
+    fig, axes = plt.subplots(
+        1, 3, figsize=(16, 5.5), gridspec_kw={"width_ratios": [1.3, 1.3, 1]}, layout="constrained"
+    )
+    for ax, values, rnd, title in (
+        (axes[0], r.ld_recovered, r.random_ld_recovered, "% logit difference recovered"),
+        (axes[1], r.logit_flip, r.random_logit_flip, "% logit flip"),
+    ):
+        for mi, method in enumerate(r.methods):
+            ax.plot(r.layers, (100 * values[mi]).tolist(), marker="o", ms=3, label=method)
+        ax.plot(r.layers, (100 * rnd.mean(0)).tolist(), "k--", label=f"random (mean of {rnd.shape[0]})")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xlabel(f"layer ({r.site})")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(title)
+        ax.set_title(f"{title}, patching {r.patch_position}")
+    # one legend for both line panels, under the figure: inside a panel it hid a curve
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9, frameon=False)
+    c = r.cosine[r._li(layer)].numpy()
+    im = axes[2].imshow(c, vmin=-1, vmax=1, cmap="RdBu_r")
+    k = len(r.methods)
+    axes[2].set_xticks(range(k), r.methods, rotation=45, ha="right")
+    axes[2].set_yticks(range(k), r.methods)
+    for i in range(k):
+        for j in range(k):
+            axes[2].text(j, i, f"{c[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                         color="white" if abs(c[i, j]) > 0.6 else "black")
+    axes[2].set_title(f"cosine similarity, layer {layer}")
+    fig.colorbar(im, ax=axes[2], fraction=0.046)
+    fig.suptitle(f"{r.model_name}: directions fitted at {r.position}")
+    return fig
