@@ -119,7 +119,8 @@ class ModelSpec:
         kw = dict(self.kwargs)
         if isinstance(kw.get("dtype"), str):
             kw["dtype"] = getattr(torch, kw["dtype"])
-        if device is not None and kw.get("device") is None and "device_map" not in kw:
+        split = kw.get("device_map") is not None or (kw.get("n_devices") or 1) > 1
+        if device is not None and kw.get("device") is None and not split:
             kw["device"] = device
         if self.name == "tiny":
             return tiny(**kw)
