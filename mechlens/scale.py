@@ -253,6 +253,11 @@ class _Worker:
         torch.set_num_threads(max(1, threads))
         self.model = spec.load(device)
 
+    def peak_rss_mb(self) -> float:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
     def axis(self, ds: Any, chunk_axis: str, kwargs: dict[str, Any]) -> list[Any]:
         return full_axis(self.model, ds, chunk_axis, kwargs)
 
@@ -392,6 +397,15 @@ class Workers:
         if self._started:
             ray.shutdown()
             self._started = False
+
+    def peak_rss_mb(self) -> list[float]:
+        """Each worker's peak resident memory in MB (Linux); waits until every model is loaded."""
+        import ray
+
+        try:
+            return ray.get([a.peak_rss_mb.remote() for a in self.actors])
+        except ray.exceptions.RayActorError as exc:
+            raise RuntimeError(f"a worker could not load the model {self.spec}: {exc}") from None
 
     def _get(self, ref: Any) -> Any:
         """``ray.get`` that re-raises a method's own error as itself."""
