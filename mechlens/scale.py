@@ -22,13 +22,13 @@ Example::
 site="resid_pre", metric="logit_diff")`` returns: the same axes, labels and provenance, and
 ``per_example`` concatenated along the chunked axis in the serial order.
 
-**Exactness.** A chunk is the same method run on fewer cells. Its numbers are bit-identical
-to the serial run's when each forward pass computes the same rows: chunking along
-``layers`` (the default) is exact for residual-stream sites, for head sites with
-``positions="all"`` and for ablation sweeps (tested). Where the fast backend packs cells
-of several layers *and* positions into one pass (head sites per position), a chunk's
-passes hold other rows, and the CPU matrix kernels round differently for different row
-counts: the values then agree to float32 rounding (about 1e-5 relative), not bit for bit.
+**Exactness.** A chunk is the same method on fewer cells: its numbers equal the serial
+run's up to float32 rounding, and bit for bit where each forward pass computes its rows as
+in the serial run (measured: head z over all positions, ablation sweeps, and ``resid_pre``
+on the tests' tiny models). Per-position sweeps on the fast backend trim each pass to the
+positions its patches change, so a chunk's passes hold other rows, and CPU matrix kernels
+round differently for different row counts: 2.9e-6 on smollm2-135m ``resid_pre`` (logit
+difference). Labels, axes and provenance are always identical (docs/scale.md).
 
 **Where it runs.** Locally by default (``ray.init`` on this machine, ``workers`` actors, the
 CPUs shared between them); on a running Ray cluster with ``address="ray://host:10001"``
@@ -54,6 +54,7 @@ import importlib
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,10 @@ class ModelSpec:
 
         kw = dict(self.kwargs)
         if isinstance(kw.get("dtype"), str):
-            kw["dtype"] = getattr(torch, kw["dtype"])
+            dtype = getattr(torch, kw["dtype"], None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"ModelSpec dtype={kw['dtype']!r}: give a torch dtype name such as 'bfloat16'")
+            kw["dtype"] = dtype
         split = kw.get("device_map") is not None or (kw.get("n_devices") or 1) > 1
         if device is not None and kw.get("device") is None and not split:
             kw["device"] = device
@@ -308,25 +312,36 @@ def _init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     # quiet: no dashboard, no worker output on this terminal (errors still come back as exceptions)
-    kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    if address is None:
-        kw["num_cpus"] = os.cpu_count() or 1
-    ray.init(address=address, **kw)
+    # (locally Ray counts the CPUs itself, container limits included)
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     return True
 
 
 def _placement(workers: int, gpus_per_worker: float | None) -> tuple[float, float]:
     import ray
 
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    total_gpus = float(ray.cluster_resources().get("GPU", 0))
     if gpus_per_worker is None:
-        gpus_per_worker = min(1.0, gpus / workers) if gpus else 0.0
-    if gpus_per_worker < 0 or (gpus_per_worker > 0 and gpus_per_worker * workers > gpus + 1e-9):
+        gpus_per_worker = min(1.0, total_gpus / workers) if total_gpus else 0.0
+    if gpus_per_worker < 0 or (gpus_per_worker > 0 and gpus_per_worker * workers > total_gpus + 1e-9):
         raise ValueError(
-            f"gpus_per_worker={gpus_per_worker} x {workers} workers needs more GPUs than the cluster has ({gpus:g})"
+            f"gpus_per_worker={gpus_per_worker} x {workers} workers needs more GPUs than the cluster has "
+            f"({total_gpus:g})"
         )
-    # share the CPUs evenly (fractions where there are more workers than CPUs, so that
+    # what is free now: another Workers pool in this Ray session keeps its share reserved,
+    # and actors asking for more than is free would wait for ever
+    deadline = time.monotonic() + 10  # actors killed just before free their share a moment later
+    while True:
+        cpus = float(ray.available_resources().get("CPU", 0))
+        if cpus >= 0.01 * workers or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if cpus < 0.01 * workers:
+        raise RuntimeError(
+            f"the Ray session has {cpus:g} CPUs free for {workers} workers (another Workers pool holds them?): "
+            "close it (pool.close() or leave its with-block), or give sweep() the pool you have"
+        )
+    # share the free CPUs evenly (fractions where there are more workers than CPUs, so that
     # every actor can be placed)
     cpus_per_worker = max(0.01, min(cpus / workers, max(1.0, math.floor(cpus / workers))))
     return cpus_per_worker, gpus_per_worker

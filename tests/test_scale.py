@@ -159,3 +159,21 @@ def test_merge_refuses_parts_of_different_sweeps(model_ds):
         merge_results([a, c], "layer")
     with pytest.raises(ValueError, match="cannot be merged along 'head'"):
         merge_results([a, b], "head")
+
+
+def test_reproduce_patching_stage_on_workers_equals_serial(pool, model_ds, tmp_path):
+    from mechlens.patching import PatchResult
+    from mechlens.reproduce import reproduce_sentiment
+
+    model, _ = model_ds
+    reproduce_sentiment(model, tmp_path / "serial", fast=True, stages=["patching"], progress=False)
+    reproduce_sentiment(model, tmp_path / "ray", fast=True, stages=["patching"], progress=False, workers=pool)
+    for site in ("resid_pre", "z"):
+        a = PatchResult.load(tmp_path / "serial" / "patching" / site)
+        b = PatchResult.load(tmp_path / "ray" / "patching" / site)
+        _same(b, a)
+    with pytest.raises(ValueError, match="needs model_spec"):
+        reproduce_sentiment(model, tmp_path / "x", stages=["patching"], workers=2)
+    # a second pool while this one holds every CPU: a clear error, not actors waiting for ever
+    with pytest.raises(RuntimeError, match="CPUs free"):
+        reproduce_sentiment(model, tmp_path / "y", stages=["patching"], workers=2, model_spec=SPEC)
