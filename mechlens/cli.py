@@ -299,6 +299,8 @@ def reproduce_sentiment(
         help="Run only this stage (repeatable): baseline, patching, directions, circuit, motif, caa, attention.",
     ),
     device: str | None = DeviceOpt,
+    workers: int = typer.Option(1, "--workers", min=1, help="Run the patching stage's sweeps on N Ray workers (pip install 'mechlens[ray]')."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster for --workers (default: $MECHLENS_RAY_ADDRESS, else this machine)."),
 ) -> None:
     """Reproduce Tigges et al. 2023 (sentiment) on one model; writes OUT/report.md.
 
@@ -306,11 +308,16 @@ def reproduce_sentiment(
     (table, cosines, directional patching), the sentiment circuit, the summarization motif,
     the CAA view and an offline attention render. Each stage writes OUT/<stage>/ (figures,
     CSV, saved results) and is skipped next time unless --force. --fast takes about 5
-    minutes on 2 CPU cores; the full run about 35."""
+    minutes on 2 CPU cores; the full run about 35. --workers N splits the patching sweeps
+    over N Ray workers (docs/scale.md)."""
     from mechlens.reproduce import reproduce_sentiment as run
 
     m = _load(model, device)
-    report = run(m, out, fast=fast, force=force, stages=stage or None)
+    # workers may start in another folder: give them a local model directory's full path
+    name = str(Path(model).resolve()) if Path(model).is_dir() else model
+    spec = {"name": name, "device": device} if device else name
+    report = run(m, out, fast=fast, force=force, stages=stage or None, workers=workers, model_spec=spec,
+                 address=address)
     typer.echo(f"wrote {report}")
 
 

@@ -42,6 +42,7 @@ def logit_diff(
     last = final_logits(logits)
     if answers.ndim == 2:
         answers = answers[:, None, :]
+    answers = answers.to(last.device)  # logits come from the last layer's device on a split model
     if answers.shape[0] != last.shape[0]:
         # a batch stacked from several copies of the dataset (patching sweeps)
         reps = last.shape[0] // answers.shape[0]

@@ -235,7 +235,7 @@ def _publish(tmp: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_smollm2(device: str | None, dtype: torch.dtype) -> Any:
+def _load_smollm2(device: str | None, dtype: torch.dtype, place: dict[str, Any] | None = None) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -261,7 +261,7 @@ def _load_smollm2(device: str | None, dtype: torch.dtype) -> Any:
         rebuild(why)
     try:
         tok = AutoTokenizer.from_pretrained(target)
-        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation="eager")
+        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation="eager", **(place or {}))
     except Exception as exc:  # a damage the checks above missed: rebuild once
         if rebuilt:
             raise ModelNotAvailableError(
@@ -270,7 +270,7 @@ def _load_smollm2(device: str | None, dtype: torch.dtype) -> Any:
             ) from exc
         rebuild(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         tok = AutoTokenizer.from_pretrained(target)
-        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation="eager")
+        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, attn_implementation="eager", **(place or {}))
     bridge = _boot(_SMOLLM2_HF_NAME, hf, tok, device)
     bridge.cfg.model_name = OFFLINE_MODEL
     return bridge
@@ -287,7 +287,7 @@ def _hub_error(name: str, why: str) -> ModelNotAvailableError:
     )
 
 
-def _load_hub(name: str, device: str | None, dtype: torch.dtype) -> Any:
+def _load_hub(name: str, device: str | None, dtype: torch.dtype, place: dict[str, Any]) -> Any:
     try:
         from transformer_lens.supported_models import get_official_model_name
     except ImportError:  # TransformerLens 3.x
@@ -320,8 +320,12 @@ def _load_hub(name: str, device: str | None, dtype: torch.dtype) -> Any:
         # TransformerLens 3.x: the field's HookedTransformer, as ARENA and most papers' code use it
         from transformer_lens import HookedTransformer
 
+        if "device_map" in place and "max_memory" not in place:
+            raise ValueError("load_model(device_map=...) needs TransformerLens 4 (a TransformerBridge); "
+                             "with a TransformerLens 3 HookedTransformer use n_devices")
+        split = {"n_devices": len(place["max_memory"])} if place else {}
         try:
-            model = HookedTransformer.from_pretrained(official, device=device, dtype=dtype)
+            model = HookedTransformer.from_pretrained(official, device=device, dtype=dtype, **split)
         except OSError as exc:
             raise _hub_error(name, str(exc).splitlines()[0]) from exc
         model.eval()
@@ -329,7 +333,7 @@ def _load_hub(name: str, device: str | None, dtype: torch.dtype) -> Any:
         return model
     try:
         tok = AutoTokenizer.from_pretrained(official)
-        hf = AutoModelForCausalLM.from_pretrained(official, dtype=dtype, attn_implementation="eager")
+        hf = AutoModelForCausalLM.from_pretrained(official, dtype=dtype, attn_implementation="eager", **place)
     except OSError as exc:  # connection refused, not found, offline cache miss
         raise _hub_error(name, str(exc).splitlines()[0]) from exc
     bridge = _boot(official, hf, tok, device)
@@ -337,8 +341,64 @@ def _load_hub(name: str, device: str | None, dtype: torch.dtype) -> Any:
     return bridge
 
 
+_DEVICE_MAP_STRINGS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def placement(device: Any, device_map: Any, n_devices: Any) -> dict[str, Any]:
+    """Check ``load_model``'s placement arguments; the keyword arguments (``device_map``,
+    ``max_memory``) that spread a model over several devices (``{}``: one device)."""
+    if n_devices is not None and (isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1):
+        raise ValueError(f"load_model(n_devices={n_devices!r}): give a positive int (the number of CUDA GPUs)")
+    if device_map is not None:
+        if isinstance(device_map, str):
+            if device_map not in _DEVICE_MAP_STRINGS:
+                raise ValueError(
+                    f"load_model(device_map={device_map!r}): give one of {list(_DEVICE_MAP_STRINGS)} or a dict "
+                    "{module name: device} (Hugging Face's device_map)"
+                )
+        elif not isinstance(device_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool) for k, v in device_map.items()
+        ):
+            raise TypeError(
+                "load_model(device_map=...) takes 'auto', 'balanced', 'balanced_low_0', 'sequential' or a dict "
+                f"{{module name: device}}, not {device_map!r}"
+            )
+    split = device_map is not None or (n_devices or 1) > 1
+    if split and device is not None:
+        raise ValueError(
+            f"load_model(device={device!r}) cannot be combined with device_map / n_devices > 1: a split "
+            "model has no single device; pass one of them"
+        )
+    if device_map is not None and n_devices is not None and n_devices > 1:
+        raise ValueError("load_model(device_map=..., n_devices=...): pass one of them (n_devices builds a map)")
+    if device_map is not None:
+        return {"device_map": device_map}
+    if not split:
+        return {}
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"load_model(n_devices={n_devices}) splits the model over {n_devices} CUDA GPUs, but CUDA is not "
+            "available on this machine; leave n_devices unset (one device) or run on a machine with GPUs"
+        )
+    if torch.cuda.device_count() < n_devices:
+        raise ValueError(
+            f"load_model(n_devices={n_devices}): only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+            "(CUDA_VISIBLE_DEVICES); ask for fewer"
+        )
+    # TransformerLens' own translation: accelerate's "balanced" map capped to the first n GPUs
+    from transformer_lens.utilities.multi_gpu import resolve_device_map
+
+    device_map, max_memory = resolve_device_map(n_devices, None, None, None)
+    return {"device_map": device_map, "max_memory": max_memory}
+
+
 def load_model(
-    name: Any, *, device: str | None = None, dtype: torch.dtype | None = None
+    name: Any,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    device_map: str | dict[str, str | int] | None = None,
+    n_devices: int | None = None,
 ) -> Any:
     """Load a model for analysis.
 
@@ -349,22 +409,31 @@ def load_model(
             model (returned as it is).
         device: where to put the model (default: CPU unless the model is already placed).
         dtype: parameter dtype (default float32).
+        device_map: spread the layers over several devices, as Hugging Face does it
+            (``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or a dict
+            ``{module name: device}``; needs ``accelerate``). Not with ``device``.
+        n_devices: split the model over this many CUDA GPUs (TransformerLens' balanced map;
+            ``1`` or ``None``: one device). Not with ``device`` or ``device_map``.
 
     Returns:
         A ``TransformerBridge`` in compatibility mode and eval mode; with TransformerLens 3.x a
         hub name gives a ``HookedTransformer`` (``HookedTransformer.from_pretrained``).
     """
     if _is_tl_model(name):
+        if device_map is not None or n_devices is not None:
+            raise ValueError("load_model(model, device_map=/n_devices=): the model is already loaded; "
+                             "pass its name to load it split over devices")
         return name
     if not isinstance(name, (str, Path)):
         raise TypeError(
             f"load_model(name=...) takes a model name, a directory or a TransformerLens model, "
             f"not {type(name).__name__}"
         )
+    place = placement(device, device_map, n_devices)
     dtype = dtype or torch.float32
     text = str(name)
     if text.lower() in _SMOLLM2_ALIASES:
-        return _load_smollm2(device, dtype)
+        return _load_smollm2(device, dtype, place)
     path = Path(text).expanduser()
     if path.exists() and not path.is_dir():
         raise ModelNotAvailableError(
@@ -388,7 +457,7 @@ def load_model(
 
         try:
             tok = AutoTokenizer.from_pretrained(path)
-            hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+            hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager", **place)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ModelNotAvailableError(
@@ -400,7 +469,7 @@ def load_model(
         bridge = _boot(_name_for_arch(arch), hf, tok, device)
         bridge.cfg.model_name = path.name
         return bridge
-    return _load_hub(text, device, dtype)
+    return _load_hub(text, device, dtype, place)
 
 
 def _name_for_arch(arch: str) -> str:

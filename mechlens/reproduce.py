@@ -49,6 +49,8 @@ class Context:
     settings: Settings
     numbers: dict[str, dict[str, Any]]
     cache: dict[str, Any]
+    #: a ``mechlens.scale.Workers`` pool for the patching sweeps (``None``: this process)
+    workers: Any = None
 
     def dataset(self, split: str, filler: int = 0):
         from mechlens.data import toy_movie_review
@@ -118,7 +120,11 @@ def stage_patching(ctx: Context, d: Path) -> dict[str, Any]:
         ("resid_pre", None, "residual stream (layer x position)"),
         ("z", "all", "attention head outputs, all positions (layer x head)"),
     ):
-        res = activation_patch(ctx.model, ds, site, positions=positions, batch_size=ctx.settings.batch_size * 4)
+        if ctx.workers is not None:  # the same result, split over Ray workers
+            res = ctx.workers.sweep("activation_patch", ds, site=site, positions=positions,
+                                    batch_size=ctx.settings.batch_size * 4)
+        else:
+            res = activation_patch(ctx.model, ds, site, positions=positions, batch_size=ctx.settings.batch_size * 4)
         res.save(d / site)
         _save_csv(res.to_dataframe(), d / f"{site}.csv")
         fig = _save_fig(res.plot(), d / f"{site}.png")
@@ -330,8 +336,24 @@ def reproduce_sentiment(
     force: bool = False,
     stages: list[str] | None = None,
     progress: bool = True,
+    workers: Any = 1,
+    model_spec: Any = None,
+    address: str | None = None,
 ) -> Path:
-    """Run every stage (or ``stages``) and write ``out/report.md``; returns its path."""
+    """Run every stage (or ``stages``) and write ``out/report.md``; returns its path.
+
+    ``workers > 1`` runs the patching stage's sweeps on that many Ray workers
+    (:mod:`mechlens.scale`), each loading ``model_spec`` (the name ``model`` was loaded
+    from), on this machine or the cluster at ``address`` / ``$MECHLENS_RAY_ADDRESS``;
+    ``workers`` may also be a running ``mechlens.scale.Workers`` pool.
+    """
+    pool = None
+    if hasattr(workers, "sweep"):  # a Workers pool: used as it is, left open
+        pool, workers = workers, 1
+    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r}: give a positive int or a mechlens.scale.Workers pool")
+    if workers > 1 and model_spec is None:
+        raise ValueError("workers > 1 needs model_spec: what each worker loads (e.g. 'smollm2-135m')")
     out = Path(out)
     names = list(STAGES) if stages is None else stages
     unknown = [s for s in names if s not in STAGES]
@@ -355,7 +377,15 @@ def reproduce_sentiment(
         for tmp in d.rglob(".*.tmp*"):
             tmp.unlink(missing_ok=True)
         t = time.perf_counter()
-        numbers = STAGES[name][1](ctx, d)
+        if name == "patching" and workers > 1:
+            from mechlens.scale import Workers
+
+            with Workers(model_spec, workers=workers, address=address) as ctx.workers:
+                numbers = STAGES[name][1](ctx, d)
+            ctx.workers = None
+        else:
+            ctx.workers = pool if name == "patching" else None
+            numbers = STAGES[name][1](ctx, d)
         numbers["seconds"] = round(time.perf_counter() - t, 1)
         write_json(d / MARKER, {**key, "numbers": numbers, "files": _stage_files(d)})
         ctx.numbers[name] = numbers

@@ -11,7 +11,7 @@ from mechlens.model_protocol import TransformerLensModel, check_model, is_bridge
 
 
 @pytest.mark.parametrize("name", ["patching", "directions", "circuits", "steering", "engine", "data", "viz",
-                                  "metrics", "models", "results", "ablation", "lens", "dit", "validate"])
+                                  "metrics", "models", "results", "ablation", "lens", "dit", "validate", "scale"])
 def test_subpackages_reachable_after_import_mechlens(name):
     mod = getattr(ml, name)
     assert mod.__name__ == f"mechlens.{name}"

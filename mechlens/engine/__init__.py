@@ -224,7 +224,10 @@ def patch_rows(
     ``source`` where ``mask`` is true; other rows are untouched."""
     n = k * batch
     seg = act[offset : offset + n].reshape(k, batch, *act.shape[1:])
-    new = torch.where(mask, source.to(seg.dtype).unsqueeze(0), seg).reshape(n, *act.shape[1:])
+    # .to(seg.device): a no-op on one device; on a model split over GPUs the layer may live elsewhere
+    new = torch.where(mask.to(seg.device), source.to(seg.device, seg.dtype).unsqueeze(0), seg).reshape(
+        n, *act.shape[1:]
+    )
     if offset == 0 and n == act.shape[0]:
         return new
     out = act.clone()
@@ -304,7 +307,7 @@ def _hook(patches: list[tuple[int, Patch]], b: int) -> Callable[..., Tensor]:
         act = act.clone()
         for row, p in patches:
             rows = slice(row * b, (row + 1) * b)
-            act[rows] = torch.where(p.mask, p.source.to(act.dtype), act[rows])
+            act[rows] = torch.where(p.mask.to(act.device), p.source.to(act.device, act.dtype), act[rows])
         return act
 
     return hook

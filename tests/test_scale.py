@@ -1,0 +1,179 @@
+"""mechlens.scale: a sweep split over 2 local Ray workers equals the serial run, survives a
+worker dying mid-sweep, and resumes from saved chunks. One Ray session for the module
+(starting Ray takes ~15 s on a small machine)."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from mechlens.ablation import ablate_sweep  # noqa: E402
+from mechlens.data import toy_movie_review  # noqa: E402
+from mechlens.patching import activation_patch  # noqa: E402
+from mechlens.scale import ModelSpec, Workers, merge_results, sweep  # noqa: E402
+
+SPEC = ModelSpec.tiny("gpt2", n_layers=4, seed=0)
+
+
+def logged_patch(model, ds, *, log, crash_layer=None, crash_marker=None, **kwargs):
+    """activation_patch that records each call's layers in ``log``; with ``crash_marker``
+    present, the call whose layers hold ``crash_layer`` kills its process once."""
+    with open(log, "a") as f:
+        f.write(json.dumps(kwargs["layers"]) + "\n")
+    if crash_marker and os.path.exists(crash_marker) and crash_layer in kwargs["layers"]:
+        os.remove(crash_marker)
+        os._exit(1)  # the worker process dies mid-sweep, as on an out-of-memory kill
+    return activation_patch(model, ds, **kwargs)
+
+
+def _calls(log: Path) -> list[list[int]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _same(a, b) -> None:
+    assert torch.equal(a.per_example, b.per_example)
+    assert torch.equal(a.values, b.values)
+    assert a.axes == b.axes and a.labels == b.labels
+    for f in ("metric", "site", "mode", "method", "model_name", "dataset", "fingerprint", "meta"):
+        assert getattr(a, f) == getattr(b, f), f
+    assert a.baselines.keys() == b.baselines.keys()
+    assert all(torch.equal(a.baselines[k], b.baselines[k]) for k in a.baselines)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    # the workers get this test module by value (it is not importable from their sys.path)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(ray_session):
+    with Workers(SPEC, workers=2) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def model_ds():
+    model = SPEC.load()
+    return model, toy_movie_review(model, "train")[:4]
+
+
+def test_sweep_equals_serial(ray_session, model_ds):
+    model, ds = model_ds
+    res = sweep(SPEC, "activation_patch", ds, workers=2, progress=False, site="resid_pre")
+    _same(res, activation_patch(model, ds, "resid_pre", progress=False))
+
+
+def test_sweep_survives_a_killed_worker(pool, model_ds, tmp_path):
+    model, ds = model_ds
+    serial = activation_patch(model, ds, "resid_pre", progress=False)
+    log, marker = tmp_path / "calls.log", tmp_path / "crash"
+    marker.touch()
+    # chunks [0] [1] [2] [3]: layer 3 is the last chunk, run by a worker that already finished one
+    res = pool.sweep(logged_patch, ds, chunk_size=1, progress=False,
+                     site="resid_pre", log=str(log), crash_layer=3, crash_marker=str(marker))
+    _same(res, serial)
+    assert not marker.exists()  # the crash did happen
+    calls = _calls(log)
+    assert sorted(map(tuple, calls)) == [(0,), (1,), (2,), (3,), (3,)]  # chunk [3] ran twice
+
+
+def test_head_sweep_and_ablation_equal_serial(pool, model_ds):
+    model, ds = model_ds
+    serial = activation_patch(model, ds, "z", positions="all", metric="logit_diff", progress=False)
+    res = pool.sweep("activation_patch", ds, chunk_axis="heads", progress=False,
+                     site="z", positions="all", metric="logit_diff")
+    _same(res, serial)
+    assert res.axes == ("layer", "head") and res.labels["head"] == [0, 1, 2, 3]
+    abl = pool.sweep("ablate_sweep", ds, progress=False, how="zero")
+    _same(abl, ablate_sweep(model, ds, how="zero", progress=False))
+
+
+def test_resume_reuses_saved_chunks(pool, model_ds, tmp_path):
+    model, ds = model_ds
+    out, log = tmp_path / "run", tmp_path / "calls.log"
+    kw = dict(chunk_size=1, out=out, progress=False, site="resid_pre", log=str(log))
+    first = pool.sweep(logged_patch, ds, **kw)
+    assert len(_calls(log)) == 4
+    assert sorted(p.name for p in out.iterdir()) == ["chunk-0000", "chunk-0001", "chunk-0002", "chunk-0003",
+                                                     "sweep.json"]
+    # an interrupted sweep: one chunk was never saved
+    import shutil
+
+    shutil.rmtree(out / "chunk-0002")
+    again = pool.sweep(logged_patch, ds, **kw)
+    assert _calls(log)[4:] == [[2]]  # only the missing chunk was computed
+    _same(again, first)
+    _same(again, activation_patch(model, ds, "resid_pre", progress=False))
+    # other settings are not mixed with the saved chunks
+    with pytest.raises(ValueError, match="other settings.*kwargs"):
+        pool.sweep(logged_patch, ds, **{**kw, "metric": "logit_diff"})
+    assert len(_calls(log)) == 5  # refused before any work
+
+
+def test_bad_arguments_fail_before_any_work(model_ds, tmp_path):
+    model, ds = model_ds
+    with pytest.raises(TypeError, match="model \\*spec\\*"):
+        sweep(model, "activation_patch", ds, site="resid_pre")
+    with pytest.raises(ValueError, match="workers=0"):
+        sweep(SPEC, "activation_patch", ds, workers=0, site="resid_pre")
+    with pytest.raises(ValueError, match="chunk_axis='rows'"):
+        sweep(SPEC, "activation_patch", ds, chunk_axis="rows", site="resid_pre")
+    with pytest.raises(ValueError, match="method='patch_all'"):
+        sweep(SPEC, "patch_all", ds, site="resid_pre")
+    with pytest.raises(TypeError, match="ContrastDataset"):
+        sweep(SPEC, "activation_patch", [1, 2], site="resid_pre")
+
+
+def test_errors_from_the_method_come_back_as_themselves(pool, model_ds):
+    _, ds = model_ds
+    with pytest.raises(ValueError, match="layer"):
+        pool.sweep("activation_patch", ds, site="resid_pre", layers=[0, 9], progress=False)
+    with pytest.raises(ValueError, match="chunk_axis='positions' needs a swept positions axis"):
+        pool.sweep("activation_patch", ds, site="z", positions="all", chunk_axis="positions", progress=False)
+
+
+def test_gpus_per_worker_beyond_the_cluster_is_an_error(ray_session, model_ds):
+    _, ds = model_ds
+    with pytest.raises(ValueError, match="more GPUs than the cluster has"):
+        sweep(SPEC, "activation_patch", ds, workers=2, gpus_per_worker=1, site="resid_pre")
+
+
+def test_merge_refuses_parts_of_different_sweeps(model_ds):
+    model, ds = model_ds
+    a = activation_patch(model, ds, "resid_pre", layers=[0], metric="logit_diff", progress=False)
+    b = activation_patch(model, ds, "resid_pre", layers=[1], metric="logit_diff", progress=False)
+    c = activation_patch(model, ds, "resid_pre", layers=[1], progress=False)
+    merged = merge_results([a, b], "layer")
+    assert merged.labels["layer"] == [0, 1]
+    assert torch.equal(merged.per_example, torch.cat([a.per_example, b.per_example]))
+    with pytest.raises(ValueError, match="differs from chunk 0 in .*metric"):
+        merge_results([a, c], "layer")
+    with pytest.raises(ValueError, match="cannot be merged along 'head'"):
+        merge_results([a, b], "head")
+
+
+def test_reproduce_patching_stage_on_workers_equals_serial(pool, model_ds, tmp_path):
+    from mechlens.patching import PatchResult
+    from mechlens.reproduce import reproduce_sentiment
+
+    model, _ = model_ds
+    reproduce_sentiment(model, tmp_path / "serial", fast=True, stages=["patching"], progress=False)
+    reproduce_sentiment(model, tmp_path / "ray", fast=True, stages=["patching"], progress=False, workers=pool)
+    for site in ("resid_pre", "z"):
+        a = PatchResult.load(tmp_path / "serial" / "patching" / site)
+        b = PatchResult.load(tmp_path / "ray" / "patching" / site)
+        _same(b, a)
+    with pytest.raises(ValueError, match="needs model_spec"):
+        reproduce_sentiment(model, tmp_path / "x", stages=["patching"], workers=2)
+    # a second pool while this one holds every CPU: a clear error, not actors waiting for ever
+    with pytest.raises(RuntimeError, match="CPUs free"):
+        reproduce_sentiment(model, tmp_path / "y", stages=["patching"], workers=2, model_spec=SPEC)
