@@ -299,8 +299,14 @@ def reproduce_sentiment(
         help="Run only this stage (repeatable): baseline, patching, directions, circuit, motif, caa, attention.",
     ),
     device: str | None = DeviceOpt,
-    workers: int = typer.Option(1, "--workers", min=1, help="Run the patching stage's sweeps on N Ray workers (pip install 'mechlens[ray]')."),
-    address: str | None = typer.Option(None, "--address", help="Ray cluster for --workers (default: $MECHLENS_RAY_ADDRESS, else this machine)."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, metavar="N",
+        help="Run the patching stage's sweeps on N Ray workers (pip install 'mechlens[ray]').",
+    ),
+    address: str | None = typer.Option(
+        None, "--address", metavar="HOST:PORT",
+        help="Ray cluster for --workers (default: $MECHLENS_RAY_ADDRESS, else this machine).",
+    ),
 ) -> None:
     """Reproduce Tigges et al. 2023 (sentiment) on one model; writes OUT/report.md.
 
