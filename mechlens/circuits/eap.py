@@ -330,31 +330,32 @@ def _run_pruned(
     corrupt value: each receiver input gets ``sum_u pruned[u, r] * (a_u^corrupt - a_u)``."""
     n = int(model.cfg.n_layers)
     h, kv = int(model.cfg.n_heads), int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
-    # corrupt minus current, in sender order, filled in as the senders run
+    # corrupt minus current, in sender order, filled in as the senders run; sender-first, so
+    # that the senders so far are one contiguous block and each receiver's sum is one matmul
     n_send = len(corr_up)
     b, p, d_model = corr_up[0].shape
-    diffs = torch.zeros(b, p, n_send, d_model, dtype=corr_up[0].dtype, device=corr_up[0].device)
+    diffs = torch.zeros(n_send, b, p, d_model, dtype=corr_up[0].dtype, device=corr_up[0].device)
     filled = [0]
 
     def on_embed(act: Tensor, hook: Any) -> None:
-        diffs[:, :, 0] = corr_up[0] - act
+        diffs[0] = corr_up[0] - act
         filled[0] = 1
 
     def on_z(act: Tensor, hook: Any, layer: int = 0) -> None:
-        cur = torch.einsum("bphe,hem->bphm", act, w_o[layer].to(act.dtype))
+        cur = torch.einsum("bphe,hem->hbpm", act, w_o[layer].to(act.dtype))
         base = filled[0]
-        diffs[:, :, base : base + h] = torch.stack(corr_up[base : base + h], dim=2) - cur
+        diffs[base : base + h] = torch.stack(corr_up[base : base + h]) - cur
         filled[0] = base + h
 
     def on_mlp(act: Tensor, hook: Any) -> None:
-        diffs[:, :, filled[0]] = corr_up[filled[0]] - act
+        diffs[filled[0]] = corr_up[filled[0]] - act
         filled[0] += 1
 
     def on_recv(first: int, count: int, per_head: bool) -> Callable:
         def hook(act: Tensor, hook: Any) -> Tensor:
             u = filled[0]
-            m = pruned[:u, first : first + count].to(diffs.dtype)
-            add = torch.einsum("bpud,ur->bprd", diffs[:, :, :u], m)
+            m = pruned[:u, first : first + count].to(diffs.dtype)  # [u, r]
+            add = (m.T @ diffs[:u].reshape(u, -1)).view(count, b, p, d_model).permute(1, 2, 0, 3)
             return act + (add if per_head else add[:, :, 0]).to(act.dtype)
 
         return hook
