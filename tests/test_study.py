@@ -84,7 +84,7 @@ def test_study_result_equals_the_direct_call(ran):
     torch.testing.assert_close(dla.per_example, direct.per_example, atol=1e-5, rtol=0)
     assert dla.labels == direct.labels and dla.fingerprint == direct.fingerprint
     abl = PatchResult.load(out / "head_ablation" / "ablation")
-    layers = list(range(16, 30))
+    layers = list(range(18, 30))
     direct = ablate_sweep(model, ds, "heads", how="mean", layers=layers, seed=0, batch_size=64, progress=False)
     torch.testing.assert_close(abl.per_example, direct.per_example, atol=1e-5, rtol=0)
     edges = PatchResult.load(out / "edges" / "edges")
