@@ -526,16 +526,31 @@ def _save_csv(df: Any, path: Path) -> str:
     return path.name
 
 
+def _unpatched(res: Any) -> float | None:
+    """For patching results (whose cells hold the metric of the patched run), the metric of the
+    run that was patched: clean in ``noise`` mode, corrupt in ``denoise`` mode."""
+    if res.method not in ("activation", "attribution", "path"):
+        return None  # ablation, lens, DLA: the cells are already effects or readings
+    b = res.baselines.get("clean" if res.mode == "noise" else "corrupt")
+    return None if b is None else float(b.float().mean())
+
+
 def _top_table(res: Any, k: int) -> Any:
-    """The ``k`` cells with the largest ``|mean|``, with their standard errors (no bootstrap)."""
+    """The ``k`` cells with the largest ``|effect|``, with standard errors (no bootstrap): the
+    effect is the value itself, or for patching the change from the unpatched run."""
     import pandas as pd
 
     vals, se = res.values.flatten(), res.stderr().flatten()
-    idx = torch.argsort(vals.abs(), descending=True, stable=True)[:k]
+    ref = _unpatched(res)
+    effect = vals if ref is None else vals - ref
+    idx = torch.argsort(effect.abs(), descending=True, stable=True)[:k]
     grid = res._label_grid()
     rows = []
     for i in idx.tolist():
-        rows.append({**grid.iloc[i].to_dict(), "value": float(vals[i]), "stderr": float(se[i])})
+        row = {**grid.iloc[i].to_dict(), "value": float(vals[i])}
+        if ref is not None:
+            row["change"] = float(effect[i])
+        rows.append({**row, "stderr": float(se[i])})
     return pd.DataFrame(rows)
 
 
@@ -548,7 +563,10 @@ def _patch_section(res: Any, d: Path, stem: str, top: int, rel: str, plot: bool 
         png = _save_fig(res.plot(), d / f"{stem}.png")
         lines += [f"![{stem}]({rel}/{png})", ""]
     table = _top_table(res, top)
-    lines += [f"Top {len(table)} cells by |value| ({res.metric}; mean over {res.n_examples} examples, with "
+    ref = _unpatched(res)
+    by = "|value|" if ref is None else (f"|change| from the unpatched {'clean' if res.mode == 'noise' else 'corrupt'} "
+                                         f"run ({ref:.3f})")
+    lines += [f"Top {len(table)} cells by {by} ({res.metric}; mean over {res.n_examples} examples, with "
               f"standard error); all cells in [{csv_name}]({rel}/{csv_name}):", "", markdown_table(table), ""]
     first = table.iloc[0].to_dict() if len(table) else {}
     return "\n".join(lines), {"top": {k: (float(v) if isinstance(v, float) else v) for k, v in first.items()}}
@@ -583,6 +601,8 @@ def _run_baseline(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str,
     res.save(d / "result")
     df = res.to_dataframe()
     _save_csv(df, d / "baseline.csv")
+    if r.ds.labels.unique().numel() < 2:  # one class (IOI): centring and per-class columns mean nothing
+        df = df[["dataset", "n", "clean_ld", "corrupt_ld", "clean_acc_raw"]]
     clean, corrupt = res.clean[r.ds.name], res.corrupt[r.ds.name]
     acc = float((clean > 0).float().mean())
     text = (f"Logit difference (correct - incorrect answer) on the clean and corrupt prompts: clean "
@@ -654,8 +674,12 @@ def _run_lens(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any
     if "top_tokens" in a:
         tt = top_tokens(r.model, r.ds, layers=a.get("layers"), k=a["top_tokens"])
         _save_csv(tt, d / "top_tokens.csv")
+        rows = [{"layer": layer, "top tokens (probability)": ", ".join(f"{t!r} ({p:.2f})" for t, p in zip(g.token, g.prob))}
+                for layer, g in tt.groupby("layer", sort=True)]
+        import pandas as pd
+
         text += [f"Top {a['top_tokens']} tokens the lens reads at END of {r.ds.clean_prompts[0]!r}:", "",
-                 markdown_table(tt), ""]
+                 markdown_table(pd.DataFrame(rows)), ""]
     return {"summary": "\n".join(text), **numbers}
 
 
