@@ -327,6 +327,58 @@ def reproduce_sentiment(
     typer.echo(f"wrote {report}")
 
 
+def _set_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with a TOML value (a bare word is a string): ``dataset.n_prompts=8``."""
+    import re
+
+    from mechlens.study import tomllib
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise typer.BadParameter(f"{text!r}: write KEY=VALUE, e.g. dataset.n_prompts=8 or model=tiny-gpt2")
+    value = value.strip()
+    if re.fullmatch(r"[A-Za-z_][\w\-./]*", value) and value not in ("true", "false"):
+        return key.strip(), value
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise typer.BadParameter(f"{text!r}: the value is not a TOML value ({exc}); quote strings") from None
+
+
+@app.command()
+def study(
+    file: Path = typer.Argument(..., metavar="FILE", help="The study file (TOML; see docs/studies.md and examples/)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for report.md, figures, tables and JSON."),
+    model: str | None = typer.Option(None, "--model", "-m", metavar="NAME", help="Use this model instead of the file's "
+                                      "(a load_model name, a directory, or tiny-gpt2 / tiny-neox / tiny-llama)."),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Replace a value of the file: KEY=VALUE with a TOML value "
+                                   "(repeatable), e.g. --set dataset.n_prompts=8 --set 'analysis[2].how=\"zero\"'."),
+    force: bool = typer.Option(False, "--force", help="Re-run analyses whose results are already in OUT."),
+    only: list[str] = typer.Option(None, "--only", metavar="NAME", help="Run only this analysis (by name; repeatable)."),
+    check: bool = typer.Option(False, "--check", help="Only check the file (no model is loaded)."),
+    device: str | None = DeviceOpt,
+) -> None:
+    """Run a circuit-analysis study written in a TOML file; writes OUT/report.md.
+
+    The file names a model, a dataset (ioi, toy_movie_review, toy_mood_story, or a JSONL/CSV
+    file of prompt pairs) and a list of analyses (baseline, activation_patching, ablation,
+    knockout_curve, logit_lens, direct_logit_attribution, attribution_patching,
+    edge_attribution_patching, path_patching, directions). The file is checked before the
+    model loads; analyses already done in OUT are skipped unless --force; report.md is
+    rewritten after every finished analysis."""
+    from mechlens.study import load_study, run_study
+
+    overrides: dict[str, object] = dict(_set_value(s) for s in (set_ or []))
+    if model is not None:
+        overrides["model"] = model
+    if check:
+        s = load_study(file, overrides)
+        typer.echo(f"{file}: ok ({len(s.names)} analyses: {', '.join(s.names)})")
+        return
+    report = run_study(file, out, overrides=overrides, force=force, only=only or None, device=device)
+    typer.echo(f"wrote {report}")
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -11,9 +11,6 @@ minutes on 2 CPU cores; the full run is what the README links.
 
 from __future__ import annotations
 
-import functools
-import re
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from mechlens.fileio import DamagedFileError, atomic_path, read_json, write_json, write_text
+from mechlens.fileio import atomic_path, write_text
 from mechlens.models import model_name
 from mechlens.results import markdown_table
+from mechlens.stages import MARKER, run_stages  # noqa: F401  (MARKER: re-exported)
 
 __all__ = ["Settings", "reproduce_sentiment", "STAGES"]
 
@@ -346,6 +343,9 @@ def reproduce_sentiment(
     (:mod:`mechlens.scale`), each loading ``model_spec`` (the name ``model`` was loaded
     from), on this machine or the cluster at ``address`` / ``$MECHLENS_RAY_ADDRESS``;
     ``workers`` may also be a running ``mechlens.scale.Workers`` pool.
+
+    The report is rewritten after every finished stage (an interrupted run has a report of
+    what finished) and shows every stage done in ``out`` with these settings.
     """
     pool = None
     if hasattr(workers, "sweep"):  # a Workers pool: used as it is, left open
@@ -363,86 +363,29 @@ def reproduce_sentiment(
     settings = Settings(fast=fast)
     ctx = Context(model=model, out=out, settings=settings, numbers={}, cache={})
     key = {"fast": fast, "model": model_name(model)}
-    finished = functools.partial(_finished, out, key)
+    report = out / "report.md"
 
-    for name in tqdm(names, desc="reproduce sentiment", disable=not progress):
-        if not force and (numbers := finished(name)) is not None:
-            ctx.numbers[name] = numbers
-            continue
-        d = out / name
-        d.mkdir(parents=True, exist_ok=True)
-        # the old marker goes first: a stage interrupted from here on is not done; and the
-        # temporary files of writes a kill interrupted are swept away
-        (d / MARKER).unlink(missing_ok=True)
-        for tmp in d.rglob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
-        t = time.perf_counter()
+    def write_report(numbers: dict[str, dict[str, Any]]) -> None:
+        ctx.numbers = dict(numbers)
+        write_text(report, _report(ctx, list(numbers)))
+
+    def run_stage(name: str, d: Path) -> dict[str, Any]:
         if name == "patching" and workers > 1:
             from mechlens.scale import Workers
 
             with Workers(model_spec, workers=workers, address=address) as ctx.workers:
                 numbers = STAGES[name][1](ctx, d)
             ctx.workers = None
-        else:
-            ctx.workers = pool if name == "patching" else None
-            numbers = STAGES[name][1](ctx, d)
-        numbers["seconds"] = round(time.perf_counter() - t, 1)
-        write_json(d / MARKER, {**key, "numbers": numbers, "files": _stage_files(d)})
-        ctx.numbers[name] = numbers
-    # the report shows every stage done in OUT with these settings, not only the ones run now
-    for name in STAGES:
-        if name not in ctx.numbers and (numbers := finished(name)) is not None:
-            ctx.numbers[name] = numbers
-    report = out / "report.md"
-    write_text(report, _report(ctx, [n for n in STAGES if n in ctx.numbers]))
+            return numbers
+        ctx.workers = pool if name == "patching" else None
+        return STAGES[name][1](ctx, d)
+
+    run_stages(
+        out, names, run_stage, key=lambda name: key,
+        write_report=write_report, all_names=list(STAGES), force=force, progress=progress,
+        desc="reproduce sentiment", what="reproduce",
+    )
     return report
-
-
-MARKER = "done.json"
-
-
-def _stage_files(d: Path) -> dict[str, int]:
-    """Every file a stage wrote (relative path -> size in bytes), recorded in its marker."""
-    return {
-        p.relative_to(d).as_posix(): p.stat().st_size
-        for p in sorted(d.rglob("*"))
-        if p.is_file() and p.name != MARKER and not p.name.startswith(".")
-    }
-
-
-def _finished(out: Path, key: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """The numbers of a stage done in ``out`` with these settings, else ``None``.
-
-    A marker that cannot be read, or whose stage's files are missing or changed size (a
-    figure deleted, a result truncated), means the stage is not done: it runs again.
-    """
-    d = out / name
-    marker = d / MARKER
-    if not marker.exists():
-        return None
-    try:
-        done = read_json(marker, fix="the stage runs again")
-        if not isinstance(done, dict) or not isinstance(done.get("numbers"), dict):
-            raise DamagedFileError(marker, "it has no 'numbers' entry", "the stage runs again")
-    except (OSError, ValueError) as exc:
-        warnings.warn(f"reproduce: {exc}", stacklevel=3)
-        return None
-    if not all(done.get(k) == v for k, v in key.items()):
-        return None
-    # markers from before files were recorded: at least every file the summary links
-    files = done.get("files") if isinstance(done.get("files"), dict) else {}
-    changed = {d / rel for rel, size in files.items() if not (d / rel).is_file() or (d / rel).stat().st_size != size}
-    summary = done["numbers"].get("summary", "")
-    links = re.findall(r"\]\(([^)\s]+)\)", summary if isinstance(summary, str) else "")
-    changed |= {out / rel for rel in links if "://" not in rel and not (out / rel).is_file()}
-    if changed:
-        warnings.warn(
-            f"reproduce: stage {name!r} was done but {len(changed)} of its files are missing or changed "
-            f"(e.g. {sorted(changed)[0]}); it runs again",
-            stacklevel=3,
-        )
-        return None
-    return done["numbers"]
 
 
 def _report(ctx: Context, names: list[str]) -> str:

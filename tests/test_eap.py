@@ -173,3 +173,79 @@ def test_faithfulness_one_edge_by_hand(tiny_gpt2):
         want = logit_diff(tiny_gpt2.run_with_hooks(ds.clean_tokens, fwd_hooks=[(name, hook)]), ds.answers)
     torch.testing.assert_close(curve.per_example[0], want.float(), atol=1e-5, rtol=0)
     assert not torch.allclose(want.float(), edges.baselines["clean"], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- a planted circuit
+
+
+@pytest.fixture(scope="module")
+def planted_eap():
+    """A 3-layer tiny llama in which only L0H0 and L2H1 write to the residual stream (every
+    other head's W_O and every MLP's output weights are zero; L2H1's writes scaled up): the only
+    edges that can carry anything are embed -> L0H0 / L2H1 inputs, L0H0 -> L2H1 inputs, and
+    L0H0 / L2H1 -> logits."""
+    from mechlens.data import toy_movie_review
+    from mechlens.models import tiny
+
+    model = tiny("llama", n_layers=3, seed=1)
+    dh = model.cfg.d_head
+    keep = {(0, 0): 1.0, (2, 1): 8.0}
+    with torch.no_grad():
+        for layer, block in enumerate(model.original_model.model.layers):
+            w = block.self_attn.o_proj.weight  # [d_model, n_heads * d_head]
+            for h in range(model.cfg.n_heads):
+                w[:, h * dh : (h + 1) * dh] *= keep.get((layer, h), 0.0)
+            block.mlp.down_proj.weight.zero_()
+    ds = toy_movie_review(model, "test")[:8]
+    edges = edge_attribution_patch(model, ds, progress=False)
+    return model, ds, edges
+
+
+def _planted_edges(model):
+    senders, receivers, valid = eap_nodes(model)
+    kv = int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+    g0, g1 = 0 * kv // model.cfg.n_heads, 1 * kv // model.cfg.n_heads  # key/value groups of heads 0, 1
+    ins = lambda layer, head, group: [f"L{layer}H{head}.q", f"L{layer}H{group}.k", f"L{layer}H{group}.v"]  # noqa: E731
+    planted = {("embed", r) for r in ins(0, 0, g0) + ins(2, 1, g1)}
+    planted |= {("L0H0", r) for r in ins(2, 1, g1)}
+    planted |= {("L0H0", "logits"), ("L2H1", "logits")}
+    return senders, receivers, planted
+
+
+def test_top_edges_are_the_planted_ones(planted_eap):
+    model, ds, edges = planted_eap
+    senders, receivers, planted = _planted_edges(model)
+    vals = edges.values.abs()
+    ranked = torch.argsort(vals.flatten(), descending=True)
+    top = [(senders[int(i) // len(receivers)], receivers[int(i) % len(receivers)]) for i in ranked[: len(planted)]]
+    nonzero = {e for e, i in zip(top, ranked) if float(vals.flatten()[i]) > 1e-6}
+    # every edge that carries anything is planted, the scaled head's edge to the logits leads
+    assert nonzero <= planted and len(nonzero) >= 6
+    assert top[0] == ("L2H1", "logits")
+    outside = torch.ones_like(vals, dtype=torch.bool)
+    for s, r in planted:
+        outside[senders.index(s), receivers.index(r)] = False
+    assert vals[outside].max() < 1e-6
+
+
+def test_planted_edges_are_faithful_and_random_sets_are_not(planted_eap):
+    from mechlens.circuits.eap import eap_faithfulness
+
+    model, ds, edges = planted_eap
+    _, _, planted = _planted_edges(model)
+    k = len(planted)
+    curve = eap_faithfulness(model, ds, edges, ks=[0, k], n_random=4, seed=0, progress=False)
+    clean, corrupt = edges.baselines["clean"], edges.baselines["corrupt"]
+    # keeping the planted edges restores the clean run exactly: nothing else carries the difference
+    torch.testing.assert_close(curve.per_example[1], clean, atol=1e-4, rtol=0)
+    rnd = curve.meta["random"]
+    assert rnd["n"] == 4 and len(rnd["draws"]) == 2 and len(rnd["draws"][0]) == 4
+    # no edge kept: every draw is the corrupt run
+    assert rnd["mean"][0] == pytest.approx(float(corrupt.mean()), abs=1e-4) and rnd["std"][0] < 1e-5
+    # k random edges out of thousands almost never hold the circuit: far from clean
+    gap = float(clean.mean() - corrupt.mean())
+    assert abs(rnd["mean"][1] - float(clean.mean())) > 0.5 * abs(gap)
+    again = eap_faithfulness(model, ds, edges, ks=[0, k], n_random=4, seed=0, progress=False)
+    assert again.meta["random"]["draws"] == rnd["draws"]  # seeded
+    with pytest.raises(ValueError, match="n_random"):
+        eap_faithfulness(model, ds, edges, ks=[k], n_random=-1, progress=False)

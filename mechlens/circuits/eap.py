@@ -225,6 +225,8 @@ def eap_faithfulness(
     edges: PatchResult,
     ks: Sequence[int] | None = None,
     *,
+    n_random: int = 0,
+    seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
 ) -> PatchResult:
@@ -239,12 +241,18 @@ def eap_faithfulness(
     Args:
         edges: the result of :func:`edge_attribution_patch` on this model.
         ks: numbers of edges to keep (default: 0, 1, 2, 5, 10, 20, 50, ... up to all).
+        n_random: also keep ``n_random`` random sets of ``k`` edges (drawn uniformly from the
+            real edges, seeded by ``seed``) for every ``k``: the baseline a ranking must beat.
+        seed: seeds the random edge sets.
         batch_size: examples per forward pass (default all at once).
         progress: show a progress bar over ``ks``.
 
     Returns:
         A :class:`PatchResult` with axis ``("k",)``: the metric (``logit_diff``) per example
         after keeping the top ``k`` edges; ``baselines`` hold the clean and corrupt values.
+        With ``n_random > 0``, ``meta["random"]`` holds, per ``k``, the mean over draws of the
+        mean metric (``"mean"``), its standard deviation over draws (``"std"``) and every
+        draw's mean (``"draws"``, ``[k][draw]``).
     """
     check_model(model)
     check_batch_size(batch_size)
@@ -261,6 +269,10 @@ def eap_faithfulness(
     ks = list(ks)
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n_valid for k in ks):
         raise ValueError(f"ks={ks!r}: give ints between 0 and the number of edges ({n_valid})")
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
+        raise ValueError(f"n_random={n_random!r} must be an int >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed={seed!r} must be an int")
     score = edges.values.abs().masked_fill(~mask, -1.0).flatten()
     order = torch.argsort(score, descending=True, stable=True)
     n = int(model.cfg.n_layers)
@@ -274,20 +286,40 @@ def eap_faithfulness(
         corr_up += list(torch.einsum("bphe,hem->hbpm", zc, w_o[layer].to(zc.dtype)))
         corr_up.append(corrupt[mlp_names[layer]])
     r_index = {r: i for i, r in enumerate(receivers)}
-    out = torch.empty(len(ks), ds.batch)
-    for j, k in enumerate(tqdm(ks, desc="faithfulness", leave=False, disable=not progress)):
+    valid_idx = mask.flatten().nonzero().flatten()
+
+    def measure(kept: Tensor) -> Tensor:
         pruned = mask.clone().flatten()
-        pruned[order[:k]] = False
+        pruned[kept] = False
         pruned = pruned.view(mask.shape).float().to(ds.device)  # [sender, receiver]: 1 = corrupted
+        y = torch.empty(ds.batch)
         for sl in batches(ds.batch, batch_size):
             sub = ds[list(range(sl.start, sl.stop))]
             logits = _run_pruned(model, sub, pruned, [c[sl] for c in corr_up], w_o, r_index)
-            out[j, sl] = logit_diff(logits, sub.answers).float().cpu()
+            y[sl] = logit_diff(logits, sub.answers).float().cpu()
+        return y
+
+    out = torch.empty(len(ks), ds.batch)
+    draws = torch.zeros(len(ks), n_random)
+    g = torch.Generator().manual_seed(seed)
+    runs = [(j, None) for j in range(len(ks))] + [(j, r) for j in range(len(ks)) for r in range(n_random)]
+    for j, r in tqdm(runs, desc="faithfulness", leave=False, disable=not progress):
+        k = ks[j]
+        if r is None:
+            out[j] = measure(order[:k])
+        else:  # a uniformly random set of k real edges
+            draws[j, r] = measure(valid_idx[torch.randperm(len(valid_idx), generator=g)[:k]]).mean()
+    meta: dict[str, Any] = {"n_edges": n_valid, "ranking": "|mean score|"}
+    if n_random:
+        meta["random"] = {
+            "n": n_random, "seed": seed, "mean": draws.mean(1).tolist(),
+            "std": (draws.std(1) if n_random > 1 else torch.zeros(len(ks))).tolist(), "draws": draws.tolist(),
+        }
     return PatchResult(
         per_example=out, axes=("k",), labels={"k": ks}, metric="logit_diff", site="edges", mode="noise",
         method="eap_faithfulness", **provenance(model, ds),
         baselines={k: v.float().cpu() for k, v in edges.baselines.items()},
-        meta={"n_edges": n_valid, "ranking": "|mean score|"},
+        meta=meta,
     )
 
 
@@ -298,24 +330,32 @@ def _run_pruned(
     corrupt value: each receiver input gets ``sum_u pruned[u, r] * (a_u^corrupt - a_u)``."""
     n = int(model.cfg.n_layers)
     h, kv = int(model.cfg.n_heads), int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
-    diffs: list[Tensor] = []  # corrupt minus current, in sender order, as the senders run
+    # corrupt minus current, in sender order, filled in as the senders run; sender-first, so
+    # that the senders so far are one contiguous block and each receiver's sum is one matmul
+    n_send = len(corr_up)
+    b, p, d_model = corr_up[0].shape
+    diffs = torch.zeros(n_send, b, p, d_model, dtype=corr_up[0].dtype, device=corr_up[0].device)
+    filled = [0]
 
     def on_embed(act: Tensor, hook: Any) -> None:
-        diffs.append(corr_up[0] - act)
+        diffs[0] = corr_up[0] - act
+        filled[0] = 1
 
     def on_z(act: Tensor, hook: Any, layer: int = 0) -> None:
         cur = torch.einsum("bphe,hem->hbpm", act, w_o[layer].to(act.dtype))
-        base = len(diffs)
-        diffs.extend(corr_up[base + i] - cur[i] for i in range(h))
+        base = filled[0]
+        diffs[base : base + h] = torch.stack(corr_up[base : base + h]) - cur
+        filled[0] = base + h
 
     def on_mlp(act: Tensor, hook: Any) -> None:
-        diffs.append(corr_up[len(diffs)] - act)
+        diffs[filled[0]] = corr_up[filled[0]] - act
+        filled[0] += 1
 
     def on_recv(first: int, count: int, per_head: bool) -> Callable:
         def hook(act: Tensor, hook: Any) -> Tensor:
-            d = torch.stack(diffs, dim=2)  # [b, pos, senders so far, d]
-            m = pruned[: d.shape[2], first : first + count].to(d.dtype)
-            add = torch.einsum("bpud,ur->bprd", d, m)
+            u = filled[0]
+            m = pruned[:u, first : first + count].to(diffs.dtype)  # [u, r]
+            add = (m.T @ diffs[:u].reshape(u, -1)).view(count, b, p, d_model).permute(1, 2, 0, 3)
             return act + (add if per_head else add[:, :, 0]).to(act.dtype)
 
         return hook
