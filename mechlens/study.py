@@ -597,7 +597,7 @@ def _kw(a: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 def _run_baseline(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
     from mechlens.baseline import baseline
 
-    res = baseline(r.model, {r.ds.name: r.ds}, batch_size=r.batch(a) or 32, progress=False)
+    res = baseline(r.model, {r.ds.name: r.ds}, batch_size=r.batch(a), progress=False)
     res.save(d / "result")
     df = res.to_dataframe()
     _save_csv(df, d / "baseline.csv")
@@ -789,7 +789,7 @@ def _run_directions(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[st
     n_test = max(1, round(frac * r.ds.batch))
     test, train = r.ds[sorted(perm[:n_test])], r.ds[sorted(perm[n_test:])]
     kw = _kw(a, ("methods", "layers", "position", "site", "n_random"))
-    res = evaluate(r.model, train, test, **kw, seed=r.seed(a), batch_size=r.batch(a) or 32, progress=False)
+    res = evaluate(r.model, train, test, **kw, seed=r.seed(a), batch_size=r.batch(a), progress=False)
     res.save(d / "result")
     df = res.to_dataframe()
     _save_csv(df, d / "directions.csv")
