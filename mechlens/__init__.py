@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 # ``import mechlens`` stays light.
 _SUBPACKAGES = (
     "ablation", "baseline", "circuits", "directions", "dit", "engine", "hooks", "lens", "model_protocol",
-    "models", "patching", "reproduce", "results", "scale", "steering", "validate",
+    "models", "patching", "reproduce", "results", "scale", "stages", "steering", "study", "validate",
 )
 
 __all__ = ["ContrastDataset", "ModelNotAvailableError", "data", "load_model", "metrics", "viz", *_SUBPACKAGES]

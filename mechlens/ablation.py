@@ -276,6 +276,7 @@ def ablate_sweep(
         A :class:`PatchResult` (``method="ablation"``, ``site=component``, ``mode=how``)
         holding ``metric(ablated) - metric(unablated)`` per cell and example.
     """
+    args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
     if component not in COMPONENTS:
         raise ValueError(f"component={component!r}: choose one of {list(COMPONENTS)}")
@@ -327,7 +328,7 @@ def ablate_sweep(
         labels[idx_name] = idx_list
     return PatchResult(
         per_example=change.view(*shape, ds.batch), axes=axes, labels=labels, metric=pm.name,
-        site=component, mode=how, method="ablation", **provenance(model, ds), baselines={"clean": base},
+        site=component, mode=how, method="ablation", **provenance(model, ds, args=args), baselines={"clean": base},
         meta={"positions": pos.description, "reference": "ds" if reference is None else reference.name,
               "seed": seed, "value": "metric(ablated) - metric(unablated)"},
     )
@@ -431,6 +432,7 @@ def knockout_curve(
         ``k`` the metric with the first ``k`` components removed together (labels ``"none"``,
         ``"+L9H6"``, ...); ``meta["order"]`` lists the components.
     """
+    args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
     _check_how(how)
     check_batch_size(batch_size)
@@ -471,7 +473,7 @@ def knockout_curve(
     return PatchResult(
         per_example=per_example, axes=("k",), labels={"k": ["none"] + [f"+{n}" for n in names]},
         metric=pm.name, site=component if order is None else "custom", mode=how, method="knockout",
-        **provenance(model, ds),
+        **provenance(model, ds, args=args),
         baselines={"clean": pm.baselines["clean"].float().cpu()},
         meta={"order": names, "reference": "ds" if reference is None else reference.name, "seed": seed},
     )

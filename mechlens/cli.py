@@ -154,7 +154,7 @@ def check_stages(stages: list[str] | None) -> list[str] | None:
 
 def check_positive(value: int) -> int:
     if value < 1:
-        raise ArgumentError(f"--batch-size {value}: give a positive number of prompts per forward pass")
+        raise ArgumentError(f"--batch-size {value}: give a positive number of sequences per forward pass")
     return value
 
 
@@ -260,7 +260,7 @@ def baseline(
         help="Folder for baseline.json and baseline.md.",
     ),
     device: str | None = DeviceOpt,
-    batch_size: int = typer.Option(32, metavar="N", callback=check_positive, help="Prompts per forward pass."),
+    batch_size: int = typer.Option(32, metavar="N", callback=check_positive, help="Sequences per forward pass."),
 ) -> None:
     """Baseline logit differences and accuracies (ToyMovieReview, ToyMoodStory).
 

@@ -120,7 +120,7 @@ def logit_lens(
         positions: ``None`` every position (a ``"pos"`` axis), an index or a position name
             (``"END"``; no ``"pos"`` axis), or a list of them (a ``"pos"`` axis).
         layers: the layers to read after (default all).
-        batch_size: prompts per forward pass (default all at once).
+        batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show a progress bar over batches.
 
     Returns:
@@ -128,6 +128,7 @@ def logit_lens(
         ``method="logit_lens"``, ``metric="logit_diff"``; ``baselines["clean"]`` is the model's
         own logit difference, equal to the lens after the last layer at ``"END"``.
     """
+    args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
     check_batch_size(batch_size)
     ds = prepare_dataset(model, ds)
@@ -158,7 +159,7 @@ def logit_lens(
         labels["pos"] = pos.labels
     return PatchResult(
         per_example=per_example.contiguous(), axes=axes, labels=labels, metric="logit_diff",
-        site="resid_post", mode="clean", method="logit_lens", **provenance(model, ds), baselines={"clean": real},
+        site="resid_post", mode="clean", method="logit_lens", **provenance(model, ds, args=args), baselines={"clean": real},
         meta={"positions": pos.description, "n_layers": int(model.cfg.n_layers)},
     )
 
@@ -234,13 +235,14 @@ def direct_logit_attribution(
             the bias) and ``mlp``.
         layers: layers to report (default all; ``"components"`` then omits the others, so the
             sum is exact only with every layer).
-        batch_size: prompts per forward pass (default all at once).
+        batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show a progress bar over batches.
 
     Returns:
         A :class:`PatchResult` with ``method="dla"``, ``metric="logit_diff"``;
         ``baselines["clean"]`` is the run's logit difference.
     """
+    args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
     check_batch_size(batch_size)
     if group not in GROUPS:
@@ -325,6 +327,6 @@ def direct_logit_attribution(
         axes, labels_out = ("layer", "sublayer"), {"layer": layer_list, "sublayer": ["attn", "mlp"]}
     return PatchResult(
         per_example=per_example.contiguous(), axes=axes, labels=labels_out, metric="logit_diff",
-        site="END", mode="clean", method="dla", **provenance(model, ds), baselines={"clean": real},
+        site="END", mode="clean", method="dla", **provenance(model, ds, args=args), baselines={"clean": real},
         meta={"group": group, "n_layers": int(model.cfg.n_layers), "final_norm": "LN" if centre else "RMS"},
     )

@@ -362,7 +362,7 @@ def reproduce_sentiment(
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(fast=fast)
     ctx = Context(model=model, out=out, settings=settings, numbers={}, cache={})
-    key = {"fast": fast, "model": model_name(model)}
+    key = {"fast": fast, "model": model_name(model), "format": 2}  # format: results saved by this mechlens
     report = out / "report.md"
 
     def write_report(numbers: dict[str, dict[str, Any]]) -> None:

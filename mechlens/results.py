@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from mechlens.fileio import DamagedFileError, atomic_path, read_json, write_json
 
-__all__ = ["Result", "Measurement", "markdown_table", "to_jsonable", "from_jsonable", "settings_of", "provenance"]
+__all__ = ["Result", "Measurement", "markdown_table", "to_jsonable", "from_jsonable", "settings_of", "provenance", "call_settings"]
 
 R = TypeVar("R", bound="Result")
 _SEP = "::"
@@ -100,15 +101,25 @@ def settings_of(**kwargs: Any) -> dict[str, Any]:
     return out
 
 
-def provenance(model: Any, ds: Any = None, **settings: Any) -> dict[str, Any]:
-    """The provenance fields of a result computed by ``model`` on ``ds`` with ``settings``
-    (keyword arguments for a :class:`Result`)."""
+def call_settings(args: dict[str, Any]) -> dict[str, Any]:
+    """A method's arguments (``locals()`` at its start) as ``settings``: all but the model,
+    the dataset(s) and the progress bar."""
+    skip = {"model", "ds", "self", "progress", "train_ds", "test_ds"}
+    return settings_of(**{k: v for k, v in args.items() if k not in skip})
+
+
+def provenance(model: Any, ds: Any = None, *, args: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+    """The provenance fields of a result computed by ``model`` on ``ds`` (keyword arguments
+    for a :class:`Result`); ``args`` (a method's ``locals()`` at its start) or ``settings``
+    become its ``settings``."""
     from mechlens.models import model_name
 
     out: dict[str, Any] = {"model_name": model_name(model)}
     if ds is not None:
         out["dataset"] = getattr(ds, "name", "")
         out["fingerprint"] = ds.fingerprint() if hasattr(ds, "fingerprint") else ""
+    if args is not None:
+        settings = {**call_settings(args), **settings}
     if settings:
         out["settings"] = settings_of(**settings)
     return out
@@ -282,23 +293,28 @@ class Measurement(Result):
 
     def stderr(self) -> Tensor:
         """Standard error of the mean over examples (NaN with a single example)."""
-        from transformer_lens.utilities.statistics import standard_error
-
         if self.n_examples < 2:
             return torch.full(self.shape, math.nan)
-        return standard_error(self.per_example.float(), dim=-1)
+        return self.per_example.float().std(-1) / math.sqrt(self.n_examples)
 
     def ci(self, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor]:
-        """Percentile bootstrap interval of each cell's mean over examples: ``(low, high)``."""
-        from transformer_lens.utilities.statistics import bootstrap_ci, derive_generator
+        """Percentile bootstrap interval of each cell's mean over examples: ``(low, high)``.
 
-        return bootstrap_ci(
-            self.per_example.float(),
-            dim=-1,
-            confidence=confidence,
-            n_resamples=n_resamples,
-            generator=derive_generator(seed, "mechlens.results", self.metric),
-        )
+        The same ``n_resamples`` resamples of the examples serve every cell (seeded by ``seed``
+        and the metric's name); NaN with a single example.
+        """
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence={confidence!r} must be between 0 and 1")
+        if self.n_examples < 2:
+            nan = torch.full(self.shape, math.nan)
+            return nan, nan.clone()
+        x = self.per_example.detach().float().cpu()
+        g = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(self.metric.encode()))
+        idx = torch.randint(self.n_examples, (n_resamples, self.n_examples), generator=g)
+        means = x[..., idx].mean(-1)  # [*cells, n_resamples]
+        q = torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2])
+        lo, hi = torch.quantile(means, q, dim=-1)
+        return lo, hi
 
     # ------------------------------------------------------------------ tables
     def _label_grid(self) -> pd.DataFrame:
@@ -333,7 +349,9 @@ class Measurement(Result):
         """The ``k`` cells with the largest ``|value|`` (``by="abs"``) or ``value`` (``by="value"``)."""
         if by not in ("abs", "value"):
             raise ValueError(f"by={by!r}: choose 'abs' or 'value'")
-        df = self.to_dataframe()
+        df = self._label_grid()  # no bootstrap: a ranking needs only the means
+        df["value"] = self.values.detach().cpu().float().flatten().numpy()
+        df["stderr"] = self.stderr().detach().cpu().flatten().numpy()
         key = df["value"].abs() if by == "abs" else df["value"]
         return df.loc[key.sort_values(ascending=False).index[:k]].reset_index(drop=True)
 

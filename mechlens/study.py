@@ -56,7 +56,7 @@ class StudyError(ValueError):
 # "list", "table", or alternatives joined with "|" at the top level ("int|list[int]").
 
 LAYERS = "int|list[int]"
-POSITIONS = "str|int|list[int|str]"
+POSITIONS = "str|int|list[int|str|list[int|str]]"
 METRICS = ("fraction_recovered", "logit_diff")
 MODES = ("denoise", "noise")
 BACKENDS = ("auto", "fast", "hooks")

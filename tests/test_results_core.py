@@ -180,3 +180,16 @@ def test_measurement_checks_its_shape():
         Measurement(per_example=torch.zeros(2, 3), axes=("layer", "pos"), labels={"layer": [0, 1], "pos": [0]})
     with pytest.raises(ValueError, match="labels\\['layer'\\] must have 2 entries"):
         Measurement(per_example=torch.zeros(2, 3), axes=("layer",), labels={"layer": [0]})
+
+
+def test_bootstrap_intervals_cover_the_true_mean_about_95_percent_of_the_time():
+    g = torch.Generator().manual_seed(1)
+    m = Measurement(per_example=torch.randn(40, 25, 30, generator=g), axes=("a", "b"),
+                    labels={"a": list(range(40)), "b": list(range(25))}, metric="m")
+    lo, hi = m.ci()
+    coverage = float(((lo <= 0) & (hi >= 0)).float().mean())
+    assert 0.9 < coverage < 0.98, coverage
+    assert torch.equal(lo, m.ci()[0])  # seeded
+    assert not torch.equal(lo, m.ci(seed=1)[0])
+    narrow, _ = m.ci(confidence=0.5)
+    assert bool((narrow >= lo).all())

@@ -122,13 +122,14 @@ def edge_attribution_patch(
             (``use_split_qkv_input``).
         ds: a :class:`~mechlens.data.ContrastDataset`.
         metric: ``"logit_diff"`` or a differentiable ``metric(logits, ds) -> [batch]``.
-        batch_size: examples per forward/backward pass (default all at once).
+        batch_size: examples per forward/backward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show a progress bar over example batches.
 
     Returns:
         A :class:`PatchResult` with ``method="eap"``, axes ``("sender", "receiver")``;
         ``baselines`` hold the clean and corrupt metric.
     """
+    args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
     check_batch_size(batch_size)
     if not callable(metric) and metric != "logit_diff":
@@ -214,7 +215,7 @@ def edge_attribution_patch(
     return PatchResult(
         per_example=scores, axes=("sender", "receiver"), labels={"sender": senders, "receiver": receivers},
         metric="logit_diff" if not callable(metric) else getattr(metric, "__name__", "custom"),
-        site="edges", mode="noise", method="eap", **provenance(model, ds), baselines={"clean": y_clean, "corrupt": y_corrupt},
+        site="edges", mode="noise", method="eap", **provenance(model, ds, args=args), baselines={"clean": y_clean, "corrupt": y_corrupt},
         meta={"valid": valid, "score": "(a_corrupt - a_clean) . dM/d(receiver input), clean run"},
     )
 
@@ -244,7 +245,7 @@ def eap_faithfulness(
         n_random: also keep ``n_random`` random sets of ``k`` edges (drawn uniformly from the
             real edges, seeded by ``seed``) for every ``k``: the baseline a ranking must beat.
         seed: seeds the random edge sets.
-        batch_size: examples per forward pass (default all at once).
+        batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show a progress bar over ``ks``.
 
     Returns:
@@ -254,6 +255,7 @@ def eap_faithfulness(
         mean metric (``"mean"``), its standard deviation over draws (``"std"``) and every
         draw's mean (``"draws"``, ``[k][draw]``).
     """
+    args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
     check_batch_size(batch_size)
     ds = prepare_dataset(model, ds)
@@ -317,7 +319,7 @@ def eap_faithfulness(
         }
     return PatchResult(
         per_example=out, axes=("k",), labels={"k": ks}, metric="logit_diff", site="edges", mode="noise",
-        method="eap_faithfulness", **provenance(model, ds),
+        method="eap_faithfulness", **provenance(model, ds, args=args),
         baselines={k: v.float().cpu() for k, v in edges.baselines.items()},
         meta=meta,
     )

@@ -470,7 +470,7 @@ def summarization_motif(
         sweep_change[i] = torch.tensor([_change(ld_n[j], c_n, k_n) for j in range(len(SPLITS))])
         res = activation_patch(
             model, dsn, "resid_pre", positions=["ADJ", "COMMA"], layers=layer_list, mode="denoise",
-            batch_size=rows * 2, progress=False,
+            batch_size=rows, progress=False,
         )
         sweep_patch[i] = res.values.float().cpu()
         bar.update(1)
@@ -527,6 +527,7 @@ def summarization_motif(
         direction={"method": d.method, "layer": d.layer, "site": d.site, "position": d.position},
         model_name=_model_name(model),
         dataset=ds.name,
+        fingerprint=ds.fingerprint(),
         meta={
             "differs_before_comma": differs_before,
             "ablation_data": abl_name,
@@ -534,6 +535,5 @@ def summarization_motif(
             "ablation_mode": ablation_mode,
             "n_random": n_random,
             "seed": seed,
-            "fingerprint": ds.fingerprint(),
         },
     )

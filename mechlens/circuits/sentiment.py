@@ -77,6 +77,7 @@ from mechlens.circuits._util import (
 from mechlens.data.contrast import ContrastDataset
 from mechlens.engine import cache_batched, logit_diff_metric, rows_per_pass, run_grid
 from mechlens.metrics import fraction_recovered
+from mechlens.models import model_device
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
 
@@ -224,10 +225,10 @@ def ov_direction_scores(
     n_kv = int(getattr(model.cfg, "n_key_value_heads", None) or n_h)
     cos = torch.zeros(n_l, n_h)
     zs = torch.zeros(n_l, n_h)
-    dev = next(model.parameters()).device
     for layer in range(n_l):
         ln = model.blocks[layer].ln1
-        x = vecs.to(dev)[:, None, :]
+        w = next(ln.parameters(), None)  # the layer's device on a model split over GPUs
+        x = vecs.to(w.device if w is not None else model_device(model))[:, None, :]
         normed = ((ln(x) - ln(-x)) / 2)[:, 0].float().cpu()  # [1+R, d_model]
         W_V = model.blocks[layer].attn.W_V.detach().float().cpu()  # [n_kv, d_model, d_head]
         W_O = model.blocks[layer].attn.W_O.detach().float().cpu()  # [n_h, d_head, d_model]
@@ -565,7 +566,7 @@ def discover_sentiment_circuit(
         faithfulness_ds: where the faithfulness is measured (default ``ds``; held-out words,
             ``toy_movie_review(model, "test")``, are the stricter test).
         positions: one or more position sets at which the circuit's heads are patched for
-            the faithfulness table (each a name or a tuple of names; ``"ALL"`` for every
+            the faithfulness table (each a name or a tuple of names; ``"all"`` for every
             position).
         n_random: random head sets of the circuit's size per position set.
         seed: seeds the random head sets and the random directions of the OV score.
@@ -690,6 +691,7 @@ def discover_sentiment_circuit(
         direction={"method": d.method, "layer": d.layer, "site": d.site, "position": d.position},
         model_name=_model_name(model),
         dataset=ds.name,
+        fingerprint=ds.fingerprint(),
         meta={
             "faithfulness_dataset": fds.name,
             "top_k": top_k,
@@ -697,6 +699,5 @@ def discover_sentiment_circuit(
             "mover_inputs": list(mover_inputs),
             "n_random": n_random,
             "seed": seed,
-            "fingerprint": ds.fingerprint(),
         },
     )

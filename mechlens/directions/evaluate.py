@@ -229,7 +229,7 @@ def evaluate(
         n_random: number of seeded random unit vectors for the baseline.
         seed: seeds every fit and the random directions.
         das: DAS options (see :func:`mechlens.directions.fit`).
-        batch_size: prompts per forward pass.
+        batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show progress bars.
     """
     train_ds = check_dataset(train_ds, model, "train_ds")

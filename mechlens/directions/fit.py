@@ -39,6 +39,7 @@ from mechlens.data.contrast import ContrastDataset
 from mechlens.engine import cache_batched
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
+from mechlens.models import model_device
 from mechlens.results import Result, provenance
 from mechlens.validate import (
     check_activations,
@@ -317,15 +318,17 @@ def _fit_das(
     seed: int,
     init: Tensor | None = None,
     progress: bool = True,
+    rows: int | None = None,
 ) -> tuple[Tensor, list[float]]:
     """Train a unit direction so that patching along it (clean -> corrupt) maximises the
-    clean-answer logit difference of the corrupt run. Returns (unsigned vector, loss curve)."""
+    clean-answer logit difference of the corrupt run. Returns (unsigned vector, loss curve).
+    ``batch_size`` is pairs per Adam step; ``rows`` sequences per pass of the caching run."""
     if epochs < 1 or lr <= 0 or batch_size < 1:
         raise ValueError(f"DAS needs epochs >= 1, lr > 0 and batch_size >= 1; got {epochs}, {lr}, {batch_size}")
     name = hook_name(layer, site)
-    dev = model.cfg.device
+    dev = model_device(model)
     stop = layer + 1 if layer + 1 < model.cfg.n_layers else None
-    clean_acts, _ = cache_batched(model, ds.clean_tokens, [name], batch_size=None, stop_at_layer=stop)
+    clean_acts, _ = cache_batched(model, ds.clean_tokens, [name], batch_size=rows, stop_at_layer=stop)
     clean_acts = clean_acts[name]
     mask = ds.position_mask(patch_position)
     g = torch.Generator().manual_seed(seed)
@@ -388,7 +391,7 @@ def fit(
             where the sign is fixed.
         site: ``resid_pre`` (default), ``resid_mid`` or ``resid_post``.
         seed: seeds k-means, the probe, PCA and DAS's random start and minibatch order.
-        batch_size: prompts per forward pass when collecting activations.
+        batch_size: sequences per forward pass when collecting activations (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show DAS's progress bar.
         das: DAS options overriding ``DAS_DEFAULTS``: ``epochs``, ``lr``, ``batch_size``
             (pairs per Adam step), ``patch_position`` (where the training patch is applied:
@@ -427,7 +430,7 @@ def fit(
             opts["patch_position"] = position
         _check_position(ds, opts["patch_position"], what="das['patch_position']")
         init = opts.pop("init", None)
-        v, losses = _fit_das(model, ds, layer, site, seed=seed, init=init, progress=progress, **opts)
+        v, losses = _fit_das(model, ds, layer, site, seed=seed, init=init, progress=progress, rows=batch_size, **opts)
         v = _sign_to_labels(v, X, y)
         meta.update(das={k: v_ for k, v_ in opts.items()}, das_losses=losses)
     else:

@@ -409,7 +409,7 @@ def make_diffs(
     settings = {
         "n_diffs": n_diffs, "topics": list(TOPICS if topics is None else topics), "rank": rank,
         "modules": mod_names, "steps": steps, "lr": lr, "n_texts": n_texts, "n_plain": n_plain,
-        "batch_size": batch_size, "alpha": alpha, "seed": seed, "version": 1,
+        "batch_size": batch_size, "alpha": alpha, "seed": seed, "version": 2,
     }
     key = _family_key(model, settings)
     root = _cache_path(cache)

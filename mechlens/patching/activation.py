@@ -123,6 +123,7 @@ def activation_patch(
     connection see the patched value). TransformerLens' ``get_act_patch_resid_mid`` on a
     ``TransformerBridge`` hooks the MLP-norm input only, so its numbers differ.
     """
+    args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
     s = get_site(model, site)
     check_mode(mode)
@@ -192,7 +193,7 @@ def activation_patch(
         site=s.name,
         mode=mode,
         method="activation",
-        **provenance(model, ds),
+        **provenance(model, ds, args=args),
         baselines={k: v.float().cpu() for k, v in pm.baselines.items()},
         meta={"positions": pos.description if not pos.has_axis else "per entry", "n_layers": n},
     )

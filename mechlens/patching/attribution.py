@@ -75,7 +75,7 @@ def attribution_patch(
     """Gradient approximation of :func:`~mechlens.patching.activation_patch` (same arguments).
 
     Args:
-        batch_size: examples per forward/backward pass (default: the whole dataset at once).
+        batch_size: examples per forward/backward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: progress bar over example batches.
 
     The other arguments are as in :func:`~mechlens.patching.activation_patch`; a callable
@@ -85,6 +85,7 @@ def attribution_patch(
         A :class:`PatchResult` with ``method="attribution"`` and the same axes and labels as
         the exact sweep with the same arguments.
     """
+    args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
     s = get_site(model, site)
     check_mode(mode)
@@ -168,7 +169,7 @@ def attribution_patch(
         site=s.name,
         mode=mode,
         method="attribution",
-        **provenance(model, ds),
+        **provenance(model, ds, args=args),
         baselines={k: v.float().cpu() for k, v in pm.baselines.items()},
         meta={"positions": pos.description if not pos.has_axis else "per entry", "n_layers": model.cfg.n_layers},
     )

@@ -270,6 +270,7 @@ def path_patch(
         for ``"all_heads"``, ``("layer",)`` for ``"all_mlps"``, else ``("sender",)``.
         ``meta`` records the receivers, positions and ``freeze_mlps``.
     """
+    args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
     check_mode(mode)
     ds = prepare_dataset(model, ds)
@@ -373,7 +374,7 @@ def path_patch(
         site="path",
         mode=mode,
         method="path",
-        **provenance(model, ds),
+        **provenance(model, ds, args=args),
         baselines={kk: v.float().cpu() for kk, v in pm.baselines.items()},
         meta={
             "receivers": "resid_final" if recv is None else [str(r) for r in recv],

@@ -167,7 +167,7 @@ def answer_activations(
         ds: A/B prompts from :func:`mechlens.data.choices`.
         layer: a layer index or a list of them.
         site: ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``.
-        batch_size: prompts per forward pass (right-padded).
+        batch_size: sequences per forward pass, right-padded (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show a progress bar.
     """
     check_choice_dataset(ds, model)
@@ -428,10 +428,10 @@ def steer(
     site = site or "resid_post"
     check_vector(vec, "vector", d_model=model.cfg.d_model)
     coeff = check_coefficient(coeff, "coeff")
-    delta = coeff * vec.detach().to(model_device(model))
+    delta = coeff * vec.detach()
 
     def add(act: Tensor, hook: Any) -> Tensor:
-        return act + delta.to(act.dtype)
+        return act + delta.to(act.device, act.dtype)  # the layer's device on a model split over GPUs
 
     hooks = [(hook_name(x, site), add) for x in _layers(model, layers)]
     with hooked(model, hooks):
