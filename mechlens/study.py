@@ -113,8 +113,8 @@ ANALYSES: dict[str, dict[str, Arg]] = {
     "path_patching": {
         "senders": Arg("str|list", None, "'all_heads', 'all_mlps' or a list of nodes ('L3H2', 'MLP3')"),
         "receivers": Arg("str|list", None, "'resid_final' or a list of [layer, head, 'q'|'k'|'v'|'qkv']"),
-        "metric": Arg("str", METRICS), "mode": Arg("str", MODES), "positions": Arg(POSITIONS),
-        "receiver_positions": Arg(POSITIONS), "layers": Arg(LAYERS), "freeze_mlps": Arg("bool"),
+        "metric": Arg("str", METRICS), "mode": Arg("str", MODES), "position": Arg(POSITIONS),
+        "receiver_position": Arg(POSITIONS), "layers": Arg(LAYERS), "freeze_mlps": Arg("bool"),
         "backend": Arg("str", BACKENDS),
     },
     "directions": {
@@ -588,7 +588,7 @@ class _Run:
 
 def _kw(a: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     out = {k: a[k] for k in keys if k in a}
-    for k in ("positions", "receiver_positions"):  # TOML arrays -> lists; nested [a, b] -> a tuple (union)
+    for k in ("positions", "position", "receiver_position"):  # TOML arrays; nested [a, b] -> a tuple (union)
         if isinstance(out.get(k), list):
             out[k] = [tuple(v) if isinstance(v, list) else v for v in out[k]]
     return out
@@ -697,7 +697,7 @@ def _run_dla(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]
 def _run_path(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
     from mechlens.patching import path_patch
 
-    kw = _kw(a, ("metric", "mode", "positions", "receiver_positions", "layers", "freeze_mlps", "backend"))
+    kw = _kw(a, ("metric", "mode", "position", "receiver_position", "layers", "freeze_mlps", "backend"))
     recv = a.get("receivers", "resid_final")
     if isinstance(recv, list):
         recv = [tuple(x) if isinstance(x, list) else x for x in recv]

@@ -160,11 +160,11 @@ def test_sender_positions_restrict_the_patch(tiny_model, tiny_ds):
     clean, corrupt = _caches(model, ds)
     first_diff = int((ds.clean_tokens != ds.corrupt_tokens).any(0).nonzero().min())
     # before the first differing token clean and corrupt heads agree: no effect at all
-    early = path_patch(model, ds, "all_heads", positions=list(range(first_diff)), metric="logit_diff",
+    early = path_patch(model, ds, "all_heads", position=list(range(first_diff)), metric="logit_diff",
                        progress=False)
     torch.testing.assert_close(early.per_example, early.baselines["corrupt"].expand_as(early.per_example),
                                atol=1e-5, rtol=0)
-    at_end = path_patch(model, ds, [(1, 0)], positions="END", metric="logit_diff", freeze_mlps=True, progress=False)
+    at_end = path_patch(model, ds, [(1, 0)], position="END", metric="logit_diff", freeze_mlps=True, progress=False)
     z = "blocks.1.attn.hook_z"
     only_end = dict(clean)
     only_end[z] = clean[z].clone()
@@ -199,8 +199,8 @@ def test_errors_and_flags_restored(tiny_llama):
         path_patch(model, ds, "all_heads", [(1, 0, "qkv")], progress=False)
     with pytest.raises(ValueError, match="receivers"):
         path_patch(model, ds, "all_heads", "logitz", progress=False)
-    with pytest.raises(ValueError, match="receiver_positions"):
-        path_patch(model, ds, "all_heads", receiver_positions="END", progress=False)
+    with pytest.raises(ValueError, match="receiver_position only applies"):
+        path_patch(model, ds, "all_heads", receiver_position="END", progress=False)
     with pytest.raises(ValueError, match="layers="):
         path_patch(model, ds, [(0, 1)], layers=[0], progress=False)
 

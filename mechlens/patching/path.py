@@ -53,7 +53,7 @@ Example (circuit discovery: which heads feed the sentiment readers' values?)::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +78,7 @@ from mechlens.patching._forward import (
     prepare_dataset,
 )
 from mechlens.patching.result import PatchResult
-from mechlens.patching.sites import resolve_layers, resolve_positions
+from mechlens.patching.sites import resolve_layers
 from mechlens.results import provenance
 from mechlens.validate import check_layer
 
@@ -236,8 +236,8 @@ def path_patch(
     *,
     metric: str | Callable[..., Tensor] = "fraction_recovered",
     mode: str = "denoise",
-    positions: None | str | int | Sequence[int | str] = None,
-    receiver_positions: None | str | int | Sequence[int | str] = None,
+    position: Any = "all",
+    receiver_position: Any = "all",
     layers: Any = None,
     freeze_mlps: bool = False,
     batch_size: int | None = None,
@@ -254,9 +254,10 @@ def path_patch(
         metric: ``"fraction_recovered"``, ``"logit_diff"`` or ``metric(logits, ds) -> [batch]``.
         mode: ``"denoise"`` (base = corrupt, senders from clean) or ``"noise"`` (base =
             clean, senders from corrupt: Wang et al.'s setting).
-        positions: where the senders are patched (default every position; an index, a
-            position name or a list of them patches their union).
-        receiver_positions: where receivers' inputs are patched (default every position).
+        position: where the senders are patched, together: ``"all"`` (the default), a
+            position name, an index, a list of them (their union) or a ``[batch, pos]`` mask
+            (:meth:`ContrastDataset.position_mask`).
+        receiver_position: where receivers' q/k/v inputs are patched (same forms; default all).
         layers: with ``"all_heads"`` / ``"all_mlps"``: only senders in these layers.
         freeze_mlps: also freeze MLP outputs (strictly direct paths); default ``False`` as in
             Wang et al. / ARENA.
@@ -277,10 +278,10 @@ def path_patch(
     groups, axes, labels, shape = _sender_groups(model, senders, layers)
     recv = _receivers(model, receivers)
     b, n = ds.batch, model.cfg.n_layers
-    send_mask = resolve_positions(model, ds, "all" if positions is None else positions).masks.any(0)
-    recv_mask = resolve_positions(model, ds, "all" if receiver_positions is None else receiver_positions).masks.any(0)
-    if recv is None and receiver_positions is not None:
-        raise ValueError("receiver_positions only applies to q/k/v receivers (the final residual is read at the end)")
+    send_mask = ds.position_mask(position)
+    recv_mask = ds.position_mask(receiver_position)
+    if recv is None and ds.position_label(receiver_position) != "all":
+        raise ValueError("receiver_position only applies to q/k/v receivers (the final residual is read at the end)")
     if freeze_mlps and any(x.head is not None for g in groups for x in g):
         _check_head_writes(model)
 
@@ -379,8 +380,8 @@ def path_patch(
         meta={
             "receivers": "resid_final" if recv is None else [str(r) for r in recv],
             "senders": senders if isinstance(senders, str) else labels.get("sender", []),
-            "positions": "all" if positions is None else positions,
-            "receiver_positions": "all" if receiver_positions is None else receiver_positions,
+            "position": ds.position_label(position),
+            "receiver_position": ds.position_label(receiver_position),
             "freeze_mlps": freeze_mlps,
         },
     )

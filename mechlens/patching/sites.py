@@ -157,10 +157,12 @@ class PositionSpec:
     description: str
 
 
-def _entry_mask(ds: Any, entry: int | str) -> tuple[Tensor, str]:
-    if isinstance(entry, bool) or not isinstance(entry, (int, str)):
-        raise TypeError(f"positions entries must be int indices or position names, not {entry!r}")
-    return ds.position_mask(entry), ds.position_label(entry)
+def _entry_mask(ds: Any, entry: int | str | tuple) -> tuple[Tensor, str]:
+    if isinstance(entry, bool) or not isinstance(entry, (int, str, tuple)):
+        raise TypeError(
+            f"positions entries must be int indices, position names or tuples of them (a union), not {entry!r}"
+        )
+    return ds.position_mask(list(entry) if isinstance(entry, tuple) else entry), ds.position_label(entry)
 
 
 def resolve_positions(
