@@ -156,8 +156,8 @@ pd.DataFrame(rows).round(2)
 # position. Random directions again set the scale of "nothing happened".
 
 # %%
-abl = directions.ablate(model, test, d, mode="mean", progress=False)
-abl_rand = directions.ablate(model, test, rand_vec, layers=LAYER, mode="mean", progress=False)
+abl = directions.ablate(model, test, d, how="mean", progress=False)
+abl_rand = directions.ablate(model, test, rand_vec, layers=LAYER, how="mean", progress=False)
 print(abl)
 print(abl_rand)
 assert abl.ld_change < abl_rand.ld_change

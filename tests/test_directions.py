@@ -309,7 +309,7 @@ def test_directional_patch_validates(planted):
 
 def test_zero_ablation_removes_everything_the_model_reads(planted):
     m, u, _, test = planted
-    res = ablate(m, test, u, layers=1, mode="zero", progress=False)
+    res = ablate(m, test, u, layers=1, how="zero", progress=False)
     assert isinstance(res, AblationResult)
     signed = _signed(res.ld_after, res.class_labels)
     assert float(signed.std()) < 1e-4  # every example now looks the same to the model
@@ -320,22 +320,22 @@ def test_zero_ablation_removes_everything_the_model_reads(planted):
 
 def test_mean_ablation_of_a_balanced_dataset_matches_zero(planted):
     m, u, _, test = planted
-    mean = ablate(m, test, u, layers=1, mode="mean", progress=False)
+    mean = ablate(m, test, u, layers=1, how="mean", progress=False)
     assert mean.ld_change < -0.9
     assert mean.accuracy_after < 0.8
 
 
 def test_ablating_where_the_direction_is_absent_changes_nothing(planted):
     m, u, _, test = planted
-    res = ablate(m, test, u, layers=1, position="COMMA", mode="zero", progress=False)
+    res = ablate(m, test, u, layers=1, position="COMMA", how="zero", progress=False)
     assert res.position == "COMMA" and res.settings["position"] == "COMMA"
     assert torch.allclose(res.ld_after, res.ld_before, atol=1e-5)
 
 
 def test_resample_ablation(planted):
     m, u, _, test = planted
-    a = ablate(m, test, u, layers=1, mode="resample", seed=0, progress=False)
-    b = ablate(m, test, u, layers=1, mode="resample", seed=0, progress=False)
+    a = ablate(m, test, u, layers=1, how="resample", seed=0, progress=False)
+    b = ablate(m, test, u, layers=1, how="resample", seed=0, progress=False)
     assert torch.equal(a.ld_after, b.ld_after)
     # each example takes both sentiment words of one other example, so it now looks exactly
     # like a positive or like a negative example
@@ -346,7 +346,7 @@ def test_resample_ablation(planted):
     assert set(a.summary()) >= {"ld_before", "ld_after", "ld_change", "accuracy_before", "accuracy_after"}
     assert isinstance(a.plot(), matplotlib.figure.Figure)
     with pytest.raises(ValueError, match="mode"):
-        ablate(m, test, u, layers=1, mode="median")
+        ablate(m, test, u, layers=1, how="median")
 
 
 # --------------------------------------------------------------------------- activation addition

@@ -43,6 +43,6 @@ def test_direction_points_to_positive_sentiment_on_held_out_words(smollm2, movie
 
 
 def test_ablating_the_direction_hurts(smollm2, movie_test, mean_diff):
-    res = ablate(smollm2, movie_test, mean_diff, position="all", mode="mean", progress=False)
+    res = ablate(smollm2, movie_test, mean_diff, position="all", how="mean", progress=False)
     assert res.ld_change < -0.5
     assert res.accuracy_after < res.accuracy_before

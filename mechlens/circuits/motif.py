@@ -376,7 +376,7 @@ def summarization_motif(
     ablation_ds: ContrastDataset | Sequence[ContrastDataset] | None = None,
     ablation: bool = True,
     ablation_layers: str | int | Sequence[int] = "all",
-    ablation_mode: str = "mean",
+    ablation_how: str = "mean",
     n_random: int = 5,
     seed: int = 0,
     batch_size: int | None = None,
@@ -400,8 +400,8 @@ def summarization_motif(
         ablation_ds: dataset(s) with comma masks for the directional ablation; default
             :func:`mini_sst` (the bundled SST-style reviews).
         ablation: ``False`` skips the directional ablation.
-        ablation_layers, ablation_mode: the directional ablation's ``layers`` (``"all"``, an
-            int or a list) and ``mode``
+        ablation_layers, ablation_how: the directional ablation's ``layers`` (``"all"``, an
+            int or a list) and ``how``
             (``"mean"``, ``"zero"`` or ``"resample"``; see :func:`mechlens.directions.ablate`).
         n_random: random directions for the ablation control.
         seed: seeds the random directions (and resample ablation).
@@ -423,8 +423,8 @@ def summarization_motif(
     fillers = [int(n) for n in n_filler]
     if any(n < 0 for n in fillers):
         raise ValueError(f"n_filler={list(n_filler)!r}: filler lengths must be >= 0")
-    if ablation_mode not in ("mean", "zero", "resample"):
-        raise ValueError(f"ablation_mode={ablation_mode!r}: choose 'mean', 'zero' or 'resample'")
+    if ablation_how not in ("mean", "zero", "resample"):
+        raise ValueError(f"ablation_how={ablation_how!r}: choose 'mean', 'zero' or 'resample'")
     before = torch.arange(ds.seq_len)[None] < ds.positions["COMMA"].cpu()[:, None]
     differs_before = bool(((ds.clean_tokens.cpu() != ds.corrupt_tokens.cpu()) & before).any())
     if not differs_before:
@@ -495,7 +495,7 @@ def summarization_motif(
             for where in ("COMMA", "all"):
                 before_ld, after_ld, labels = [], [], []
                 for a in datasets:
-                    out = ablate(model, a, dvec, position=where, mode=ablation_mode, layers=ablation_layers,
+                    out = ablate(model, a, dvec, position=where, how=ablation_how, layers=ablation_layers,
                                  seed=seed, batch_size=rows, progress=False)
                     before_ld.append(out.ld_before)
                     after_ld.append(out.ld_after)
@@ -532,7 +532,7 @@ def summarization_motif(
             "differs_before_comma": differs_before,
             "ablation_data": abl_name,
             "ablation_layers": ablation_layers if isinstance(ablation_layers, (str, int)) else list(ablation_layers),
-            "ablation_mode": ablation_mode,
+            "ablation_how": ablation_how,
             "n_random": n_random,
             "seed": seed,
         },

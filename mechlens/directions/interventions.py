@@ -258,7 +258,7 @@ class AblationResult(Measurement):
     class_labels: Int[Tensor, " batch"]
     layers: list[int]
     position: str = "all"
-    mode: str = "mean"
+    how: str = "mean"
     method: str = ""
 
     @property
@@ -280,7 +280,7 @@ class AblationResult(Measurement):
     def summary(self) -> dict[str, Any]:
         return {
             "method": self.method,
-            "mode": self.mode,
+            "how": self.how,
             "layers": self.layers,
             "position": self.position,
             "ld_before": float(self.ld_before.mean()),
@@ -308,7 +308,7 @@ class AblationResult(Measurement):
 
     def _summary_lines(self) -> list[str]:
         return [
-            f"{self.mode}-ablating the {self.method} direction at layers {self.layers}, position {self.position!r}, "
+            f"{self.how}-ablating the {self.method} direction at layers {self.layers}, position {self.position!r}, "
             f"{self.n_examples} examples",
             f"ld_change={self.ld_change:+.3f}, accuracy {self.accuracy_before:.3f} -> {self.accuracy_after:.3f}",
         ]
@@ -332,7 +332,7 @@ def ablate(
     direction: Direction | Float[Tensor, " d_model"],
     *,
     position: PositionSpec = "all",
-    mode: str = "mean",
+    how: str = "mean",
     layers: int | Sequence[int] | str | None = None,
     seed: int = 0,
     batch_size: int | None = None,
@@ -345,7 +345,7 @@ def ablate(
         position: where, together: ``"all"`` (the default), a named position (``"COMMA"``, or
             a multi-position mask such as SST's commas), a list of names, or a ``[batch, pos]``
             bool mask (:meth:`ContrastDataset.position_mask`).
-        mode: what the component is replaced by: ``"mean"`` (its mean over the dataset's
+        how: what the component is replaced by: ``"mean"`` (its mean over the dataset's
             clean prompts at the same position), ``"zero"``, or ``"resample"`` (its value in
             another example at the same position, drawn with ``seed``).
         layers: where (default: the direction's layer; ``"all"``: every layer). Mean and
@@ -356,8 +356,8 @@ def ablate(
     """
     ds = check_dataset(ds, model)
     check_batch_size(batch_size)
-    if mode not in ABLATION_MODES:
-        raise ValueError(f"mode={mode!r} is unknown; choose one of {ABLATION_MODES}")
+    if how not in ABLATION_MODES:
+        raise ValueError(f"how={how!r} is unknown; choose one of {ABLATION_MODES}")
     if isinstance(layers, str):
         if layers != "all":
             raise ValueError(f"layers={layers!r}: give an int, a list of ints, None or 'all'")
@@ -374,9 +374,9 @@ def ablate(
     targets: dict[str, Tensor] = {}
     for name in names:
         proj = (acts[name].float() @ unit.to(acts[name].device)).cpu()  # [batch, pos]
-        if mode == "zero":
+        if how == "zero":
             targets[name] = torch.zeros_like(proj)
-        elif mode == "mean":
+        elif how == "mean":
             # mean over the examples that are ablated at each position
             m = mask.float()
             mean = (proj * m).sum(0) / m.sum(0).clamp(min=1)
@@ -393,7 +393,7 @@ def ablate(
         return [(name, _ablation_hook(unit, targets[name][e], mask[e])) for name in names]
 
     ld_after = run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), hooks=hooks, batch_size=batch_size,
-                        progress=progress, desc=f"{mode}-ablation")[0]
+                        progress=progress, desc=f"{how}-ablation")[0]
     return AblationResult(
         per_example=ld_after,
         metric="logit_diff",
@@ -401,9 +401,9 @@ def ablate(
         class_labels=ds.labels.cpu(),
         layers=layer_list,
         position=label,
-        mode=mode,
+        how=how,
         method=d.method,
-        **provenance(model, ds, layers=layers, position=label, mode=mode, seed=seed, batch_size=batch_size),
+        **provenance(model, ds, layers=layers, position=label, how=how, seed=seed, batch_size=batch_size),
     )
 
 

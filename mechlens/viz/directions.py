@@ -44,7 +44,7 @@ def plot_direction_ablation(r: Any) -> Any:
     ax.set_xlabel("logit difference before")
     ax.set_ylabel("logit difference after")
     ax.set_title(
-        f"{r.mode}-ablating {r.method} @ {r.position}\n"
+        f"{r.how}-ablating {r.method} @ {r.position}\n"
         f"LD {100 * r.ld_change:+.1f}%, acc {r.accuracy_before:.2f} -> {r.accuracy_after:.2f}"
     )
     fig.tight_layout()
