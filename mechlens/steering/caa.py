@@ -154,7 +154,7 @@ class AnswerActivations(Result):
 def answer_activations(
     model: Any,
     ds: ChoiceDataset,
-    layer: int | Sequence[int],
+    layers: int | Sequence[int],
     *,
     site: str = "resid_post",
     batch_size: int | None = None,
@@ -165,14 +165,14 @@ def answer_activations(
     Args:
         model: a TransformerLens model.
         ds: A/B prompts from :func:`mechlens.data.choices`.
-        layer: a layer index or a list of them.
+        layers: a layer index or a list of them (one activation set per layer).
         site: ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``.
         batch_size: sequences per forward pass, right-padded (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show a progress bar.
     """
     check_choice_dataset(ds, model)
     check_batch_size(batch_size)
-    layers = _layers(model, layer)
+    layers = _layers(model, layers)
     names = [hook_name(x, site) for x in layers]
     out = torch.zeros(len(layers), len(ds), model.cfg.d_model)
     dev = model_device(model)
