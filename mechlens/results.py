@@ -309,7 +309,7 @@ class Measurement(Result):
             nan = torch.full(self.shape, math.nan)
             return nan, nan.clone()
         x = self.per_example.detach().float().cpu()
-        g = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(self.metric.encode()))
+        g = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{self.metric}".encode()))
         idx = torch.randint(self.n_examples, (n_resamples, self.n_examples), generator=g)
         means = x[..., idx].mean(-1)  # [*cells, n_resamples]
         q = torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2])
