@@ -151,7 +151,7 @@ pd.DataFrame(rows).round(2)
 # ## 3. Is it necessary? Ablation
 #
 # Patching shows the direction is *sufficient*. Ablation tests necessity: on the clean
-# prompts, replace the component along `d` by its mean over the dataset (`mode="mean"`,
+# prompts, replace the component along `d` by its mean over the dataset (`how="mean"`,
 # the gentlest choice: it removes the information, not the typical value), at every
 # position. Random directions again set the scale of "nothing happened".
 
