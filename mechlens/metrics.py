@@ -83,11 +83,12 @@ def centre(ld: Float[Tensor, " batch"], labels: Tensor) -> tuple[Float[Tensor, "
     """Remove the classifier bias: returns (centred logit diffs, bias)."""
     pos = _as_bool(labels).to(ld.device)
     bias = torch.where(pos, ld, -ld).mean()
-    return ld - torch.where(pos, bias, -bias), float(bias)
+    return ld - torch.where(pos, bias, -bias), float(bias.detach())
 
 
 def accuracy(ld: Float[Tensor, " batch"], labels: Tensor | None = None, *, centred: bool = True) -> float:
     """Fraction of logit differences above zero (after centring when ``labels`` are given)."""
+    ld = ld.detach()  # a count has no gradient: no "requires_grad to a scalar" warning
     if centred:
         if labels is None:
             raise ValueError("accuracy(centred=True) needs labels; pass centred=False for raw accuracy")
