@@ -345,7 +345,7 @@ def _set_value(text: str) -> tuple[str, object]:
         raise typer.BadParameter(f"{text!r}: the value is not a TOML value ({exc}); quote strings") from None
 
 
-@app.command()
+@app.command(short_help="Run a circuit-analysis study written in a TOML file.")
 def study(
     file: Path = typer.Argument(..., metavar="FILE", help="The study file (TOML; see docs/studies.md and examples/)."),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for report.md, figures, tables and JSON."),

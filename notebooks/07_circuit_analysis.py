@@ -13,9 +13,6 @@
 #     name: python3
 # ---
 
-# %%
-# ruff: noqa: E402  (a notebook imports where it first needs a module)
-
 # %% [markdown]
 # # 07 Circuit analysis on IOI: ablation, logit lens, direct logit attribution, edge attribution patching
 #

@@ -65,7 +65,7 @@ def test_a_misspelt_model_gets_the_closest_known_name(no_load, capsys, tmp_path)
     [
         (["--model", "/nonexistent/dir"], "--model /nonexistent/dir: no such folder. --model takes"),
         (["--device", "tpu9"], "--device tpu9 is not a torch device; use --device cpu, cuda, cuda:1 or mps"),
-        (["--batch-size", "0"], "--batch-size 0: give a positive number of prompts per forward pass"),
+        (["--batch-size", "0"], "--batch-size 0: give a positive number of sequences per forward pass"),
     ],
 )
 def test_bad_arguments_name_their_flag(no_load, capsys, tmp_path, args, message):
