@@ -400,9 +400,9 @@ def summarization_motif(
         ablation_ds: dataset(s) with comma masks for the directional ablation; default
             :func:`mini_sst` (the bundled SST-style reviews).
         ablation: ``False`` skips the directional ablation.
-        ablation_layers, ablation_how: the directional ablation's ``layers`` (``"all"``, an
-            int or a list) and ``how``
-            (``"mean"``, ``"zero"`` or ``"resample"``; see :func:`mechlens.directions.ablate`).
+        ablation_layers: the directional ablation's ``layers`` (``"all"``, an int or a list).
+        ablation_how: the directional ablation's ``how`` (``"mean"``, ``"zero"`` or
+            ``"resample"``; see :func:`mechlens.directions.ablate`).
         n_random: random directions for the ablation control.
         seed: seeds the random directions (and resample ablation).
         batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
