@@ -19,10 +19,10 @@ from typing import Any
 
 import pandas as pd
 
-from mechlens.fileio import atomic_path, write_text
+from mechlens.fileio import write_text
 from mechlens.models import model_name
 from mechlens.results import markdown_table
-from mechlens.stages import MARKER, run_stages  # noqa: F401  (MARKER: re-exported)
+from mechlens.stages import MARKER, run_stages, save_csv, save_fig  # noqa: F401  (MARKER: re-exported)
 
 __all__ = ["Settings", "reproduce_sentiment", "STAGES"]
 
@@ -58,27 +58,13 @@ class Context:
         return self.cache[key]
 
 
-def _save_fig(fig: Any, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
-
-
-def _save_csv(df: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-
-
 def _save_result(res: Any, d: Path, stem: str) -> list[str]:
     """Save a result, its table and every figure its ``plot()`` returns; the figure names."""
     res.save(d / "result")
-    _save_csv(res.to_dataframe(), d / f"{stem}.csv")
+    save_csv(res.to_dataframe(), d / f"{stem}.csv")
     figs = res.plot()
     figs = figs if isinstance(figs, (list, tuple)) else [figs]
-    return [_save_fig(f, d / f"{stem}_{i}.png") for i, f in enumerate(figs)]
+    return [save_fig(f, d / f"{stem}_{i}.png") for i, f in enumerate(figs)]
 
 
 # ----------------------------------------------------------------------------- stages
@@ -91,8 +77,8 @@ def stage_baseline(ctx: Context, d: Path) -> dict[str, Any]:
     res = baseline(ctx.model, batch_size=ctx.settings.batch_size)
     res.save(d / "result")
     df = res.to_dataframe()
-    _save_csv(df, d / "baseline.csv")
-    fig = _save_fig(res.plot(), d / "baseline.png")
+    save_csv(df, d / "baseline.csv")
+    fig = save_fig(res.plot(), d / "baseline.png")
     test = df.set_index("dataset").loc["toy_movie_review/test"]
     return {
         "summary": markdown_table(df) + f"\n\n![baseline](baseline/{fig})\n",
@@ -123,8 +109,8 @@ def stage_patching(ctx: Context, d: Path) -> dict[str, Any]:
         else:
             res = activation_patch(ctx.model, ds, site, positions=positions, batch_size=ctx.settings.batch_size * 4)
         res.save(d / site)
-        _save_csv(res.to_dataframe(), d / f"{site}.csv")
-        fig = _save_fig(res.plot(), d / f"{site}.png")
+        save_csv(res.to_dataframe(), d / f"{site}.csv")
+        fig = save_fig(res.plot(), d / f"{site}.png")
         top = res.top(5)
         lines += [f"### {title}", "", f"![{site}](patching/{fig})", "", "Top cells:", "",
                   markdown_table(top), ""]
@@ -251,8 +237,8 @@ def stage_caa(ctx: Context, d: Path) -> dict[str, Any]:
     view = pca_view(acts, seed=ctx.settings.seed)
     view.save(d / "pca_view")
     table = view.layer_table()
-    _save_csv(table, d / "pca_view.csv")
-    fig = _save_fig(view.plot(), d / "pca_view.png")
+    save_csv(table, d / "pca_view.csv")
+    fig = save_fig(view.plot(), d / "pca_view.png")
     # the sign and size of a CAA vector's effect depend on the layer: sweep a few
     steer_layers = ctx.settings.pick([n // 3, (4 * n) // 5], [n // 3, n // 2, (2 * n) // 3, (4 * n) // 5])
     coeffs = ctx.settings.pick([-8.0, 0.0, 8.0], [-16.0, -8.0, -4.0, 0.0, 4.0, 8.0, 16.0])
@@ -266,8 +252,8 @@ def stage_caa(ctx: Context, d: Path) -> dict[str, Any]:
         rows.append({"layer": layer, **{f"{c:g}": float(m) for c, m in zip(coeffs, curve.values)},
                      "monotonic": curve.monotonic()})
     curve_df = pd.DataFrame(rows)
-    _save_csv(curve_df, d / "steering_curves.csv")
-    fig2 = _save_fig(_plot_curves(curves, coeffs), d / "steering_curves.png")
+    save_csv(curve_df, d / "steering_curves.csv")
+    fig2 = save_fig(_plot_curves(curves, coeffs), d / "steering_curves.png")
     text = (
         "Polite vs casual A/B prompts: the answer-letter activation, PCA to 2-D; silhouettes "
         "say whether the letter or the behaviour split dominates.\n\n"

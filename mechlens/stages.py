@@ -22,9 +22,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from mechlens.fileio import DamagedFileError, read_json, write_json
+from mechlens.fileio import DamagedFileError, atomic_path, read_json, write_json
 
-__all__ = ["MARKER", "stage_files", "finished", "run_stages"]
+__all__ = ["MARKER", "stage_files", "finished", "run_stages", "save_fig", "save_csv"]
 
 MARKER = "done.json"
 
@@ -131,3 +131,21 @@ def run_stages(
         report()  # an interrupted run still has a report of what finished
     report()
     return {n: done[n] for n in order if n in done}
+
+
+def save_fig(fig: Any, path: Path, *, dpi: int = 120) -> str:
+    """Write a matplotlib figure atomically (a killed run never leaves half a PNG), close it,
+    and return its file name (for the report's link)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
+def save_csv(df: Any, path: Path) -> str:
+    """Write a DataFrame as CSV atomically; returns the file name."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return path.name

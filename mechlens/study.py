@@ -40,9 +40,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from mechlens.fileio import atomic_path, write_text
+from mechlens.fileio import write_text
 from mechlens.results import markdown_table
-from mechlens.stages import run_stages
+from mechlens.stages import run_stages, save_csv, save_fig
 
 __all__ = ["ANALYSES", "Study", "StudyError", "load_study", "run_study", "build_dataset", "load_study_model"]
 
@@ -511,19 +511,9 @@ def _read_pairs(model: Any, path: Path) -> Any:
 # ----------------------------------------------------------------------------- analyses
 
 
+# study figures are drawn a little smaller than the reproduction report's
 def _save_fig(fig: Any, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
-
-
-def _save_csv(df: Any, path: Path) -> str:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-    return path.name
+    return save_fig(fig, path, dpi=110)
 
 
 def _unpatched(res: Any) -> float | None:
@@ -557,7 +547,7 @@ def _top_table(res: Any, k: int) -> Any:
 def _patch_section(res: Any, d: Path, stem: str, top: int, rel: str, plot: bool = True) -> tuple[str, dict[str, Any]]:
     """Save a PatchResult (JSON + safetensors, csv, png); its markdown and headline numbers."""
     res.save(d / stem)
-    csv_name = _save_csv(res.to_dataframe(), d / f"{stem}.csv")
+    csv_name = save_csv(res.to_dataframe(), d / f"{stem}.csv")
     lines = []
     if plot:
         png = _save_fig(res.plot(), d / f"{stem}.png")
@@ -600,7 +590,7 @@ def _run_baseline(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str,
     res = baseline(r.model, {r.ds.name: r.ds}, batch_size=r.batch(a), progress=False)
     res.save(d / "result")
     df = res.to_dataframe()
-    _save_csv(df, d / "baseline.csv")
+    save_csv(df, d / "baseline.csv")
     if r.ds.labels.unique().numel() < 2:  # one class (IOI): centring and per-class columns mean nothing
         df = df[["dataset", "n", "clean_ld", "corrupt_ld", "clean_acc_raw"]]
     clean, corrupt = res.clean[r.ds.name], res.corrupt[r.ds.name]
@@ -647,7 +637,7 @@ def _run_knockout(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str,
     res = knockout_curve(r.model, r.ds, a.get("order"), **_kw(a, ("component", "how", "max_k", "metric")),
                          seed=r.seed(a), batch_size=r.batch(a), progress=False)
     res.save(d / "knockout")
-    _save_csv(res.to_dataframe(), d / "knockout.csv")
+    save_csv(res.to_dataframe(), d / "knockout.csv")
     png = _save_fig(res.plot(), d / "knockout.png")
     vals = res.values.tolist()
     rows = " | ".join(f"{lab} {v:.2f}" for lab, v in zip(res.labels["k"], vals))
@@ -661,7 +651,7 @@ def _run_lens(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any
 
     res = logit_lens(r.model, r.ds, **_kw(a, ("positions", "layers")), batch_size=r.batch(a), progress=False)
     res.save(d / "logit_lens")
-    _save_csv(res.to_dataframe(), d / "logit_lens.csv")
+    save_csv(res.to_dataframe(), d / "logit_lens.csv")
     png = _save_fig(res.plot(), d / "logit_lens.png")
     text = [f"The answer logit difference read from the residual stream after each layer (final norm and "
             f"unembedding; the model's own: {float(res.baselines['clean'].mean()):.3f}).", "",
@@ -673,7 +663,7 @@ def _run_lens(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any
         numbers["by_layer"] = vals
     if "top_tokens" in a:
         tt = top_tokens(r.model, r.ds, layers=a.get("layers"), k=a["top_tokens"])
-        _save_csv(tt, d / "top_tokens.csv")
+        save_csv(tt, d / "top_tokens.csv")
         rows = [{"layer": layer, "top tokens (probability)": ", ".join(f"{t!r} ({p:.2f})" for t, p in zip(g.token, g.prob))}
                 for layer, g in tt.groupby("layer", sort=True)]
         import pandas as pd
@@ -723,7 +713,7 @@ def _run_eap(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]
     order = torch.argsort(vals.abs().flatten(), descending=True, stable=True)[:top]
     table = pd.DataFrame([{"sender": s[i // len(rc)], "receiver": rc[i % len(rc)], "score": float(vals.flatten()[i]),
                            "stderr": float(se.flatten()[i])} for i in order.tolist()])
-    _save_csv(table, d / "top_edges.csv")
+    save_csv(table, d / "top_edges.csv")
     n_valid = int(torch.tensor(edges.meta["valid"]).sum())
     text = [f"Edge attribution patching: {len(s)} senders x {len(rc)} receivers, {n_valid} edges scored from one "
             f"corrupt forward pass and one clean forward and backward pass. Score = the first-order change of the "
@@ -747,7 +737,7 @@ def _run_eap(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]
         if rnd:
             rows["random_recovered"] = [(v - corrupt) / gap if gap else float("nan") for v in rnd["mean"]]
         df = pd.DataFrame(rows)
-        _save_csv(df, d / "faithfulness.csv")
+        save_csv(df, d / "faithfulness.csv")
         png = _save_fig(_plot_faithfulness(df, clean, corrupt, rnd), d / "faithfulness.png")
         rand_txt = (f", against {rnd['n']} random edge sets of the same size (seed {rnd['seed']}; mean and std over "
                     "draws)") if rnd else ""
@@ -792,7 +782,7 @@ def _run_directions(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[st
     res = evaluate(r.model, train, test, **kw, seed=r.seed(a), batch_size=r.batch(a), progress=False)
     res.save(d / "result")
     df = res.to_dataframe()
-    _save_csv(df, d / "directions.csv")
+    save_csv(df, d / "directions.csv")
     figs = res.plot()
     figs = figs if isinstance(figs, (list, tuple)) else [figs]
     names = [_save_fig(f, d / f"directions_{i}.png") for i, f in enumerate(figs)]
