@@ -216,7 +216,7 @@ def _child(args) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
     report = {"load_s": load_s, "loaded_rss_mb": loaded_mb, "cases": {}}
-    from mechlens.patching._forward import ROWS_DEFAULT
+    from mechlens.engine import DEFAULT_BATCH_SIZE as ROWS_DEFAULT
 
     def sweep(site, how=method):
         if how == "tl":

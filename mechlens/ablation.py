@@ -57,18 +57,19 @@ from torch import Tensor
 
 from mechlens.engine import (
     Patch,
+    PatchMetric,
     batches,
     cache_batched,
     cached_run,
     copies_per_pass,
+    prepare_dataset,
     resolve_backend,
     run_with_patches,
 )
+from mechlens.engine.sites import resolve_layers, resolve_positions
 from mechlens.hooks import hooked
 from mechlens.model_protocol import check_model
-from mechlens.patching._forward import PatchMetric, prepare_dataset
 from mechlens.patching.result import PatchResult
-from mechlens.patching.sites import resolve_layers, resolve_positions
 from mechlens.results import provenance
 from mechlens.validate import check_batch_size
 

@@ -48,11 +48,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlens.engine import batches
+from mechlens.engine import batches, prepare_dataset
+from mechlens.engine.sites import resolve_layers, resolve_positions
 from mechlens.model_protocol import check_model
-from mechlens.patching._forward import prepare_dataset
 from mechlens.patching.result import PatchResult
-from mechlens.patching.sites import resolve_layers, resolve_positions
 from mechlens.results import provenance
 from mechlens.validate import check_batch_size
 

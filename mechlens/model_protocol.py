@@ -3,8 +3,8 @@
 mechlens runs on TransformerLens models: the ``TransformerBridge`` of TransformerLens 4.x
 (what :func:`mechlens.load_model` returns, in compatibility mode) and the
 ``HookedTransformer`` of TransformerLens 3.x. Both satisfy :class:`TransformerLensModel`;
-code outside this module and :mod:`mechlens.patching._forward` (the fast backend, which
-runs the bridge's blocks directly) uses only that contract and standard hook names.
+code outside this module and :mod:`mechlens.engine.bridge` (every bridge internal the fast
+backend and weight editing need) uses only that contract and standard hook names.
 Hook names that differ between the two classes are resolved here.
 """
 

@@ -179,8 +179,8 @@ def _method_name(method: str | Callable[..., Any]) -> str:
 
 def full_axis(model: Any, ds: Any, chunk_axis: str, kwargs: dict[str, Any]) -> list[Any]:
     """Every value of the swept axis, in the order the serial sweep's result has them."""
-    from mechlens.patching._forward import prepare_dataset
-    from mechlens.patching.sites import get_site, resolve_heads, resolve_layers
+    from mechlens.engine import prepare_dataset
+    from mechlens.engine.sites import get_site, resolve_heads, resolve_layers
 
     given = kwargs.get(chunk_axis)
     if chunk_axis == "layers":

@@ -60,9 +60,9 @@ def test_edge_structure(tiny_model):
 def test_edge_score_is_the_derivative_along_the_edge(tiny_model, receiver):
     """score(L0H1 -> v) = d/de M(v's input + e * delta_u) at e=0, by central differences:
     only v's input is moved, so the score sees that one edge."""
+    from mechlens.engine import split_qkv_input
     from mechlens.metrics import logit_diff
     from mechlens.model_protocol import qkv_input_hook
-    from mechlens.patching.path import _split_qkv_input
 
     ds = _ds(tiny_model)
     res = edge_attribution_patch(tiny_model, ds, progress=False)
@@ -87,7 +87,7 @@ def test_edge_score_is_the_derivative_along_the_edge(tiny_model, receiver):
             act[:, :, head] = act[:, :, head] + eps * delta
             return act
 
-        with _split_qkv_input(tiny_model), torch.no_grad():
+        with split_qkv_input(tiny_model), torch.no_grad():
             logits = tiny_model.run_with_hooks(ds.clean_tokens, fwd_hooks=[(name, hook)])
         return logit_diff(logits, ds.answers).double()
 
@@ -152,8 +152,8 @@ def test_faithfulness_one_edge_by_hand(tiny_gpt2):
 
     delta = (out_of(ck, senders[u]) - out_of(cc, senders[u])).detach()
     rec = receivers[r]
+    from mechlens.engine import split_qkv_input
     from mechlens.model_protocol import qkv_input_hook
-    from mechlens.patching.path import _split_qkv_input
 
     if rec == "logits":
         name, head = f"blocks.{tiny_gpt2.cfg.n_layers - 1}.hook_resid_post", None
@@ -169,7 +169,7 @@ def test_faithfulness_one_edge_by_hand(tiny_gpt2):
         act[:, :, head] += delta
         return act
 
-    with _split_qkv_input(tiny_gpt2), torch.no_grad():
+    with split_qkv_input(tiny_gpt2), torch.no_grad():
         want = logit_diff(tiny_gpt2.run_with_hooks(ds.clean_tokens, fwd_hooks=[(name, hook)]), ds.answers)
     torch.testing.assert_close(curve.per_example[0], want.float(), atol=1e-5, rtol=0)
     assert not torch.allclose(want.float(), edges.baselines["clean"], atol=1e-5)

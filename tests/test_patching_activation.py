@@ -11,9 +11,9 @@ import torch
 import transformer_lens.patching as tlp
 
 from mechlens.data import toy_movie_review
+from mechlens.engine import SuffixRunner, base_run, plan_passes
 from mechlens.metrics import fraction_recovered, logit_diff
 from mechlens.patching import activation_patch
-from mechlens.patching._forward import SuffixRunner, base_run, plan_passes
 
 ATOL = 1e-4
 

@@ -52,12 +52,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlens.engine import batches, cached_run
+from mechlens.engine import batches, cached_run, prepare_dataset, split_qkv_input
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.model_protocol import check_model, is_bridge, qkv_input_hook
-from mechlens.patching._forward import prepare_dataset
-from mechlens.patching.path import _split_qkv_input
 from mechlens.patching.result import PatchResult
 from mechlens.results import provenance
 from mechlens.validate import check_batch_size
@@ -99,7 +97,7 @@ def _mlp_input_hook(model: Any, layer: int) -> str:
 def _forks(model: Any) -> Iterator[None]:
     """Per-head q/k/v input forks, and (HookedTransformer) the MLP input fork."""
     with ExitStack() as stack:
-        stack.enter_context(_split_qkv_input(model))
+        stack.enter_context(split_qkv_input(model))
         if not is_bridge(model) and hasattr(model, "set_use_hook_mlp_in"):
             saved = bool(getattr(model.cfg, "use_hook_mlp_in", False))
             model.set_use_hook_mlp_in(True)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from mechlens.data.contrast import ContrastDataset
 from mechlens.engine import cache_batched
+from mechlens.engine.sites import RESIDUAL_SITES
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 METHODS = ("mean_diff", "kmeans", "logistic", "pca", "das")
-SITES = ("resid_pre", "resid_mid", "resid_post")
+SITES = RESIDUAL_SITES
 
 # DAS defaults, chosen by measuring on smollm2-135m (docs/directions.md): 4 epochs of
 # minibatches of 8 pairs (24 Adam steps on the 42-pair ToyMovieReview train split) from a

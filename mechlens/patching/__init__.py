@@ -12,11 +12,11 @@
 See ``docs/patching.md`` for a guide and benchmark numbers.
 """
 
+from mechlens.engine.sites import SITES, Site, get_site
 from mechlens.patching.activation import activation_patch
 from mechlens.patching.attribution import attribution_patch
 from mechlens.patching.path import Node, parse_node, path_patch
 from mechlens.patching.result import PatchResult
-from mechlens.patching.sites import SITES, Site, get_site
 
 __all__ = [
     "activation_patch", "attribution_patch", "path_patch", "PatchResult", "SITES", "Site", "get_site",

@@ -45,26 +45,22 @@ from torch import Tensor
 
 from mechlens.engine import (
     Patch,
+    PatchMetric,
+    SuffixRunner,
+    base_run,
     cached_run,
+    check_mode,
     copies_per_pass,
+    overhead_tokens,
     patch_mask,
     patch_rows,
+    plan_passes,
+    prepare_dataset,
     progress_iter,
     resolve_backend,
     run_with_patches,
 )
-from mechlens.model_protocol import check_model
-from mechlens.patching._forward import (
-    PatchMetric,
-    SuffixRunner,
-    base_run,
-    check_mode,
-    overhead_tokens,
-    plan_passes,
-    prepare_dataset,
-)
-from mechlens.patching.result import PatchResult
-from mechlens.patching.sites import (
+from mechlens.engine.sites import (
     Site,
     get_site,
     resolve_heads,
@@ -72,6 +68,8 @@ from mechlens.patching.sites import (
     resolve_positions,
     sweep_axes,
 )
+from mechlens.model_protocol import check_model
+from mechlens.patching.result import PatchResult
 from mechlens.results import provenance
 
 __all__ = ["activation_patch", "patch_mask", "patch_rows"]
@@ -98,14 +96,14 @@ def activation_patch(
         ds: a :class:`~mechlens.data.ContrastDataset`.
         site: ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``, ``"mlp_out"``,
             or per head ``"z"``, ``"q"``, ``"k"``, ``"v"``, ``"pattern"`` (see
-            :mod:`mechlens.patching.sites`).
+            :mod:`mechlens.engine.sites`).
         metric: ``"fraction_recovered"`` (default), ``"logit_diff"``, or ``metric(logits, ds)
             -> [batch]`` called on the logits ``[batch, pos, vocab]`` of each patched copy.
         mode: ``"denoise"`` (run corrupt, patch in clean) or ``"noise"`` (run clean, patch
             in corrupt).
         layers: layers to sweep (default all).
         positions: ``None`` each position separately, ``"all"`` all at once, an index or a
-            position name (``"ADJ"``), or a list of them (see :mod:`mechlens.patching.sites`).
+            position name (``"ADJ"``), or a list of them (see :mod:`mechlens.engine.sites`).
         heads: head sites only: heads to sweep (default all; ``k``/``v`` count key/value heads).
         batch_size: sequences per forward pass (default 128; a pass holds ``batch_size //
             len(ds)`` patch configurations).

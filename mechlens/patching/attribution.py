@@ -28,13 +28,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlens.engine import chunks, progress_iter, rows_per_pass, saver
-from mechlens.hooks import hooked
-from mechlens.metrics import logit_diff
-from mechlens.model_protocol import check_model
-from mechlens.patching._forward import PatchMetric, check_mode, prepare_dataset
-from mechlens.patching.result import PatchResult
-from mechlens.patching.sites import (
+from mechlens.engine import (
+    PatchMetric,
+    check_mode,
+    chunks,
+    prepare_dataset,
+    progress_iter,
+    rows_per_pass,
+    saver,
+)
+from mechlens.engine.sites import (
     Site,
     get_site,
     resolve_heads,
@@ -42,6 +45,10 @@ from mechlens.patching.sites import (
     resolve_positions,
     sweep_axes,
 )
+from mechlens.hooks import hooked
+from mechlens.metrics import logit_diff
+from mechlens.model_protocol import check_model
+from mechlens.patching.result import PatchResult
 from mechlens.results import provenance
 
 __all__ = ["attribution_patch"]

@@ -53,8 +53,7 @@ Example (circuit discovery: which heads feed the sentiment readers' values?)::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,22 +62,21 @@ from torch import Tensor
 
 from mechlens.engine import (
     HooksRunner,
-    cached_run,
-    chunks,
-    copies_per_pass,
-    progress_iter,
-    resolve_backend,
-)
-from mechlens.model_protocol import check_model, qkv_input_hook
-from mechlens.patching._forward import (
     PatchMetric,
     SuffixRunner,
     base_run,
+    cached_run,
     check_mode,
+    chunks,
+    copies_per_pass,
     prepare_dataset,
+    progress_iter,
+    resolve_backend,
+    split_qkv_input,
 )
+from mechlens.engine.sites import resolve_layers
+from mechlens.model_protocol import check_model, qkv_input_hook
 from mechlens.patching.result import PatchResult
-from mechlens.patching.sites import resolve_layers
 from mechlens.results import provenance
 from mechlens.validate import check_layer
 
@@ -209,23 +207,6 @@ def _receivers(model: Any, receivers: Any) -> list[_Receiver] | None:
                 )
             out.append(_Receiver(layer, head % n, w))
     return sorted(set(out), key=lambda x: (x.layer, x.which, x.head))
-
-
-@contextmanager
-def _split_qkv_input(model: Any) -> Iterator[None]:
-    """Turn on the per-head q/k/v input forks (``hook_q_input`` ...), restoring the flags."""
-    saved_split = bool(getattr(model.cfg, "use_split_qkv_input", False))
-    saved_attn_in = bool(getattr(model.cfg, "use_attn_in", False))
-    try:
-        if saved_attn_in:
-            model.set_use_attn_in(False)  # the two forks exclude each other
-        if not saved_split:
-            model.set_use_split_qkv_input(True)
-        yield
-    finally:
-        model.set_use_split_qkv_input(saved_split)
-        if saved_attn_in:
-            model.set_use_attn_in(True)
 
 
 def path_patch(
@@ -483,7 +464,7 @@ def _receiver_pass(
                 hooks.append((qkv_input_hook(model, lay, which), _input_hook(heads, patched[lay], mask, k)))
     fired: list[str] = []
     hooks = [(name, _tracking(fn, fired, name)) for name, fn in hooks]
-    with _split_qkv_input(model):
+    with split_qkv_input(model):
         out, _ = runner.run([(first, base[f"blocks.{first}.hook_resid_pre"].repeat(k, 1, 1))], hooks=hooks,
                             output=output)
     missing = {name for name, _ in hooks} - set(fired)

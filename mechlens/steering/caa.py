@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from mechlens.data.choices import ChoiceDataset
 from mechlens.engine import pad_id, padded_batches
+from mechlens.engine.sites import STREAM_SITES
 from mechlens.hooks import hooked
 from mechlens.models import model_device, model_name
 from mechlens.results import Result
@@ -67,7 +68,7 @@ __all__ = [
     "steer",
 ]
 
-SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+SITES = STREAM_SITES
 
 
 def hook_name(layer: int, site: str) -> str:

@@ -1,12 +1,13 @@
-"""Running part of a model: the machinery that makes patching sweeps fast and exact.
+"""The fast backend: run only the layers and positions a patch can change.
 
 A patch at layer ``L`` changes nothing before ``L``, so the patched run can start from the
 residual stream cached at ``L`` and run only blocks ``L..n-1``, the final norm and the
 unembedding. The bridge's own ``start_at_layer`` still runs the skipped blocks inside the
-Hugging Face model, so this module calls the bridge's block components directly, with the
+Hugging Face model, so the runner calls the bridge's block components directly, with the
 same keyword arguments the Hugging Face model hands them in a normal forward pass (the
 causal mask, rotary ``position_embeddings``, ``position_ids``; captured once from a real
-forward pass, with the KV cache switched off). Every hook inside the blocks still fires.
+forward pass, with the KV cache switched off: :mod:`mechlens.engine.bridge`). Every hook
+inside the blocks still fires.
 
 Many patch configurations share one pass: they are stacked on the batch axis. A batch can
 mix configurations that start at different layers: rows *join* the running batch at the
@@ -16,10 +17,8 @@ block it does not need.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -28,144 +27,19 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechlens.engine import saver
+from mechlens.engine.bridge import (
+    CACHE_KEY,
+    POSITIONAL,
+    KwargCapture,
+    PrefixKV,
+    RecordKV,
+    has_tensor,
+    slice_positions,
+)
+from mechlens.engine.hooks import Hook, saver
 from mechlens.hooks import hooked
-from mechlens.metrics import fraction_recovered, logit_diff
-from mechlens.models import model_device
-from mechlens.validate import check_dataset
 
-__all__ = ["model_device", "prepare_dataset", "base_run", "BaseRun", "SuffixRunner", "PatchMetric", "check_mode", "plan_passes", "overhead_tokens"]
-
-
-def check_mode(mode: str) -> str:
-    if mode not in ("denoise", "noise"):
-        raise ValueError(
-            f"mode={mode!r}: choose 'denoise' (run the corrupt prompts, patch in clean activations) "
-            "or 'noise' (run the clean prompts, patch in corrupt activations)"
-        )
-    return mode
-
-
-def prepare_dataset(model: Any, ds: Any, what: str = "ds") -> Any:
-    """Check a ContrastDataset against the model (``validate.check_dataset``) and move it
-    to the model's device."""
-    return check_dataset(ds, model, what).to(model_device(model))
-
-
-# --------------------------------------------------------------------------- block kwargs
-
-
-def _flatten_bound(sig: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
-    bound = dict(sig.bind_partial(*args, **kwargs).arguments)
-    for name, p in sig.parameters.items():
-        if p.kind is inspect.Parameter.VAR_KEYWORD and name in bound:
-            bound.update(bound.pop(name))
-    return bound
-
-
-def _batch_one(value: Any, batch: int, name: str) -> Any:
-    """Reduce a batch-sized tensor (or tuple of them) to batch 1; rows must all be equal."""
-    if isinstance(value, tuple):
-        return tuple(_batch_one(v, batch, name) for v in value)
-    if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[0] == batch and batch > 1:
-        first = value[:1]
-        if not torch.equal(value, first.expand_as(value)):
-            raise NotImplementedError(
-                f"block argument {name!r} differs between examples (padded prompts?); mechlens "
-                "patching needs unpadded prompts of one length"
-            )
-        return first
-    return value
-
-
-_CACHE_KEY = "__mechlens_cache_key__"
-# Block arguments that index positions, and the axis that does.
-_POSITIONAL = {"position_ids": -1, "cache_position": -1, "position_embeddings": -2, "attention_mask": -2}
-
-
-class _PrefixKV:
-    """Stands in for a KV cache: prepends the base run's keys and values at positions ``< p``
-    to the keys and values the block computes for positions ``p..``.
-
-    The bridge's attention calls ``cache.update(k, v, layer_idx)`` and attends over the
-    result, so a run that starts at position ``p`` sees exactly the full-length keys.
-    """
-
-    def __init__(self, kv: Sequence[tuple[Tensor, Tensor]], p: int):
-        self.kv = kv
-        self.p = p
-
-    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        pk, pv = self.kv[layer_idx]
-        reps = k.shape[0] // pk.shape[0]
-
-        def tile(x: Tensor, like: Tensor) -> Tensor:
-            x = x[..., : self.p, :].to(like.dtype)
-            return x.unsqueeze(0).expand(reps, *x.shape).reshape(reps * x.shape[0], *x.shape[1:])
-
-        return torch.cat([tile(pk, k), k], dim=-2), torch.cat([tile(pv, v), v], dim=-2)
-
-
-def _slice_positions(value: Any, axis: int, p: int) -> Any:
-    if isinstance(value, tuple):
-        return tuple(_slice_positions(v, axis, p) for v in value)
-    if isinstance(value, Tensor):
-        idx = [slice(None)] * value.ndim
-        idx[axis] = slice(p, None)
-        return value[tuple(idx)]
-    return value
-
-
-@functools.lru_cache(maxsize=64)
-def _signature(cls: type) -> inspect.Signature:
-    """The signature of ``cls.forward`` as a bound method (without ``self``)."""
-    sig = inspect.signature(cls.forward)
-    return sig.replace(parameters=list(sig.parameters.values())[1:])
-
-
-class _KwargCapture:
-    """Forward pre-hooks on every block that record the keyword arguments it receives."""
-
-    def __init__(self, model: Any):
-        self.model = model
-        self.kwargs: dict[int, dict[str, Any]] = {}
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> _KwargCapture:
-        for i, block in enumerate(self.model.blocks):
-            sig = _signature(type(block.original_component))
-
-            def pre(_mod: Any, args: tuple, kwargs: dict, i: int = i, sig: inspect.Signature = sig) -> None:
-                self.kwargs[i] = _flatten_bound(sig, args, kwargs)
-
-            self._handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def prepared(self, batch: int) -> list[dict[str, Any]]:
-        from transformers.cache_utils import Cache
-
-        out = []
-        for i in range(len(self.model.blocks)):
-            if i not in self.kwargs:
-                raise RuntimeError(f"block {i} did not run during the cached forward pass")
-            kw = dict(self.kwargs[i])
-            first = next(iter(kw))  # the hidden states: replaced by the runner's input
-            kw.pop(first)
-            for k, v in list(kw.items()):
-                if isinstance(v, Cache):
-                    kw[k] = None
-                    kw[_CACHE_KEY] = k  # where a prefix KV stand-in can go
-                else:
-                    kw[k] = _batch_one(v, batch, k)
-            if "use_cache" in kw:
-                kw["use_cache"] = False
-            out.append(kw)
-        return out
+__all__ = ["base_run", "BaseRun", "SuffixRunner", "plan_passes", "overhead_tokens"]
 
 
 @dataclass
@@ -176,17 +50,6 @@ class BaseRun:
     cache: dict[str, Tensor]
     block_kwargs: list[dict[str, Any]]
     kv: list[tuple[Tensor, Tensor]] | None  # per layer (keys, values) [batch, kv_heads, pos, d_head]
-
-
-class _RecordKV:
-    """Stands in for a KV cache in a full pass: records each layer's keys and values."""
-
-    def __init__(self) -> None:
-        self.kv: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        self.kv[layer_idx] = (k.detach(), v.detach())
-        return k, v
 
 
 @dataclass
@@ -220,13 +83,13 @@ def base_run(model: Any, tokens: Int[Tensor, "batch pos"], names: Iterable[str])
         with torch.no_grad():
             resid = model(tokens, stop_at_layer=0)
             runner = SuffixRunner(model, prep.block_kwargs)
-            rec = _RecordKV() if prep.skip_positions else None
+            rec = RecordKV() if prep.skip_positions else None
             logits, _ = runner.run([(0, resid)], hooks=hooks, output="all", kv_store=rec)
         kv = [rec.kv[i] for i in range(model.cfg.n_layers)] if rec is not None else None
         assert logits is not None
         return BaseRun(logits, cache, prep.block_kwargs, kv)
 
-    with torch.no_grad(), _KwargCapture(model) as cap, hooked(model, hooks):
+    with torch.no_grad(), KwargCapture(model) as cap, hooked(model, hooks):
         out = model(tokens, return_type="logits_and_cache")
     logits, pkv = out if isinstance(out, tuple) else (out, None)
     kv = None
@@ -271,15 +134,6 @@ def _verify(model: Any, run: BaseRun) -> _Prepared:
     return _Prepared(run.block_kwargs, skip)
 
 
-# --------------------------------------------------------------------------- suffix runner
-
-Hook = tuple[str, Callable[..., Any]]
-
-
-def _has_tensor(v: Any) -> bool:
-    return isinstance(v, Tensor) or (isinstance(v, tuple) and any(isinstance(x, Tensor) for x in v))
-
-
 class SuffixRunner:
     """Runs blocks ``L..n-1``, the final norm and the unembedding from given residuals."""
 
@@ -290,8 +144,8 @@ class SuffixRunner:
         kv: Sequence[tuple[Tensor, Tensor]] | None = None,
     ):
         self.model = model
-        self.kwargs = [{k: v for k, v in kw.items() if k != _CACHE_KEY} for kw in block_kwargs]
-        self.cache_keys = [kw.get(_CACHE_KEY) for kw in block_kwargs]
+        self.kwargs = [{k: v for k, v in kw.items() if k != CACHE_KEY} for kw in block_kwargs]
+        self.cache_keys = [kw.get(CACHE_KEY) for kw in block_kwargs]
         self.kv = kv
         self.n_layers = int(model.cfg.n_layers)
         # Position skipping needs the base run's keys/values, a cache argument to put them
@@ -300,7 +154,7 @@ class SuffixRunner:
             kv is not None
             and all(self.cache_keys)
             and all(
-                k in _POSITIONAL or not _has_tensor(v)
+                k in POSITIONAL or not has_tensor(v)
                 for kw in self.kwargs
                 for k, v in kw.items()
             )
@@ -310,9 +164,9 @@ class SuffixRunner:
         kw = self.kwargs[layer]
         if p == 0:
             return kw
-        kw = {k: (_slice_positions(v, _POSITIONAL[k], p) if k in _POSITIONAL else v) for k, v in kw.items()}
+        kw = {k: (slice_positions(v, POSITIONAL[k], p) if k in POSITIONAL else v) for k, v in kw.items()}
         assert self.kv is not None
-        kw[self.cache_keys[layer]] = _PrefixKV(self.kv, p)
+        kw[self.cache_keys[layer]] = PrefixKV(self.kv, p)
         return kw
 
     def run(
@@ -450,82 +304,3 @@ def overhead_tokens(model: Any) -> float:
     gated = bool(getattr(model.cfg, "gated_mlp", False))
     flops = 2 * (4 * d * d + (3 if gated else 2) * d * d_mlp)
     return float(min(max(1e7 / flops, 1.0), 1000.0))
-
-
-# --------------------------------------------------------------------------- metrics
-
-METRICS = ("fraction_recovered", "logit_diff")
-
-
-class PatchMetric:
-    """The per-example metric of a patched run.
-
-    - ``"logit_diff"``: the logit difference (correct - incorrect for the clean prompt).
-    - ``"fraction_recovered"``: ``(LD_patched[b] - LD_corrupt[b]) / (mean LD_clean - mean
-      LD_corrupt)``. Its mean over examples is exactly the paper's
-      ``fraction_recovered(mean LD_patched, mean LD_clean, mean LD_corrupt)``; subtracting
-      each example's own corrupt value makes the per-example numbers paired (smaller
-      standard errors) without changing the mean.
-    - a callable ``metric(logits, ds) -> [batch]``, called with the logits ``[batch, pos,
-      vocab]`` of one patched copy of the dataset.
-
-    Rows are stacked copies of the dataset: row ``k * batch + b`` is example ``b``.
-    """
-
-    def __init__(
-        self,
-        metric: str | Callable[..., Tensor],
-        ds: Any,
-        clean_logits: Tensor,
-        corrupt_logits: Tensor,
-    ):
-        self.ds = ds
-        self.batch = ds.batch
-        if callable(metric):
-            self.fn = metric
-            self.name = getattr(metric, "__name__", "custom")
-            self.output = "all"
-        elif metric in METRICS:
-            self.fn = None
-            self.name = metric
-            self.output = "last"
-        else:
-            raise ValueError(f"metric={metric!r}: choose one of {list(METRICS)} or pass a callable(logits, ds)")
-        self.clean_logits, self.corrupt_logits = clean_logits.detach(), corrupt_logits.detach()
-        self.ld_clean = logit_diff(clean_logits, ds.answers).detach()
-        self.ld_corrupt = logit_diff(corrupt_logits, ds.answers).detach()
-        if self.name == "fraction_recovered":
-            # raises a clear error when clean and corrupt do not differ
-            fraction_recovered(self.ld_clean.mean(), self.ld_clean.mean(), self.ld_corrupt.mean())
-        self.baselines = {
-            "clean": self(clean_logits).detach(),
-            "corrupt": self(corrupt_logits).detach(),
-        }
-
-    def __call__(self, logits: Float[Tensor, "rows pos vocab"]) -> Float[Tensor, " rows"]:
-        rows = logits.shape[0]
-        if rows % self.batch:
-            raise ValueError(f"{rows} rows is not a whole number of copies of the {self.batch} examples")
-        reps = rows // self.batch
-        if self.fn is not None:
-            outs = []
-            for k in range(reps):
-                out = torch.as_tensor(self.fn(logits[k * self.batch : (k + 1) * self.batch], self.ds))
-                if out.shape != (self.batch,):
-                    raise ValueError(
-                        f"metric {self.name!r} must return one value per example, shape ({self.batch},), "
-                        f"got {tuple(out.shape)}"
-                    )
-                outs.append(out.float())
-            return torch.cat(outs)
-        return self.from_ld(logit_diff(logits, self.ds.answers).view(reps, self.batch)).reshape(-1)
-
-    def from_ld(self, ld: Float[Tensor, "*cells batch"]) -> Float[Tensor, "*cells batch"]:
-        """A built-in metric from per-example logit differences (last axis = examples)."""
-        if self.fn is not None:
-            raise TypeError("from_ld only applies to the built-in metrics")
-        if self.name == "logit_diff":
-            return ld
-        ld_corrupt = self.ld_corrupt.to(ld.device)
-        corrupt = ld_corrupt.mean()
-        return fraction_recovered(ld - ld_corrupt + corrupt, self.ld_clean.to(ld.device).mean(), corrupt)

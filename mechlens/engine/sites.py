@@ -31,7 +31,7 @@ from torch import Tensor
 
 from mechlens.validate import check_head, check_layers
 
-__all__ = ["Site", "SITES", "get_site", "resolve_layers", "resolve_heads", "resolve_positions", "PositionSpec"]
+__all__ = ["Site", "SITES", "STREAM_SITES", "RESIDUAL_SITES", "get_site", "resolve_layers", "resolve_heads", "resolve_positions", "PositionSpec"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,10 @@ SITES: dict[str, Site] = {
              "attention pattern (destination position is the patched position)"),
     ]
 }
+# Derived views of the one registry: sites that hold one d_model vector per position (what a
+# steering vector is added to), and the residual stream itself (where directions are fitted).
+STREAM_SITES: tuple[str, ...] = tuple(n for n, s in SITES.items() if s.layout == "bpd")
+RESIDUAL_SITES: tuple[str, ...] = tuple(n for n in STREAM_SITES if n.startswith("resid"))
 _ALIASES = {"head_out": "z", "result_z": "z", "attn_pattern": "pattern", "resid": "resid_pre"}
 
 

@@ -1,0 +1,98 @@
+"""Grids of hook interventions, and the one batched caching run.
+
+Interventions that are not patches from another run (moving along a direction, adding a
+vector, ablating with a computed value) are hooks built per forward pass: :func:`run_grid`
+runs any number of configurations of them over a dataset, stacked on the batch axis, and
+returns the metric per configuration and example. :func:`cache_batched` caches only the
+activations asked for, ``batch_size`` sequences at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechlens.engine.batching import batches, progress_iter
+from mechlens.engine.hooks import Hook, saver
+from mechlens.hooks import hooked
+from mechlens.metrics import logit_diff
+from mechlens.models import model_device
+
+__all__ = ["logit_diff_metric", "run_grid", "cache_batched"]
+
+
+def logit_diff_metric(answers: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """The metric of most methods: the logit difference of ``answers`` ``[batch, n_pairs, 2]``
+    for the rows' examples (``fn(logits, example_index) -> [rows]``)."""
+
+    def metric(logits: Tensor, examples: Tensor) -> Tensor:
+        return logit_diff(logits, answers[examples].to(logits.device))
+
+    return metric
+
+
+@torch.no_grad()
+def run_grid(
+    model: Any,
+    tokens: Tensor,
+    metric: Callable[[Tensor, Tensor], Tensor],
+    *,
+    n_configs: int = 1,
+    hooks: Callable[[Tensor, Tensor], Sequence[Hook]] | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    desc: str = "running",
+) -> Tensor:
+    """``metric`` of every (configuration, example) run, ``[n_configs, batch]`` (float32, CPU).
+
+    The ``n_configs x batch`` grid is run in forward passes of ``batch_size`` sequences: row
+    ``r`` is configuration ``r // batch`` of example ``r % batch``. ``hooks(configs, examples)``
+    gets the configuration and example index of each row of one pass and returns the hooks
+    that implement the interventions for those rows; ``metric(logits, examples)`` maps the
+    pass's logits to one value per row (:func:`logit_diff_metric`). Without ``hooks`` this is
+    the plain batched run of the dataset.
+    """
+    n = tokens.shape[0]
+    grid_c = torch.arange(n_configs).repeat_interleave(n)
+    grid_e = torch.arange(n).repeat(n_configs)
+    out = torch.empty(n_configs * n)
+    dev = model_device(model)
+    for sl in progress_iter(batches(n_configs * n, batch_size), progress, desc):
+        c, e = grid_c[sl], grid_e[sl]
+        with hooked(model, list(hooks(c, e)) if hooks is not None else []):
+            logits = model(tokens[e].to(dev))
+        out[sl] = metric(logits, e).detach().float().cpu()
+    return out.view(n_configs, n)
+
+
+@torch.no_grad()
+def cache_batched(
+    model: Any,
+    tokens: Tensor,
+    names: Sequence[str],
+    *,
+    batch_size: int | None,
+    answers: Tensor | None = None,
+    stop_at_layer: int | None = None,
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """Run ``tokens`` in batches caching only ``names``; with ``answers`` also the per-example
+    logit differences (float32, CPU). ``stop_at_layer`` only applies without answers (the
+    logits need every layer)."""
+    names = list(names)
+    acts: dict[str, list[Tensor]] = {n: [] for n in names}
+    lds = []
+    dev = model_device(model)
+    kw = {"stop_at_layer": stop_at_layer} if (stop_at_layer is not None and answers is None) else {}
+    for sl in batches(len(tokens), batch_size):
+        cache: dict[str, Tensor] = {}
+        with hooked(model, [(n, saver(cache, n)) for n in names]):
+            out = model(tokens[sl].to(dev), **kw)
+        for n in names:
+            acts[n].append(cache[n])
+        if answers is not None:
+            lds.append(logit_diff(out, answers[sl].to(out.device)).detach().float().cpu())
+        del cache, out
+    return {n: torch.cat(v) for n, v in acts.items()}, (torch.cat(lds) if lds else None)

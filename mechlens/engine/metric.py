@@ -1,0 +1,108 @@
+"""The per-example metric of a patched run, and the dataset check every method starts with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechlens.metrics import fraction_recovered, logit_diff
+from mechlens.models import model_device
+from mechlens.validate import check_dataset
+
+__all__ = ["METRICS", "PatchMetric", "check_mode", "prepare_dataset"]
+
+
+def check_mode(mode: str) -> str:
+    if mode not in ("denoise", "noise"):
+        raise ValueError(
+            f"mode={mode!r}: choose 'denoise' (run the corrupt prompts, patch in clean activations) "
+            "or 'noise' (run the clean prompts, patch in corrupt activations)"
+        )
+    return mode
+
+
+def prepare_dataset(model: Any, ds: Any, what: str = "ds") -> Any:
+    """Check a ContrastDataset against the model (``validate.check_dataset``) and move it
+    to the model's device."""
+    return check_dataset(ds, model, what).to(model_device(model))
+
+
+METRICS = ("fraction_recovered", "logit_diff")
+
+
+class PatchMetric:
+    """The per-example metric of a patched run.
+
+    - ``"logit_diff"``: the logit difference (correct - incorrect for the clean prompt).
+    - ``"fraction_recovered"``: ``(LD_patched[b] - LD_corrupt[b]) / (mean LD_clean - mean
+      LD_corrupt)``. Its mean over examples is exactly the paper's
+      ``fraction_recovered(mean LD_patched, mean LD_clean, mean LD_corrupt)``; subtracting
+      each example's own corrupt value makes the per-example numbers paired (smaller
+      standard errors) without changing the mean.
+    - a callable ``metric(logits, ds) -> [batch]``, called with the logits ``[batch, pos,
+      vocab]`` of one patched copy of the dataset.
+
+    Rows are stacked copies of the dataset: row ``k * batch + b`` is example ``b``.
+    """
+
+    def __init__(
+        self,
+        metric: str | Callable[..., Tensor],
+        ds: Any,
+        clean_logits: Tensor,
+        corrupt_logits: Tensor,
+    ):
+        self.ds = ds
+        self.batch = ds.batch
+        if callable(metric):
+            self.fn = metric
+            self.name = getattr(metric, "__name__", "custom")
+            self.output = "all"
+        elif metric in METRICS:
+            self.fn = None
+            self.name = metric
+            self.output = "last"
+        else:
+            raise ValueError(f"metric={metric!r}: choose one of {list(METRICS)} or pass a callable(logits, ds)")
+        self.clean_logits, self.corrupt_logits = clean_logits.detach(), corrupt_logits.detach()
+        self.ld_clean = logit_diff(clean_logits, ds.answers).detach()
+        self.ld_corrupt = logit_diff(corrupt_logits, ds.answers).detach()
+        if self.name == "fraction_recovered":
+            # raises a clear error when clean and corrupt do not differ
+            fraction_recovered(self.ld_clean.mean(), self.ld_clean.mean(), self.ld_corrupt.mean())
+        self.baselines = {
+            "clean": self(clean_logits).detach(),
+            "corrupt": self(corrupt_logits).detach(),
+        }
+
+    def __call__(self, logits: Float[Tensor, "rows pos vocab"]) -> Float[Tensor, " rows"]:
+        rows = logits.shape[0]
+        if rows % self.batch:
+            raise ValueError(f"{rows} rows is not a whole number of copies of the {self.batch} examples")
+        reps = rows // self.batch
+        if self.fn is not None:
+            outs = []
+            for k in range(reps):
+                out = torch.as_tensor(self.fn(logits[k * self.batch : (k + 1) * self.batch], self.ds))
+                if out.shape != (self.batch,):
+                    raise ValueError(
+                        f"metric {self.name!r} must return one value per example, shape ({self.batch},), "
+                        f"got {tuple(out.shape)}"
+                    )
+                outs.append(out.float())
+            return torch.cat(outs)
+        return self.from_ld(logit_diff(logits, self.ds.answers).view(reps, self.batch)).reshape(-1)
+
+    def from_ld(self, ld: Float[Tensor, "*cells batch"]) -> Float[Tensor, "*cells batch"]:
+        """A built-in metric from per-example logit differences (last axis = examples)."""
+        if self.fn is not None:
+            raise TypeError("from_ld only applies to the built-in metrics")
+        if self.name == "logit_diff":
+            return ld
+        ld_corrupt = self.ld_corrupt.to(ld.device)
+        corrupt = ld_corrupt.mean()
+        return fraction_recovered(ld - ld_corrupt + corrupt, self.ld_clean.to(ld.device).mean(), corrupt)
