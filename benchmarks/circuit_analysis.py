@@ -4,9 +4,12 @@ computations written with plain TransformerLens hooks, on IOI.
 Cases (each prints seconds for mechlens and for the plain version, their ratio and the
 largest absolute difference of the per-example values):
 
-  ablation  mean ablation of every head of ``--layers`` (``ablate_sweep(..., "heads", how="mean")``)
-            against a loop of ``model.run_with_hooks`` with one head's ``hook_z`` replaced by
-            its mean over the clean and corrupt prompts per position, one head per pass.
+  ablation  mean ablation of every head of ``--layers`` (``ablate_sweep(..., "heads", how="mean")``,
+            fast backend) against a loop of ``model.run_with_hooks`` with one head's ``hook_z``
+            replaced by its mean over the clean and corrupt prompts per position, one head per
+            pass.
+  ablation-hooks  the same sweep on mechlens's hooks backend (full passes, heads stacked on
+            the batch axis); with ``ablation`` in the same run it also prints fast / hooks.
   eap       ``edge_attribution_patch`` against a hand EAP: ``run_with_cache`` on the corrupt
             prompts, one clean forward with forward and backward hooks on the q/k/v inputs,
             MLP inputs and final residual, one backward, and the edge scores by einsum.
@@ -68,10 +71,10 @@ def plain_mean_ablation(model, ds, layers):
     return out
 
 
-def ours_mean_ablation(model, ds, layers):
+def ours_mean_ablation(model, ds, layers, backend="auto"):
     from mechlens.ablation import ablate_sweep
 
-    return ablate_sweep(model, ds, "heads", how="mean", layers=layers, progress=False).per_example
+    return ablate_sweep(model, ds, "heads", how="mean", layers=layers, progress=False, backend=backend).per_example
 
 
 # ----------------------------------------------------------------------------- EAP
@@ -157,7 +160,7 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=16)
     ap.add_argument("--layers", default=None, help="ablation layers, e.g. 20-29 (default: all)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--cases", default="ablation,eap")
+    ap.add_argument("--cases", default="ablation,ablation-hooks,eap")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,11 +184,16 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
     print("| case | mechlens | plain TransformerLens hooks | ratio (plain / mechlens) | max abs diff |")
     print("|---|---:|---:|---:|---:|")
+    seconds = {}
+    plain_ablation = None
     for case in args.cases.split(","):
-        if case == "ablation":
-            t_ours, ours = _timed(lambda: ours_mean_ablation(model, ds, layers))
-            t_plain, plain = _timed(lambda: plain_mean_ablation(model, ds, layers))
-            what = f"mean ablation, {len(layers)} layers x {model.cfg.n_heads} heads"
+        if case in ("ablation", "ablation-hooks"):
+            backend = "fast" if case == "ablation" else "hooks"
+            t_ours, ours = _timed(lambda: ours_mean_ablation(model, ds, layers, backend))
+            if plain_ablation is None:
+                plain_ablation = _timed(lambda: plain_mean_ablation(model, ds, layers))
+            t_plain, plain = plain_ablation
+            what = f"mean ablation ({backend} backend), {len(layers)} layers x {model.cfg.n_heads} heads"
         elif case == "eap":
             ours_eap(model, ds[:2])  # warm-up (hook set-up, allocator)
             t_ours, ours = _timed(lambda: ours_eap(model, ds))
@@ -193,8 +201,11 @@ def main() -> None:
             what = f"edge attribution patching, {ours.shape[0]} x {ours.shape[1]} edges"
         else:
             raise SystemExit(f"unknown case {case!r}")
+        seconds[case] = t_ours
         diff = float((ours.float() - plain.float()).abs().max())
         print(f"| {what} | {t_ours:.2f} s | {t_plain:.2f} s | {t_plain / t_ours:.2f}x | {diff:.2g} |", flush=True)
+    if "ablation" in seconds and "ablation-hooks" in seconds:
+        print(f"\nablation, fast backend vs hooks backend: {seconds['ablation-hooks'] / seconds['ablation']:.2f}x")
 
 
 if __name__ == "__main__":

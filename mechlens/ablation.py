@@ -26,8 +26,10 @@ its standard error over examples and ``baselines["clean"]`` the unablated metric
 hooks are removed on exit, also after an exception), and :func:`knockout_curve` removes
 components cumulatively, most harmful first, and reports the metric after each.
 
-Ablations run on the hooks backend of :mod:`mechlens.engine` (full ``run_with_hooks``
-passes, many ablations stacked on the batch axis), on any TransformerLens model.
+Ablations run on :mod:`mechlens.engine` (:func:`~mechlens.engine.run_patches`), many stacked
+on the batch axis: on a TransformerBridge the fast backend runs an ablation in block ``L``
+from the residual stream cached at ``L`` (blocks ``0..L-1`` run once, not once per
+ablation); ``backend="hooks"`` runs full passes on any TransformerLens model.
 
 Example::
 
@@ -56,15 +58,18 @@ import torch
 from torch import Tensor
 
 from mechlens.engine import (
+    Location,
     Patch,
     PatchMetric,
+    Replace,
+    Zero,
     batches,
     cache_batched,
     cached_run,
-    copies_per_pass,
+    patch,
     prepare_dataset,
     resolve_backend,
-    run_with_patches,
+    run_patches,
 )
 from mechlens.engine.sites import resolve_layers, resolve_positions
 from mechlens.hooks import hooked
@@ -97,13 +102,20 @@ class Component:
             return f"L{self.layer} mlp"
         return f"L{self.layer}"
 
-    def hooks(self) -> list[str]:
+    def locations(self, position: Tensor | None = None) -> list[Location]:
+        """Where ablating this component intervenes (at ``position``, ``None`` = everywhere)."""
         if self.kind == "head":
-            return [f"blocks.{self.layer}.attn.hook_z"]
+            return [Location("z", self.layer, self.index, position)]
         if self.kind == "neuron":
-            return [f"blocks.{self.layer}.mlp.hook_post"]
+            return [Location("mlp_post", self.layer, self.index, position)]
         if self.kind == "mlp":
-            return [f"blocks.{self.layer}.hook_mlp_out"]
+            return [Location("mlp_out", self.layer, None, position)]
+        return [Location("attn_out", self.layer, None, position), Location("mlp_out", self.layer, None, position)]
+
+    def hooks(self) -> list[str]:
+        site = {"head": "blocks.{l}.attn.hook_z", "neuron": "blocks.{l}.mlp.hook_post", "mlp": "blocks.{l}.hook_mlp_out"}
+        if self.kind in site:
+            return [site[self.kind].format(l=self.layer)]
         return [f"blocks.{self.layer}.hook_attn_out", f"blocks.{self.layer}.hook_mlp_out"]
 
     def mask(self, hook: str, n: int) -> Tensor:
@@ -207,16 +219,13 @@ def _sources(
 
 
 def _patches(model: Any, comps: Sequence[Component], pos_mask: Tensor | None, src: dict[str, Tensor],
-             how: str, device: Any) -> list[Patch]:
+             how: str) -> list[Patch]:
+    """One configuration: every location of ``comps`` (at ``pos_mask``) takes the ablated value."""
     out = []
     for c in comps:
-        for hook in c.hooks():
-            m = c.mask(hook, _n_at(model, hook)).to(device)
-            if pos_mask is not None:  # [batch, pos] -> broadcast over the trailing axes
-                pm = pos_mask.view(*pos_mask.shape, *([1] * (m.ndim - 2)))
-                m = m & pm
-            value = src[hook] if how != "zero" else torch.zeros(1, device=m.device)
-            out.append(Patch(hook, m, value))
+        for loc in c.locations(pos_mask):
+            value = Zero() if how == "zero" else Replace(src[loc.hook(model)])
+            out.append(patch(model, loc, value))
     return out
 
 
@@ -271,7 +280,10 @@ def ablate_sweep(
         seed: seeds ``how="resample"`` with a ``reference``.
         batch_size: sequences per forward pass (default 128; several ablations share a pass).
         progress: show a progress bar.
-        backend: ``"auto"`` or ``"hooks"`` (ablation runs full hooked passes on any model).
+        backend: ``"fast"`` (TransformerBridge: an ablation in block ``L`` runs only blocks
+            ``L..n-1``, from the residual stream cached at ``L``), ``"hooks"`` (full
+            ``run_with_hooks`` passes, any TransformerLens model) or ``"auto"`` (fast where
+            it applies). Both give the same numbers.
 
     Returns:
         A :class:`PatchResult` (``method="ablation"``, ``site=component``, ``mode=how``)
@@ -285,8 +297,6 @@ def ablate_sweep(
     _check_seed(seed)
     check_batch_size(batch_size)
     metric = _metric(metric)
-    if backend == "fast":
-        raise ValueError("backend='fast': ablation runs on the hooks backend; use backend='auto' or 'hooks'")
     resolve_backend(model, backend)
     if component == "heads_pos":
         component, positions = "heads", None
@@ -307,18 +317,14 @@ def ablate_sweep(
     comps = {(layer, i): Component(kind, layer, i) for layer in layer_list for i in idx_list}
     hooks = {h for c in comps.values() for h in c.hooks()}
     src = {} if how == "zero" else _sources(model, ds, hooks, how, reference, seed, batch_size)
-    logits_clean, _ = cached_run(model, ds.clean_tokens, [])
-    logits_corrupt, _ = cached_run(model, ds.corrupt_tokens, [])
-    pm = PatchMetric(metric, ds, logits_clean, logits_corrupt)
+    pm = PatchMetric.measured(model, ds, metric, batch_size=batch_size)
     base = pm.baselines["clean"].float().cpu()
     all_pos = not pos.has_axis and bool(pos.masks.all())
     configs = [
-        _patches(model, [comps[(layer, i)]], None if all_pos else pos.masks[p], src, how, ds.device)
-        for layer, p, i in cells
+        _patches(model, [comps[(layer, i)]], None if all_pos else pos.masks[p], src, how) for layer, p, i in cells
     ]
-    k = copies_per_pass(batch_size, ds.batch)
-    out = run_with_patches(model, ds.clean_tokens, configs, pm, configs_per_pass=k, progress=progress,
-                           desc=f"ablating {component}")
+    out = run_patches(model, ds.clean_tokens, configs, pm.on_rows, output=pm.output, backend=backend,
+                      batch_size=batch_size, progress=progress, desc=f"ablating {component}")
     change = out - base[None]
     shape = [len(layer_list)] + ([len(pos.masks)] if pos.has_axis else []) + ([len(idx_list)] if idx_name else [])
     axes = ("layer",) + (("pos",) if pos.has_axis else ()) + ((idx_name,) if idx_name else ())
@@ -420,6 +426,7 @@ def knockout_curve(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> PatchResult:
     """Remove components cumulatively and report the metric after each removal.
 
@@ -427,6 +434,7 @@ def knockout_curve(
     :func:`ablate_sweep` over ``component`` (``"heads"``, ``"mlp"``, ``"layer"``) with the same
     ``how``, sorted by effect, most harmful (most negative change) first. ``max_k``: stop
     after that many (default all).
+    ``backend``: as in :func:`ablate_sweep` (the same numbers on both).
 
     Returns:
         A :class:`PatchResult` with axis ``("k",)``: entry 0 is the unablated metric, entry
@@ -443,7 +451,7 @@ def knockout_curve(
         if component not in ("heads", "mlp", "layer"):
             raise ValueError(f"component={component!r}: knockout_curve ranks 'heads', 'mlp' or 'layer'")
         sweep = ablate_sweep(model, ds, component, how=how, reference=reference, metric=metric, seed=seed,
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, progress=progress, backend=backend)
         kind = {"heads": "head", "mlp": "mlp", "layer": "layer"}[component]
         vals = sweep.values.flatten()
         cells = [
@@ -462,13 +470,10 @@ def knockout_curve(
         comps = comps[:max_k]
     hooks = {h for c in comps for h in c.hooks()}
     src = {} if how == "zero" else _sources(model, ds, hooks, how, reference, seed, batch_size)
-    logits_clean, _ = cached_run(model, ds.clean_tokens, [])
-    logits_corrupt, _ = cached_run(model, ds.corrupt_tokens, [])
-    pm = PatchMetric(metric, ds, logits_clean, logits_corrupt)
-    configs = [_patches(model, comps[:k], None, src, how, ds.device) for k in range(1, len(comps) + 1)]
-    k_pass = copies_per_pass(batch_size, ds.batch)
-    out = run_with_patches(model, ds.clean_tokens, configs, pm, configs_per_pass=k_pass, progress=progress,
-                           desc="knockout curve")
+    pm = PatchMetric.measured(model, ds, metric, batch_size=batch_size)
+    configs = [_patches(model, comps[:k], None, src, how) for k in range(1, len(comps) + 1)]
+    out = run_patches(model, ds.clean_tokens, configs, pm.on_rows, output=pm.output, backend=backend,
+                      batch_size=batch_size, progress=progress, desc="knockout curve")
     per_example = torch.cat([pm.baselines["clean"].float().cpu()[None], out])
     names = [str(c) for c in comps]
     return PatchResult(

@@ -46,9 +46,8 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from mechlens.engine import batches, prepare_dataset
+from mechlens.engine import cache_iter, cached_run, prepare_dataset
 from mechlens.engine.sites import resolve_layers, resolve_positions
 from mechlens.model_protocol import check_model
 from mechlens.patching.result import PatchResult
@@ -137,8 +136,8 @@ def logit_lens(
     names = [f"blocks.{layer}.hook_resid_post" for layer in layer_list]
     out = torch.empty(len(layer_list), len(pos.masks), ds.batch)
     real = torch.empty(ds.batch)
-    for sl in tqdm(list(batches(ds.batch, batch_size)), desc="logit lens", leave=False, disable=not progress):
-        logits, cache = model.run_with_cache(ds.clean_tokens[sl], names_filter=lambda n: n in names)
+    for sl, logits, cache in cache_iter(model, ds.clean_tokens, names, batch_size=batch_size, progress=progress,
+                                        desc="logit lens"):
         d, bias = answer_direction(model, ds.answers[sl])
         from mechlens.metrics import logit_diff
 
@@ -189,7 +188,7 @@ def top_tokens(
     sub = ds[example % ds.batch]
     p = int(_single_positions(model, sub, position).masks[0, 0].float().argmax())
     names = [f"blocks.{layer}.hook_resid_post" for layer in layer_list]
-    _, cache = model.run_with_cache(sub.clean_tokens, names_filter=lambda n: n in names)
+    cache = cached_run(model, sub.clean_tokens, names)[1]
     rows = []
     for layer, name in zip(layer_list, names):
         logits = model.unembed(model.ln_final(cache[name][:, p : p + 1]))[0, 0].float()
@@ -258,11 +257,10 @@ def direct_logit_attribution(
     comp_labels: list[str] = []
     chunks: list[list[Tensor]] = []
     real = torch.empty(ds.batch)
-    for sl in tqdm(list(batches(ds.batch, batch_size)), desc="direct logit attribution", leave=False,
-                   disable=not progress):
+    for sl, logits, cache in cache_iter(model, ds.clean_tokens, names, batch_size=batch_size, progress=progress,
+                                        desc="direct logit attribution"):
         from mechlens.metrics import logit_diff
 
-        logits, cache = model.run_with_cache(ds.clean_tokens[sl], names_filter=lambda n: n in names)
         real[sl] = logit_diff(logits, ds.answers[sl]).float().cpu()
         end = ds.positions["END"][sl]
         rows = torch.arange(end.shape[0], device=end.device)

@@ -150,7 +150,7 @@ def test_bad_input(tiny_gpt2):
     with pytest.raises(ValueError, match="heads"):
         ablate_sweep(tiny_gpt2, ds, "mlp", heads=[0])
     with pytest.raises(ValueError, match="backend"):
-        ablate_sweep(tiny_gpt2, ds, "mlp", backend="fast")
+        ablate_sweep(tiny_gpt2, ds, "mlp", backend="turbo")
     with pytest.raises(ValueError, match="components"):
         parse_component(tiny_gpt2, "L9H0")
     with pytest.raises(ValueError, match="components"):
@@ -158,3 +158,24 @@ def test_bad_input(tiny_gpt2):
     with pytest.raises(ValueError, match="ds="):
         with knockout(tiny_gpt2, ["L0H0"], how="mean"):
             pass
+
+
+@pytest.mark.parametrize("component,how", [("heads", "mean"), ("mlp", "zero"), ("layer", "resample"),
+                                           ("neurons", "mean"), ("heads_pos", "zero")])
+def test_fast_equals_hooks(tiny_model, component, how):
+    """The fast backend (blocks before the ablation run once) gives the hooks backend's numbers,
+    also when the examples do not fit one pass (batch_size smaller than the dataset)."""
+    ds = _ds(tiny_model)
+    kw = dict(how=how, progress=False, neurons=[0, 5] if component == "neurons" else None)
+    fast = ablate_sweep(tiny_model, ds, component, backend="fast", batch_size=3, **kw)
+    hooks = ablate_sweep(tiny_model, ds, component, backend="hooks", batch_size=8, **kw)
+    assert fast.axes == hooks.axes and fast.shape == hooks.shape
+    torch.testing.assert_close(fast.per_example, hooks.per_example, atol=1e-5, rtol=0)
+
+
+def test_knockout_curve_fast_equals_hooks(tiny_model):
+    ds = _ds(tiny_model)
+    order = ["L1H0", "L0 mlp", "L0H1", "L1"]
+    fast = knockout_curve(tiny_model, ds, order, how="mean", progress=False, backend="fast", batch_size=5)
+    hooks = knockout_curve(tiny_model, ds, order, how="mean", progress=False, backend="hooks")
+    torch.testing.assert_close(fast.per_example, hooks.per_example, atol=1e-5, rtol=0)

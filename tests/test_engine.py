@@ -82,3 +82,47 @@ def test_padded_batches_keep_every_token_and_find_the_last():
             assert torch.equal(toks[row, : len(seqs[i])], seqs[i]) and int(last[row]) == len(seqs[i]) - 1
             seen.append(i)
     assert sorted(seen) == [0, 1, 2]
+
+
+def test_run_patches_interventions_equal_a_plain_hook_loop(tiny_model):
+    """Each typed intervention, run as one configuration among several stacked on the batch
+    axis (fast and hooks backends, examples split over passes), equals one run_with_hooks."""
+    from mechlens.engine import Add, Location, ProjectOnto, ProjectOut, Replace, Scale, Zero, patch, run_patches
+    from mechlens.metrics import logit_diff
+
+    torch.manual_seed(0)
+    tokens = torch.randint(1, tiny_model.cfg.d_vocab, (5, 7))
+    answers = torch.randint(1, tiny_model.cfg.d_vocab, (5, 1, 2))
+    d = tiny_model.cfg.d_model
+    vec = torch.randn(d)
+    pos = torch.zeros(5, 7, dtype=torch.bool)
+    pos[:, 3] = True
+    head_src = torch.randn(5, 7, tiny_model.cfg.n_heads, tiny_model.cfg.d_head)
+    cases = [
+        (Location("resid_pre", 1), Add(vec, 2.0)),
+        (Location("resid_pre", 0, position=pos), ProjectOut(vec)),
+        (Location("mlp_out", 0), Scale(0.5)),
+        (Location("attn_out", 1, position=pos[0]), ProjectOnto(vec)),
+        (Location("z", 1, head=1), Replace(head_src)),
+        (Location("z", 0, head=0, position=pos), Zero()),
+    ]
+    configs = [[patch(tiny_model, loc, iv)] for loc, iv in cases] + [[patch(tiny_model, *cases[0]),
+                                                                     patch(tiny_model, *cases[4])]]
+
+    def metric(logits, examples):
+        return logit_diff(logits, answers[examples])
+
+    want = []
+    for cfg in configs:
+        hooks = []
+        for p in cfg:
+            def fn(act, hook, p=p):
+                new = p.transform(act) if p.transform is not None else p.source.to(act.dtype)
+                return torch.where(p.mask, new, act)
+            hooks.append((p.hook, fn))
+        with torch.no_grad():
+            want.append(logit_diff(tiny_model.run_with_hooks(tokens, fwd_hooks=hooks), answers))
+    want = torch.stack(want)
+    for backend in ("fast", "hooks"):
+        got = run_patches(tiny_model, tokens, configs, metric, backend=backend, batch_size=4, progress=False)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -49,7 +49,7 @@ from mechlens.engine.batching import (
 )
 from mechlens.engine.bridge import split_qkv_input
 from mechlens.engine.fast import BaseRun, SuffixRunner, base_run, overhead_tokens, plan_passes
-from mechlens.engine.grid import cache_batched, logit_diff_metric, run_grid
+from mechlens.engine.grid import cache_batched, cache_iter, logit_diff_metric, run_grid
 from mechlens.engine.hooks import (
     Hook,
     HooksRunner,
@@ -61,6 +61,18 @@ from mechlens.engine.hooks import (
     run_with_patches,
     saver,
 )
+from mechlens.engine.interventions import (
+    Add,
+    Intervention,
+    Location,
+    ProjectOnto,
+    ProjectOut,
+    Replace,
+    Scale,
+    Zero,
+    patch,
+    run_patches,
+)
 from mechlens.engine.metric import METRICS, PatchMetric, check_mode, prepare_dataset
 from mechlens.model_protocol import is_bridge
 
@@ -70,5 +82,6 @@ __all__ = [
     "copies_per_pass", "hook_layer", "is_bridge", "logit_diff_metric", "overhead_tokens", "pad_id",
     "padded_batches", "patch_mask", "patch_rows", "plan_passes", "prepare_dataset", "progress_bar",
     "progress_iter", "resolve_backend", "rows_per_pass", "run_grid", "run_with_patches", "saver",
-    "split_qkv_input",
+    "split_qkv_input", "Location", "Intervention", "Replace", "Zero", "Add", "Scale", "ProjectOut",
+    "ProjectOnto", "patch", "run_patches", "cache_iter",
 ]

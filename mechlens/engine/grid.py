@@ -9,7 +9,7 @@ activations asked for, ``batch_size`` sequences at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
 
-__all__ = ["logit_diff_metric", "run_grid", "cache_batched"]
+__all__ = ["logit_diff_metric", "run_grid", "cache_iter", "cache_batched"]
 
 
 def logit_diff_metric(answers: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -68,6 +68,30 @@ def run_grid(
     return out.view(n_configs, n)
 
 
+def cache_iter(
+    model: Any,
+    tokens: Tensor,
+    names: Sequence[str],
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+    desc: str = "caching",
+    stop_at_layer: int | None = None,
+) -> Iterator[tuple[slice, Tensor | None, dict[str, Tensor]]]:
+    """The engine's caching mode: ``(rows, logits, activations at names)`` for each pass of
+    ``batch_size`` sequences, so a method can reduce each batch at once instead of holding
+    the activations of the whole dataset. ``logits`` is ``None`` with ``stop_at_layer``."""
+    names = sorted(set(names))
+    dev = model_device(model)
+    kw = {"stop_at_layer": stop_at_layer} if stop_at_layer is not None else {}
+    for sl in progress_iter(batches(len(tokens), batch_size), progress, desc):
+        cache: dict[str, Tensor] = {}
+        with torch.no_grad(), hooked(model, [(n, saver(cache, n)) for n in names]):
+            out = model(tokens[sl].to(dev), **kw)
+        yield sl, (None if stop_at_layer is not None else out), cache
+        del cache, out
+
+
 @torch.no_grad()
 def cache_batched(
     model: Any,
@@ -84,15 +108,11 @@ def cache_batched(
     names = list(names)
     acts: dict[str, list[Tensor]] = {n: [] for n in names}
     lds = []
-    dev = model_device(model)
-    kw = {"stop_at_layer": stop_at_layer} if (stop_at_layer is not None and answers is None) else {}
-    for sl in batches(len(tokens), batch_size):
-        cache: dict[str, Tensor] = {}
-        with hooked(model, [(n, saver(cache, n)) for n in names]):
-            out = model(tokens[sl].to(dev), **kw)
+    stop = stop_at_layer if answers is None else None
+    for sl, out, cache in cache_iter(model, tokens, names, batch_size=batch_size, stop_at_layer=stop):
         for n in names:
             acts[n].append(cache[n])
         if answers is not None:
+            assert out is not None
             lds.append(logit_diff(out, answers[sl].to(out.device)).detach().float().cpu())
-        del cache, out
     return {n: torch.cat(v) for n, v in acts.items()}, (torch.cat(lds) if lds else None)

@@ -30,15 +30,19 @@ Hook = tuple[str, Callable[..., Any]]
 
 @dataclass(frozen=True)
 class Patch:
-    """At ``hook``, take ``source`` where ``mask`` is true.
+    """At ``hook``, where ``mask`` is true, take ``source`` (or ``transform(activation)``).
 
-    ``source`` is ``[batch, ...]`` (one value per example, the activation's shape); ``mask``
-    broadcasts against it (e.g. ``[batch, pos, 1]`` for a residual-stream position).
+    ``source`` is ``[batch, ...]`` (one value per example, the activation's shape) or
+    broadcast (first axis 1); ``mask`` broadcasts against the activation (e.g. ``[batch,
+    pos, 1]`` for a residual-stream position). With ``transform`` (a function of the
+    activation's rows, e.g. adding a vector) ``source`` is ``None``. Build patches from
+    typed locations with :func:`mechlens.engine.interventions.patch`.
     """
 
     hook: str
     mask: Tensor
-    source: Tensor
+    source: Tensor | None
+    transform: Callable[[Tensor], Tensor] | None = None
 
 
 def patch_mask(
@@ -132,7 +136,8 @@ def _hook(patches: list[tuple[int, Patch]], b: int) -> Callable[..., Tensor]:
         act = act.clone()
         for row, p in patches:
             rows = slice(row * b, (row + 1) * b)
-            act[rows] = torch.where(p.mask.to(act.device), p.source.to(act.device, act.dtype), act[rows])
+            new = p.transform(act[rows]) if p.transform is not None else p.source.to(act.device, act.dtype)
+            act[rows] = torch.where(p.mask.to(act.device), new.to(act.dtype), act[rows])
         return act
 
     return hook

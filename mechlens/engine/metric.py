@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechlens.engine.batching import batches
 from mechlens.metrics import fraction_recovered, logit_diff
 from mechlens.models import model_device
 from mechlens.validate import check_dataset
@@ -53,8 +54,8 @@ class PatchMetric:
         self,
         metric: str | Callable[..., Tensor],
         ds: Any,
-        clean_logits: Tensor,
-        corrupt_logits: Tensor,
+        clean_logits: Tensor | None,
+        corrupt_logits: Tensor | None,
     ):
         self.ds = ds
         self.batch = ds.batch
@@ -68,16 +69,85 @@ class PatchMetric:
             self.output = "last"
         else:
             raise ValueError(f"metric={metric!r}: choose one of {list(METRICS)} or pass a callable(logits, ds)")
+        if clean_logits is None or corrupt_logits is None:
+            return  # PatchMetric.measured fills in the rest batch by batch
         self.clean_logits, self.corrupt_logits = clean_logits.detach(), corrupt_logits.detach()
         self.ld_clean = logit_diff(clean_logits, ds.answers).detach()
         self.ld_corrupt = logit_diff(corrupt_logits, ds.answers).detach()
-        if self.name == "fraction_recovered":
-            # raises a clear error when clean and corrupt do not differ
-            fraction_recovered(self.ld_clean.mean(), self.ld_clean.mean(), self.ld_corrupt.mean())
+        self._check_contrast()
         self.baselines = {
             "clean": self(clean_logits).detach(),
             "corrupt": self(corrupt_logits).detach(),
         }
+
+    def _check_contrast(self) -> None:
+        if self.name == "fraction_recovered":
+            # raises a clear error when clean and corrupt do not differ
+            fraction_recovered(self.ld_clean.mean(), self.ld_clean.mean(), self.ld_corrupt.mean())
+
+    @classmethod
+    def measured(
+        cls,
+        model: Any,
+        ds: Any,
+        metric: str | Callable[..., Tensor],
+        *,
+        batch_size: int | None = None,
+    ) -> PatchMetric:
+        """The metric with its clean and corrupt baselines measured in passes of ``batch_size``
+        sequences, keeping no logits (``clean_logits`` / ``corrupt_logits`` are ``None``)."""
+        pm = cls(metric, ds, None, None)
+        pm.clean_logits = pm.corrupt_logits = None
+        ld = {"clean": [], "corrupt": []}
+        vals: dict[str, list[Tensor]] = {"clean": [], "corrupt": []}
+        with torch.no_grad():
+            for sl in batches(ds.batch, batch_size):
+                sub = ds[list(range(sl.start, sl.stop))]
+                for which in ("clean", "corrupt"):
+                    logits = model(getattr(sub, f"{which}_tokens"))
+                    ld[which].append(logit_diff(logits, sub.answers).detach())
+                    if pm.fn is not None:
+                        vals[which].append(pm._custom(logits, sub))
+                    del logits
+        pm.ld_clean, pm.ld_corrupt = torch.cat(ld["clean"]), torch.cat(ld["corrupt"])
+        pm._check_contrast()
+        if pm.fn is not None:
+            pm.baselines = {k: torch.cat(v) for k, v in vals.items()}
+        else:
+            pm.baselines = {"clean": pm.from_ld(pm.ld_clean), "corrupt": pm.from_ld(pm.ld_corrupt)}
+        return pm
+
+    def _custom(self, logits: Tensor, sub: Any) -> Tensor:
+        assert self.fn is not None
+        out = torch.as_tensor(self.fn(logits, sub))
+        if out.shape != (sub.batch,):
+            raise ValueError(
+                f"metric {self.name!r} must return one value per example, shape ({sub.batch},), got {tuple(out.shape)}"
+            )
+        return out.float()
+
+    def on_rows(self, logits: Float[Tensor, "rows pos vocab"], examples: Tensor) -> Float[Tensor, " rows"]:
+        """The metric of rows that are copies of some examples: row ``r`` is example
+        ``examples[r]`` (the engine's row-indexed metric interface)."""
+        examples = examples.to(self.ds.answers.device)
+        if self.fn is None:
+            ld = logit_diff(logits, self.ds.answers[examples])
+            if self.name == "logit_diff":
+                return ld
+            ld_corrupt = self.ld_corrupt.to(ld.device)
+            corrupt = ld_corrupt.mean()
+            return fraction_recovered(ld - ld_corrupt[examples.to(ld.device)] + corrupt,
+                                      self.ld_clean.to(ld.device).mean(), corrupt)
+        # a custom metric sees one copy of a sub-dataset at a time: rows come in runs of copies
+        outs, start = [], 0
+        while start < len(examples):
+            stop = start + 1
+            while stop < len(examples) and examples[stop] != examples[start]:
+                stop += 1
+            sub = self.ds[examples[start:stop].tolist()]
+            outs.append(self._custom(logits[start:stop], sub))
+            start = stop
+        return torch.cat(outs)
 
     def __call__(self, logits: Float[Tensor, "rows pos vocab"]) -> Float[Tensor, " rows"]:
         rows = logits.shape[0]
