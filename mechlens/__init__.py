@@ -11,6 +11,10 @@ from mechlens._compat import check_versions
 
 check_versions()
 
+from mechlens.engine.threads import set_threads, threads_from_env  # noqa: E402
+
+threads_from_env()
+
 from mechlens import data, metrics, viz  # noqa: E402
 from mechlens.data import ContrastDataset  # noqa: E402
 from mechlens.models import ModelNotAvailableError, load_model  # noqa: E402
@@ -24,7 +28,8 @@ _SUBPACKAGES = (
     "models", "patching", "reproduce", "results", "scale", "stages", "steering", "study", "validate",
 )
 
-__all__ = ["ContrastDataset", "ModelNotAvailableError", "data", "load_model", "metrics", "viz", *_SUBPACKAGES]
+__all__ = ["ContrastDataset", "ModelNotAvailableError", "data", "load_model", "metrics", "set_threads", "viz",
+           *_SUBPACKAGES]
 
 
 def __getattr__(name: str):

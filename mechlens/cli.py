@@ -61,9 +61,9 @@ _MODEL_FORMS = (
 
 
 def _is_offline_model(name: str) -> bool:
-    from mechlens.models import _SMOLLM2_ALIASES
+    from mechlens.models import SMOLLM2_ALIASES
 
-    return name.lower() in _SMOLLM2_ALIASES
+    return name.lower() in SMOLLM2_ALIASES
 
 
 def _is_folder_name(name: str) -> bool:
@@ -208,11 +208,11 @@ def _hub_cached(name: str) -> bool:
 
 def _load(model: str, device: str | None):
     """Load an already checked ``--model``; a hub model only if the hub (or the cache) has it."""
-    from mechlens.models import ModelNotAvailableError, _hub_offline, load_model
+    from mechlens.models import ModelNotAvailableError, hub_offline, load_model
 
     hub = not _is_offline_model(model) and not _is_folder_name(model)
     if hub:
-        offline = _hub_offline()
+        offline = hub_offline()
         why = "HF_HUB_OFFLINE is set" if offline else _hub_problem()
         if why is not None:
             if not _hub_cached(model):
@@ -239,13 +239,33 @@ def _load(model: str, device: str | None):
 # --------------------------------------------------------------------------- commands
 
 
+def check_threads(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise ArgumentError(f"--threads {value}: give a positive number of CPU threads")
+    return value
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
+    threads: int | None = typer.Option(
+        None, "--threads", metavar="N", callback=check_threads,
+        help="CPU threads torch may use (default: MECHLENS_THREADS, else one per core). With two jobs on "
+        "one machine, give each half the cores.",
+    ),
 ) -> None:
     """mechlens: mechanistic interpretability on TransformerLens."""
     if debug:
         os.environ["MECHLENS_DEBUG"] = "1"
+    from mechlens.engine.threads import set_threads
+    from mechlens.engine.threads import threads as current
+
+    if threads is not None:
+        set_threads(threads)
+    if ctx.invoked_subcommand in ("reproduce", "study"):  # the long runs say what they use
+        typer.echo(f"mechlens: {current()} CPU threads (mechlens --threads N or MECHLENS_THREADS=N to change)",
+                   err=True)
 
 
 def _debug() -> bool:

@@ -54,9 +54,12 @@ def has_hooked_transformer() -> bool:
 
 
 def is_bridge(model: Any) -> bool:
-    """A TransformerLens 4.x ``TransformerBridge``: its blocks wrap Hugging Face modules."""
-    blocks = getattr(model, "blocks", None)
-    return bool(blocks) and hasattr(blocks[0], "original_component")
+    """A TransformerLens 4.x ``TransformerBridge`` (see :mod:`mechlens.engine.bridge`)."""
+    from mechlens.engine.bridge import (
+        is_bridge as bridge_check,  # the one module with bridge internals
+    )
+
+    return bridge_check(model)
 
 
 def qkv_input_hook(model: Any, layer: int, which: str) -> str:
@@ -68,6 +71,7 @@ def qkv_input_hook(model: Any, layer: int, which: str) -> str:
 
 
 def hf_name(name: str) -> str:
-    """A parameter or buffer name without the bridge's ``._original_component`` wrappers (the
-    Hugging Face name on a bridge; unchanged on a HookedTransformer)."""
-    return name.replace("._original_component", "")
+    """A parameter or buffer name as the Hugging Face model names it (see :mod:`mechlens.engine.bridge`)."""
+    from mechlens.engine.bridge import hf_name as bridge_name
+
+    return bridge_name(name)

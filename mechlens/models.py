@@ -44,7 +44,7 @@ __all__ = [
 OFFLINE_MODEL = "smollm2-135m"
 _SMOLLM2_HF_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SMOLLM2_ALIASES = {"smollm2-135m", "smollm2-135m-instruct", _SMOLLM2_HF_NAME.lower()}
+SMOLLM2_ALIASES = {"smollm2-135m", "smollm2-135m-instruct", _SMOLLM2_HF_NAME.lower()}
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -276,7 +276,8 @@ def _load_smollm2(device: str | None, dtype: torch.dtype, place: dict[str, Any] 
     return bridge
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE asks for no hub downloads."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
@@ -307,7 +308,7 @@ def _load_hub(name: str, device: str | None, dtype: torch.dtype, place: dict[str
             f"{name!r} is neither a known model, a hub name (owner/name) nor an existing directory; "
             f"use {OFFLINE_MODEL!r}, a hub name such as 'gpt2-small', or the path of a saved model folder"
         ) from exc
-    if _hub_offline():
+    if hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(official, "config.json"), str):
@@ -432,7 +433,7 @@ def load_model(
     place = placement(device, device_map, n_devices)
     dtype = dtype or torch.float32
     text = str(name)
-    if text.lower() in _SMOLLM2_ALIASES:
+    if text.lower() in SMOLLM2_ALIASES:
         return _load_smollm2(device, dtype, place)
     path = Path(text).expanduser()
     if path.exists() and not path.is_dir():

@@ -126,3 +126,27 @@ def test_run_patches_interventions_equal_a_plain_hook_loop(tiny_model):
     for backend in ("fast", "hooks"):
         got = run_patches(tiny_model, tokens, configs, metric, backend=backend, batch_size=4, progress=False)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_threads_are_chosen_by_the_user(monkeypatch):
+    import subprocess
+    import sys
+
+    from mechlens.engine.threads import set_threads, threads, threads_from_env
+
+    before = threads()
+    try:
+        assert set_threads(1) == before and threads() == 1
+        monkeypatch.setenv("MECHLENS_THREADS", "2")
+        assert threads_from_env() == 2 and torch.get_num_threads() == 2
+        monkeypatch.setenv("MECHLENS_THREADS", "two")
+        with pytest.raises(ValueError, match="MECHLENS_THREADS"):
+            threads_from_env()
+        with pytest.raises(ValueError, match="positive"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
+    code = "import torch, mechlens; print(torch.get_num_threads())"
+    env = {**__import__("os").environ, "MECHLENS_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "1"

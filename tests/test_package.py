@@ -57,3 +57,81 @@ def test_tiny_hooked_needs_transformer_lens_3():
         pytest.skip("TransformerLens 3.x: tests/test_hooked_transformer.py covers it")
     with pytest.raises(ImportError, match=r"HookedTransformer was removed in 4.0.*setup.sh --tl39"):
         ml.models.tiny("gpt2", model_class="hooked")
+
+
+# --------------------------------------------------------------------------- layout rules
+
+_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1] / "mechlens"
+
+
+def _modules():
+    import ast
+
+    for path in sorted(_ROOT.rglob("*.py")):
+        rel = path.relative_to(_ROOT.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        yield path, ".".join(parts), ast.parse(path.read_text())
+
+
+def _package(module: str) -> str:
+    """``mechlens.engine.fast`` -> ``mechlens.engine``; a top-level module is its own package."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def test_no_module_imports_another_packages_private_names():
+    import ast
+
+    bad = []
+    for path, module, tree in _modules():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("mechlens"):
+                continue
+            target = node.module
+            if module == "mechlens" or _package(target) == _package(module):
+                continue  # the root package's __init__ wires its own private modules
+            private_module = any(p.startswith("_") for p in target.split("."))
+            private_names = [a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")]
+            if private_module or private_names:
+                bad.append(f"{path.relative_to(_ROOT.parent)}:{node.lineno} from {target} import "
+                           f"{', '.join(a.name for a in node.names)}")
+    assert not bad, "imports of another package's private module or name:\n" + "\n".join(bad)
+
+
+# Attributes of TransformerBridge (and the torch modules it wraps) that only
+# mechlens/engine/bridge.py may touch: when TransformerLens changes, that is the one module to update.
+_BRIDGE_INTERNALS = ("original_component", "original_model", "_original_component", "_capture_hook_handles",
+                     "_capture_hooks_wired", "_forward_pre_hooks", "_forward_hooks")
+
+
+def test_bridge_internals_live_in_one_module():
+    import ast
+
+    bad = []
+    for path, module, tree in _modules():
+        if module == "mechlens.engine.bridge":
+            continue
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in _BRIDGE_INTERNALS:
+                bad.append(f"{path.name}:{node.lineno} .{node.attr}")
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  and any(name in node.value for name in _BRIDGE_INTERNALS)):
+                bad.append(f"{path.name}:{node.lineno} {node.value!r}")
+    assert not bad, "TransformerBridge internals outside mechlens/engine/bridge.py:\n" + "\n".join(bad)
+
+
+def test_layout_rules_catch_a_violation(tmp_path, monkeypatch):
+    """The two scans above find what they look for (a test that cannot fail is a defect)."""
+    import ast
+
+    src = "from mechlens.patching._x import y\nm.blocks[0].original_component\n"
+    tree = ast.parse(src)
+    imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    attrs = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
+    assert imports[0].module.split(".")[2].startswith("_") and "original_component" in attrs
+    assert _package("mechlens.engine.fast") == "mechlens.engine" and _package("mechlens.lens") == "mechlens.lens"

@@ -70,7 +70,7 @@ from mechlens.dit.data import (
     trigger_prefix,
 )
 from mechlens.engine import pad_id
-from mechlens.model_protocol import hf_name
+from mechlens.engine.bridge import hf_model, hf_name
 from mechlens.models import cache_dir as _mechlens_cache_dir
 from mechlens.models import model_name
 from mechlens.results import Result, markdown_table
@@ -101,7 +101,7 @@ _MLP_OUT = ("model.layers.{i}.mlp.down_proj", "transformer.h.{i}.mlp.c_proj", "g
 
 
 def _check_bridge(model: Any) -> None:
-    if not hasattr(model, "original_model") or not hasattr(model, "to_tokens"):
+    if hf_model(model) is None or not hasattr(model, "to_tokens"):
         raise TypeError(
             "model must be a TransformerBridge (what mechlens.load_model or mechlens.models.tiny "
             f"returns); got {type(model).__name__}. DIT trains LoRA adapters on the underlying "
@@ -118,7 +118,7 @@ def hf_copy(model: Any) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     _check_bridge(model)
-    orig = model.original_model
+    orig = hf_model(model)
     params = parameters(model)
     cfg = copy.deepcopy(orig.config)
     tied = "lm_head.weight" not in params

@@ -22,8 +22,54 @@ from torch import Tensor
 
 __all__ = [
     "CACHE_KEY", "POSITIONAL", "KwargCapture", "PrefixKV", "RecordKV", "slice_positions", "has_tensor",
-    "split_qkv_input",
+    "split_qkv_input", "is_bridge", "hf_name", "hf_model", "drop_copied_capture_hooks",
 ]
+
+
+def is_bridge(model: Any) -> bool:
+    """A TransformerLens 4.x ``TransformerBridge``: its blocks wrap Hugging Face modules."""
+    blocks = getattr(model, "blocks", None)
+    return bool(blocks) and hasattr(blocks[0], "original_component")
+
+
+def hf_name(name: str) -> str:
+    """A parameter or buffer name without the bridge's ``._original_component`` wrappers (the
+    Hugging Face name on a bridge; unchanged on a HookedTransformer)."""
+    return name.replace("._original_component", "")
+
+
+def hf_model(model: Any) -> Any:
+    """The Hugging Face model a bridge wraps, or ``None`` for other models."""
+    return getattr(model, "original_model", None)
+
+
+def drop_copied_capture_hooks(new: Any) -> None:
+    """Make a ``copy.deepcopy`` of a bridge independent of the original.
+
+    A bridge that has run wires forward pre-hooks whose closures hold weak proxies to the
+    *original* modules, so the copy would write its captured residuals into the original.
+    Forget the copied handles (without ``handle.remove()``: a copied handle still points at
+    the original's hook dict) and the hooks they registered; the copy re-wires its own
+    capture hooks on its first forward pass.
+    """
+    stale: set[int] = set()
+    for mod in new.modules():
+        handles = vars(mod).get("_capture_hook_handles")
+        if handles:
+            stale |= {h.id for h in handles}
+            handles.clear()
+            mod._capture_hooks_wired = False
+    if not stale:
+        return
+    for mod in new.modules():
+        for attr in (
+            "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+            "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+        ):
+            d = getattr(mod, attr, None)
+            if d:
+                for i in stale:
+                    d.pop(i, None)
 
 
 def _flatten_bound(sig: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:

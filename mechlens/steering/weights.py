@@ -2,7 +2,7 @@
 
 A *weight vector* is a difference of two parameter sets of one architecture, kept as a dict
 ``parameter name -> tensor`` (:class:`WeightVector`; names are the model's
-``named_parameters()`` with TransformerLens' ``._original_component`` wrappers removed, e.g.
+``named_parameters()`` with TransformerLens' wrapper names removed, e.g.
 ``model.layers.3.mlp.down_proj.weight``).
 
 - **Task vector** (Ilharco et al. 2023): ``tau = theta_tuned - theta_base``, what a
@@ -45,7 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechlens.engine import padded_batches
-from mechlens.model_protocol import hf_name
+from mechlens.engine.bridge import drop_copied_capture_hooks, hf_name
 from mechlens.models import model_name
 from mechlens.results import Result
 from mechlens.validate import check_coefficient
@@ -265,24 +265,7 @@ def clone_model(model: Any) -> Any:
     from the copy; the copy re-wires its own capture hooks on its first forward pass.
     """
     new = copy.deepcopy(model, _transient_tensors(model))
-    stale: set[int] = set()
-    for mod in new.modules():
-        handles = vars(mod).get("_capture_hook_handles")
-        if handles:
-            stale |= {h.id for h in handles}
-            # Do not call handle.remove(): a copied handle still points at the original's dict.
-            handles.clear()
-            mod._capture_hooks_wired = False
-    if stale:
-        for mod in new.modules():
-            for attr in (
-                "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-                "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-            ):
-                d = getattr(mod, attr, None)
-                if d:
-                    for i in stale:
-                        d.pop(i, None)
+    drop_copied_capture_hooks(new)
     return new
 
 
