@@ -223,8 +223,10 @@ def _load(model: str, device: str | None):
             if not offline:
                 typer.echo(f"note: the hub is unreachable ({why}); loading {model} from the local cache", err=True)
                 _go_offline()
+    from mechlens.engine.threads import threads
+
     try:
-        return load_model(model, device=device)
+        loaded = load_model(model, device=device)
     except ModelNotAvailableError as exc:
         if not hub:
             raise
@@ -234,6 +236,8 @@ def _load(model: str, device: str | None):
             f"--model {model} did not load from the Hugging Face hub ({first}); "
             f"run with --model {OFFLINE_MODEL} (bundled, offline)"
         ) from exc
+    typer.echo(f"loaded {model} ({threads()} CPU threads; mechlens --threads N to change)", err=True)
+    return loaded
 
 
 # --------------------------------------------------------------------------- commands
@@ -247,7 +251,6 @@ def check_threads(value: int | None) -> int | None:
 
 @app.callback()
 def _root(
-    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
     threads: int | None = typer.Option(
         None, "--threads", metavar="N", callback=check_threads,
@@ -258,14 +261,10 @@ def _root(
     """mechlens: mechanistic interpretability on TransformerLens."""
     if debug:
         os.environ["MECHLENS_DEBUG"] = "1"
-    from mechlens.engine.threads import set_threads
-    from mechlens.engine.threads import threads as current
-
     if threads is not None:
+        from mechlens.engine.threads import set_threads
+
         set_threads(threads)
-    if ctx.invoked_subcommand in ("reproduce", "study"):  # the long runs say what they use
-        typer.echo(f"mechlens: {current()} CPU threads (mechlens --threads N or MECHLENS_THREADS=N to change)",
-                   err=True)
 
 
 def _debug() -> bool:

@@ -19,6 +19,7 @@ import dataclasses
 import html
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,9 +32,11 @@ from torch import Tensor
 
 from mechlens.fileio import DamagedFileError, atomic_path, read_json, write_json
 
-__all__ = ["Result", "Measurement", "markdown_table", "to_jsonable", "from_jsonable", "settings_of", "provenance", "call_settings"]
+__all__ = ["Result", "Measurement", "markdown_table", "to_jsonable", "from_jsonable", "settings_of", "provenance", "call_settings",
+           "concat", "load_result", "result_classes", "PatchSetResult"]
 
 R = TypeVar("R", bound="Result")
+M = TypeVar("M", bound="Measurement")
 _SEP = "::"
 
 
@@ -390,3 +393,100 @@ class Measurement(Result):
             ]
             lines.append("top cells: " + "; ".join(cells))
         return lines
+
+
+@dataclass(kw_only=True, repr=False)
+class PatchSetResult(Measurement):
+    """The metric under each of a list of patch configurations (axis ``"config"``), with the
+    unpatched runs in ``baselines`` (``"clean"``, ``"corrupt"``: the metric per example).
+    What :func:`mechlens.circuits.patch_heads` and :func:`mechlens.circuits.patch_positions`
+    return."""
+
+    baselines: dict[str, Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- merging and loading
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
+            torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def concat(parts: Sequence[M], axis: str, **override: Any) -> M:
+    """One result from parts of one sweep, put back together along ``axis``.
+
+    ``axis`` is one of the parts' axes (their ``per_example`` and ``labels[axis]`` are
+    concatenated in order) or ``"example"``: the parts hold disjoint examples, and every
+    per-example tensor (``per_example`` and tensor dicts such as ``baselines``) is
+    concatenated along its last axis. Every other field must agree across the parts (else a
+    ValueError names it), except ``settings`` (the first part's, with ``merged`` recording
+    the axis and the number of parts) and the fields given in ``override`` (e.g. the full
+    dataset's ``dataset`` and ``fingerprint`` when the parts ran on subsets). Works for any
+    :class:`Measurement` subclass: this is how :mod:`mechlens.scale` merges any sweep.
+    """
+    if not parts:
+        raise ValueError("concat: no results to merge")
+    first = parts[0]
+    cls = type(first)
+    if not isinstance(first, Measurement) or any(type(p) is not cls for p in parts):
+        raise TypeError(f"concat needs Measurements of one class, got {sorted({type(p).__name__ for p in parts})}")
+    by_example = axis == "example"
+    if not by_example and axis not in first.axes:
+        raise ValueError(f"the results have axes {first.axes}; they cannot be merged along {axis!r}")
+    dim = first.per_example.ndim - 1 if by_example else first.axes.index(axis)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(first):
+        name = f.name
+        values = [getattr(p, name) for p in parts]
+        if name in override:
+            kwargs[name] = override[name]
+        elif name == "per_example":
+            kwargs[name] = torch.cat(values, dim=dim)
+        elif name == "labels" and not by_example:
+            kwargs[name] = {**first.labels, axis: [x for p in parts for x in p.labels[axis]]}
+            for i, p in enumerate(parts[1:], 1):
+                other = [a for a in first.axes if a != axis and p.labels.get(a) != first.labels.get(a)]
+                if other:
+                    raise ValueError(f"part {i} differs from part 0 in labels {other}; the parts are not one sweep")
+        elif name == "settings":
+            kwargs[name] = {**first.settings, "merged": {"axis": axis, "parts": len(parts)}}
+        elif name == "version":
+            kwargs[name] = first.version
+        elif by_example and isinstance(values[0], dict) and values[0] and all(
+                isinstance(v, torch.Tensor) for v in values[0].values()):
+            if any(v.keys() != values[0].keys() for v in values):
+                raise ValueError(f"the parts differ in the keys of {name!r}; they are not parts of one sweep")
+            kwargs[name] = {k: torch.cat([v[k] for v in values], dim=-1) for k in values[0]}
+        else:
+            for i, v in enumerate(values[1:], 1):
+                if not _same(v, values[0]):
+                    raise ValueError(f"part {i} differs from part 0 in {name!r}; the parts are not one sweep")
+            kwargs[name] = values[0]
+    return cls(**kwargs)
+
+
+def result_classes() -> dict[str, type[Result]]:
+    """Every :class:`Result` subclass defined so far, by class name."""
+    out: dict[str, type[Result]] = {}
+    todo: list[type[Result]] = [Result]
+    while todo:
+        c = todo.pop()
+        out[c.__name__] = c
+        todo.extend(c.__subclasses__())
+    return out
+
+
+def load_result(path: str | Path) -> Result:
+    """Load a saved result of any class (the class is recorded in ``result.json``)."""
+    doc = read_json(Path(path) / "result.json", fix="save the result again (result.save(dir))")
+    name = doc.get("class") if isinstance(doc, dict) else None
+    classes = result_classes()
+    if name not in classes:
+        raise ValueError(f"{path}: unknown result class {name!r}; import the module that defines it first")
+    return classes[name].load(path)

@@ -43,7 +43,7 @@ finished chunk is saved there (``DIR/chunk-0003/``, written atomically) with a m
 the sweep's settings; running the same sweep with the same ``out`` loads the saved chunks
 instead of recomputing them, and refuses to mix chunks of a sweep with other settings.
 
-Any function ``fn(model, ds, **kwargs) -> PatchResult`` whose result has the chunked axis
+Any function ``fn(model, ds, **kwargs) -> Measurement`` whose result has the chunked axis
 can be swept: pass it (a module-level function Ray can pickle) or its ``"module:function"``
 path as ``method``.
 """
@@ -64,18 +64,26 @@ import torch
 from tqdm.auto import tqdm
 
 from mechlens.fileio import read_json, write_json
-from mechlens.patching.result import PatchResult
+from mechlens.results import Measurement, concat, load_result
 
 __all__ = ["ModelSpec", "Workers", "METHODS", "CHUNK_AXES", "sweep", "merge_results", "ray_address"]
 
 #: sweeps known by name (any ``"module:function"`` path works too)
 METHODS: dict[str, str] = {
     "activation_patch": "mechlens.patching.activation:activation_patch",
+    "attribution_patch": "mechlens.patching.attribution:attribution_patch",
+    "path_patch": "mechlens.patching.path:path_patch",
     "ablate_sweep": "mechlens.ablation:ablate_sweep",
+    "logit_lens": "mechlens.lens:logit_lens",
+    "direct_logit_attribution": "mechlens.lens:direct_logit_attribution",
+    "edge_attribution_patch": "mechlens.circuits.eap:edge_attribution_patch",
 }
 
-#: the argument a chunk restricts -> the result axis it produces
-CHUNK_AXES: dict[str, str] = {"layers": "layer", "heads": "head", "positions": "pos", "neurons": "neuron"}
+#: the argument a chunk restricts -> the result axis it produces; ``"examples"`` splits the
+#: dataset instead (any method whose per-example values do not depend on the other examples)
+CHUNK_AXES: dict[str, str] = {
+    "layers": "layer", "heads": "head", "positions": "pos", "neurons": "neuron", "examples": "example",
+}
 
 ADDRESS_ENV = "MECHLENS_RAY_ADDRESS"
 
@@ -183,6 +191,8 @@ def full_axis(model: Any, ds: Any, chunk_axis: str, kwargs: dict[str, Any]) -> l
     from mechlens.engine.sites import get_site, resolve_heads, resolve_layers
 
     given = kwargs.get(chunk_axis)
+    if chunk_axis == "examples":
+        return list(range(ds.batch))
     if chunk_axis == "layers":
         return resolve_layers(model, given)
     if chunk_axis == "heads":
@@ -208,42 +218,20 @@ def full_axis(model: Any, ds: Any, chunk_axis: str, kwargs: dict[str, Any]) -> l
 # --------------------------------------------------------------------------- merging
 
 
-def merge_results(parts: Sequence[PatchResult], axis: str) -> PatchResult:
-    """Concatenate chunk results along ``axis``; every other field must agree."""
-    if not parts:
-        raise ValueError("merge_results: no results to merge")
-    first = parts[0]
-    if axis not in first.axes:
-        raise ValueError(f"the results have axes {first.axes}; they cannot be merged along {axis!r}")
-    dim = first.axes.index(axis)
-    for i, p in enumerate(parts[1:], 1):
-        diff = [
-            f for f in ("axes", "metric", "site", "mode", "method", "model_name", "dataset", "fingerprint", "meta")
-            if getattr(p, f) != getattr(first, f)
-        ]
-        diff += [a for a in first.axes if a != axis and p.labels.get(a) != first.labels.get(a)]
-        if p.baselines.keys() != first.baselines.keys() or any(
-            not torch.equal(p.baselines[k], first.baselines[k]) for k in first.baselines
-        ):
-            diff.append("baselines")
-        if diff:
-            raise ValueError(f"chunk {i} differs from chunk 0 in {diff}; the chunks are not parts of one sweep")
-    labels = dict(first.labels)
-    labels[axis] = [x for p in parts for x in p.labels[axis]]
-    return PatchResult(
-        per_example=torch.cat([p.per_example for p in parts], dim=dim),
-        axes=first.axes,
-        labels=labels,
-        metric=first.metric,
-        site=first.site,
-        mode=first.mode,
-        method=first.method,
-        model_name=first.model_name,
-        dataset=first.dataset,
-        fingerprint=first.fingerprint,
-        baselines=dict(first.baselines),
-        meta=dict(first.meta),
-    )
+def merge_results(parts: Sequence[Measurement], axis: str, ds: Any = None) -> Measurement:
+    """Put chunk results back together along the result's own ``axis``
+    (:func:`mechlens.results.concat`); with ``axis="example"`` the chunks ran on subsets of
+    ``ds``, whose name and fingerprint the merged result takes."""
+    if axis == "example":
+        if parts and getattr(parts[0], "metric", None) == "fraction_recovered":
+            raise ValueError(
+                "chunk_axis='examples' splits the dataset, but metric='fraction_recovered' divides by the whole "
+                "dataset's mean clean and corrupt logit differences, so chunks would differ from the serial run; "
+                "use metric='logit_diff' or split along layers"
+            )
+        override = {} if ds is None else {"dataset": ds.name, "fingerprint": ds.fingerprint()}
+        return concat(parts, "example", **override)
+    return concat(parts, axis)
 
 
 # --------------------------------------------------------------------------- the workers
@@ -265,10 +253,10 @@ class _Worker:
     def axis(self, ds: Any, chunk_axis: str, kwargs: dict[str, Any]) -> list[Any]:
         return full_axis(self.model, ds, chunk_axis, kwargs)
 
-    def run(self, method: Any, ds: Any, kwargs: dict[str, Any]) -> PatchResult:
+    def run(self, method: Any, ds: Any, kwargs: dict[str, Any]) -> Measurement:
         res = _resolve_method(method)(self.model, ds, **kwargs)
-        if not isinstance(res, PatchResult):
-            raise TypeError(f"method {_method_name(method)} returned {type(res).__name__}, not a PatchResult")
+        if not isinstance(res, Measurement):
+            raise TypeError(f"method {_method_name(method)} returned {type(res).__name__}, not a Measurement")
         return res
 
 
@@ -276,7 +264,7 @@ def _chunk_dir(out: Path, i: int) -> Path:
     return out / f"chunk-{i:04d}"
 
 
-def _save_chunk(out: Path, i: int, res: PatchResult) -> None:
+def _save_chunk(out: Path, i: int, res: Measurement) -> None:
     # save to a temporary folder, then rename: a chunk folder is either complete or absent
     final = _chunk_dir(out, i)
     tmp = out / f".chunk-{i:04d}.{os.getpid()}.tmp"
@@ -433,7 +421,7 @@ class Workers:
 
     def sweep(
         self,
-        method: str | Callable[..., PatchResult],
+        method: str | Callable[..., Measurement],
         ds: Any,
         *,
         chunk_axis: str = "layers",
@@ -442,7 +430,7 @@ class Workers:
         retries: int = 2,
         progress: bool = True,
         **kwargs: Any,
-    ) -> PatchResult:
+    ) -> Measurement:
         """Run ``method(model, ds, **kwargs)`` split along ``chunk_axis``; see :func:`sweep`."""
         import ray
 
@@ -476,14 +464,19 @@ class Workers:
             raise ValueError(f"{chunk_axis}: nothing to sweep")
         size = chunk_size or max(1, math.ceil(len(values) / (2 * self.n)))
         chunks = [values[i : i + size] for i in range(0, len(values), size)]
-        kw_chunks = [{**kwargs, chunk_axis: list(c), "progress": False} for c in chunks]
+        if chunk_axis == "examples":
+            kw_chunks = [{**kwargs, "progress": False} for _ in chunks]
+            ds_chunks = [ds[list(c)] for c in chunks]
+        else:
+            kw_chunks = [{**kwargs, chunk_axis: list(c), "progress": False} for c in chunks]
+            ds_chunks = [ds] * len(chunks)
 
-        results: dict[int, PatchResult] = {}
+        results: dict[int, Measurement] = {}
         if out_path is not None:
             _check_manifest(out_path, {**settings, "chunks": [_describe(c) for c in chunks]})
             for i in range(len(chunks)):
                 if _chunk_dir(out_path, i).is_dir():
-                    results[i] = PatchResult.load(_chunk_dir(out_path, i))
+                    results[i] = load_result(_chunk_dir(out_path, i))
 
         todo = [i for i in range(len(chunks)) if i not in results]
         attempts = dict.fromkeys(todo, 0)
@@ -495,7 +488,7 @@ class Workers:
             while todo or running:
                 while todo and idle:
                     i, slot = todo.pop(0), idle.pop(0)
-                    running[self.actors[slot].run.remote(method, ds, kw_chunks[i])] = (i, slot)
+                    running[self.actors[slot].run.remote(method, ds_chunks[i], kw_chunks[i])] = (i, slot)
                 (fut,), _ = ray.wait(list(running), num_returns=1)
                 i, slot = running.pop(fut)
                 try:
@@ -517,12 +510,12 @@ class Workers:
                     results[i] = res
                     bar.update(len(chunks[i]))
                 idle.append(slot)
-        return merge_results([results[i] for i in range(len(chunks))], CHUNK_AXES[chunk_axis])
+        return merge_results([results[i] for i in range(len(chunks))], CHUNK_AXES[chunk_axis], ds)
 
 
 def sweep(
     model_spec: ModelSpec | str | dict,
-    method: str | Callable[..., PatchResult],
+    method: str | Callable[..., Measurement],
     ds: Any,
     *,
     workers: int = 2,
@@ -534,19 +527,22 @@ def sweep(
     retries: int = 2,
     progress: bool = True,
     **kwargs: Any,
-) -> PatchResult:
+) -> Measurement:
     """Run ``method(model, ds, **kwargs)`` split along ``chunk_axis`` on ``workers`` Ray actors.
 
     Args:
         model_spec: what each worker loads: a :class:`ModelSpec`, a ``load_model`` name
             (``"smollm2-135m"``) or ``{"name": ..., **load_model_kwargs}``.
         method: ``"activation_patch"``, ``"ablate_sweep"``, a ``"module:function"`` path or a
-            function ``fn(model, ds, **kwargs) -> PatchResult`` (module-level, so Ray can send it).
+            function ``fn(model, ds, **kwargs) -> Measurement`` (module-level, so Ray can send it).
         ds: the dataset (a ContrastDataset; sent to every worker).
         workers: number of actors (each holds one model).
         chunk_axis: the argument to split: ``"layers"`` (default), ``"heads"``,
             ``"positions"`` (give ``positions=None`` or a list) or ``"neurons"``; the result
-            must have its axis.
+            must have its axis. Or ``"examples"``: each worker runs the method on a subset of
+            the prompts and the per-example values are concatenated (for methods whose
+            per-example values do not depend on the other prompts: ``metric="logit_diff"``,
+            edge attribution, logit lens, DLA; ``fraction_recovered`` is refused).
         chunk_size: axis entries per chunk (default: the axis split into ``2 * workers``
             chunks, so a slow chunk does not leave the other workers idle).
         out: a folder to save finished chunks in, and to resume from.
@@ -558,7 +554,7 @@ def sweep(
         **kwargs: the method's own arguments (``site``, ``metric``, ``positions``, ...).
 
     Returns:
-        The :class:`PatchResult` the serial ``method(model, ds, **kwargs)`` returns.
+        The :class:`Measurement` the serial ``method(model, ds, **kwargs)`` returns.
     """
     spec = ModelSpec.coerce(model_spec)
     _resolve_method(method)

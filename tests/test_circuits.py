@@ -43,7 +43,8 @@ def test_whole_prompt_split_is_the_corrupt_run(tiny_model, tiny_movie):
     masks = split_masks(ds)
     empty = torch.zeros(ds.batch, ds.seq_len, dtype=torch.bool)
     configs = [*masks.values(), (empty, empty)]
-    ld, ld_clean, ld_corr = patch_positions(tiny_model, ds, configs, batch_size=16)
+    res = patch_positions(tiny_model, ds, configs, batch_size=16)
+    ld, ld_clean, ld_corr = res.per_example, res.baselines["clean"], res.baselines["corrupt"]
     with torch.no_grad():
         ref_clean = logit_diff(tiny_model(ds.clean_tokens), ds.answers)
         ref_corr = logit_diff(tiny_model(ds.corrupt_tokens), ds.answers)
@@ -137,7 +138,9 @@ def test_patching_every_head_at_end_restores_the_clean_run(tiny_model, tiny_movi
     # output is exactly the clean END.
     n_l, n_h = tiny_model.cfg.n_layers, tiny_model.cfg.n_heads
     every = [(layer, h) for layer in range(n_l) for h in range(n_h)]
-    ld, ld_clean, ld_corr = patch_heads(tiny_model, tiny_movie, [every], position="END")
+    res = patch_heads(tiny_model, tiny_movie, [every], position="END")
+    ld, ld_clean, ld_corr = res.per_example, res.baselines["clean"], res.baselines["corrupt"]
+    assert res.axes == ("config",) and res.labels["config"][0].startswith("L0H0+")
     torch.testing.assert_close(ld[0], ld_clean, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(ld_clean, ld_corr)
 
@@ -148,7 +151,7 @@ def test_direction_patch_matches_a_direct_hook(tiny_llama):
     d = torch.randn(tiny_llama.cfg.d_model, generator=g)
     d = d / d.norm()
     heads = [(1, 0), (1, 3)]
-    ld, _, _ = patch_heads(tiny_llama, ds, [heads], position=("ADJ", "END"), component="direction", direction=d)
+    ld = patch_heads(tiny_llama, ds, [heads], position=("ADJ", "END"), component="direction", direction=d).per_example
     # reference: layer 1 is the first patched layer, so the heads' current z is the corrupt z
     _, clean = tiny_llama.run_with_cache(ds.clean_tokens, names_filter="blocks.1.attn.hook_z")
     _, corr = tiny_llama.run_with_cache(ds.corrupt_tokens, names_filter="blocks.1.attn.hook_z")

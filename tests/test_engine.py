@@ -87,7 +87,17 @@ def test_padded_batches_keep_every_token_and_find_the_last():
 def test_run_patches_interventions_equal_a_plain_hook_loop(tiny_model):
     """Each typed intervention, run as one configuration among several stacked on the batch
     axis (fast and hooks backends, examples split over passes), equals one run_with_hooks."""
-    from mechlens.engine import Add, Location, ProjectOnto, ProjectOut, Replace, Scale, Zero, patch, run_patches
+    from mechlens.engine import (
+        Add,
+        Location,
+        ProjectOnto,
+        ProjectOut,
+        Replace,
+        Scale,
+        Zero,
+        patch,
+        run_patches,
+    )
     from mechlens.metrics import logit_diff
 
     torch.manual_seed(0)

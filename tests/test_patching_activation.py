@@ -361,3 +361,16 @@ def test_smollm2_matches_transformer_lens(smollm2, movie_train):
     res = activation_patch(model, ds, "z", metric="logit_diff", layers=[6, 28], heads=heads,
                            positions=[adj, ds.seq_len - 1], progress=False)
     torch.testing.assert_close(res.per_example.reshape(-1, ds.batch), ref.float(), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("site,metric", [("resid_pre", "fraction_recovered"), ("z", "logit_diff")])
+def test_a_dataset_larger_than_a_pass_gives_the_same_numbers(tiny_model, tiny_ds, site, metric):
+    """batch_size bounds memory: with fewer sequences per pass than the base run's clean and
+    corrupt prompts, the examples run in chunks (normalised by the whole dataset's means)."""
+    one = activation_patch(tiny_model, tiny_ds, site, metric=metric, progress=False)
+    split = activation_patch(tiny_model, tiny_ds, site, metric=metric, batch_size=4, progress=False)
+    assert tiny_ds.batch > 2  # batch_size=4 holds 2 examples' clean + corrupt prompts: several chunks
+    torch.testing.assert_close(split.per_example, one.per_example, atol=1e-5, rtol=0)
+    assert split.labels == one.labels
+    for k in one.baselines:
+        torch.testing.assert_close(split.baselines[k], one.baselines[k], atol=1e-5, rtol=0)

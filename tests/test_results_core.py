@@ -51,6 +51,7 @@ def built():
     from mechlens.circuits import (
         discover_sentiment_circuit,
         edge_attribution_patch,
+        patch_heads,
         summarization_motif,
     )
     from mechlens.directions import ablate, directional_patch, evaluate, fit, project
@@ -99,6 +100,7 @@ def built():
         attention(m, "the movie was great"),
         discover_sentiment_circuit(m, train, faithfulness_ds=test, top_k=1, n_movers=1, n_random=2, progress=False),
         summarization_motif(m, filler, n_filler=(), ablation=False, progress=False),
+        patch_heads(m, test, [[(0, 0)], [(1, 1)]], position="END"),
     ]
     return m, test, out
 

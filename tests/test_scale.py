@@ -97,6 +97,26 @@ def test_head_sweep_and_ablation_equal_serial(pool, model_ds):
     _same(abl, ablate_sweep(model, ds, how="zero", progress=False))
 
 
+def test_any_sweep_splits_and_merges_along_its_own_axis(pool, model_ds):
+    """Logit lens split over layers; edge attribution and DLA split over examples: the merged
+    result equals the serial one (one generic merge, mechlens.results.concat)."""
+    from mechlens.circuits.eap import edge_attribution_patch
+    from mechlens.lens import direct_logit_attribution, logit_lens
+
+    model, ds = model_ds
+    lens = pool.sweep("logit_lens", ds, progress=False, positions=None)
+    _same(lens, logit_lens(model, ds, positions=None, progress=False))
+    eap = pool.sweep("edge_attribution_patch", ds, chunk_axis="examples", chunk_size=2, progress=False)
+    serial = edge_attribution_patch(model, ds, progress=False)
+    assert eap.labels == serial.labels and eap.dataset == serial.dataset and eap.fingerprint == serial.fingerprint
+    torch.testing.assert_close(eap.per_example, serial.per_example, atol=1e-5, rtol=1e-4)
+    dla = pool.sweep("direct_logit_attribution", ds, chunk_axis="examples", chunk_size=3, progress=False)
+    torch.testing.assert_close(dla.per_example, direct_logit_attribution(model, ds, progress=False).per_example,
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="fraction_recovered"):
+        pool.sweep("activation_patch", ds, chunk_axis="examples", progress=False, site="resid_pre")
+
+
 def test_resume_reuses_saved_chunks(pool, model_ds, tmp_path):
     model, ds = model_ds
     out, log = tmp_path / "run", tmp_path / "calls.log"

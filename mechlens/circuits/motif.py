@@ -78,7 +78,7 @@ from mechlens.data.sst import SST_TEMPLATE, read_sst_tsv, sst
 from mechlens.engine import cache_batched, logit_diff_metric, rows_per_pass, run_grid
 from mechlens.metrics import accuracy
 from mechlens.models import model_name as _model_name
-from mechlens.results import Result
+from mechlens.results import PatchSetResult, Result, provenance
 
 __all__ = [
     "SPLITS",
@@ -157,12 +157,14 @@ def patch_positions(
     *,
     batch_size: int | None = None,
     progress: bool = False,
-) -> tuple[Float[Tensor, "config batch"], Float[Tensor, " batch"], Float[Tensor, " batch"]]:
+) -> PatchSetResult:
     """Run the clean prompts with, at every layer, the residual stream at ``patched``
     positions set to the corrupt run's and at ``frozen`` positions set to the clean run's.
 
-    Returns ``(ld_patched [config, batch], ld_clean [batch], ld_corrupt [batch])``. All
-    configurations run stacked on the batch axis (``batch_size`` sequences per pass).
+    Returns a :class:`~mechlens.results.PatchSetResult`: ``per_example`` ``[config, batch]``
+    the logit difference under each configuration, ``baselines["clean"]`` / ``["corrupt"]``
+    the unpatched ones. All configurations run stacked on the batch axis (``batch_size``
+    sequences per pass).
     """
     check_dataset(ds, model=model, binary=False)
     rows = rows_per_pass(batch_size)
@@ -190,7 +192,11 @@ def patch_positions(
 
     ld = run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), n_configs=len(configs), hooks=make_hooks,
                   batch_size=rows, progress=progress, desc="patching positions")
-    return ld, ld_clean, ld_corr
+    return PatchSetResult(
+        per_example=ld, axes=("config",), labels={"config": [f"config {i}" for i in range(len(configs))]},
+        metric="logit_diff", **provenance(model, ds, batch_size=batch_size),
+        baselines={"clean": ld_clean, "corrupt": ld_corr},
+    )
 
 
 def _change(ld: Tensor, clean: Tensor, corrupt: Tensor) -> float:
@@ -450,7 +456,8 @@ def summarization_motif(
 
     # 2. patching splits
     masks = split_masks(ds)
-    split_ld, ld_clean, ld_corr = patch_positions(model, ds, list(masks.values()), batch_size=rows)
+    split = patch_positions(model, ds, list(masks.values()), batch_size=rows)
+    split_ld, ld_clean, ld_corr = split.per_example, split.baselines["clean"], split.baselines["corrupt"]
     bar.update(1)
 
     # 3. irrelevant-context sweep
@@ -466,7 +473,8 @@ def summarization_motif(
     for i, n in enumerate(fillers):
         dsn = filler_dataset(n)
         check_dataset(dsn, f"filler_dataset({n})", need=("ADJ", "COMMA"), binary=False, model=model)
-        ld_n, c_n, k_n = patch_positions(model, dsn, list(split_masks(dsn).values()), batch_size=rows)
+        split_n = patch_positions(model, dsn, list(split_masks(dsn).values()), batch_size=rows)
+        ld_n, c_n, k_n = split_n.per_example, split_n.baselines["clean"], split_n.baselines["corrupt"]
         sweep_change[i] = torch.tensor([_change(ld_n[j], c_n, k_n) for j in range(len(SPLITS))])
         res = activation_patch(
             model, dsn, "resid_pre", positions=["ADJ", "COMMA"], layers=layer_list, mode="denoise",

@@ -79,7 +79,7 @@ from mechlens.engine import cache_batched, logit_diff_metric, rows_per_pass, run
 from mechlens.metrics import fraction_recovered
 from mechlens.models import model_device
 from mechlens.models import model_name as _model_name
-from mechlens.results import Result
+from mechlens.results import PatchSetResult, Result, provenance
 
 __all__ = ["Circuit", "discover_sentiment_circuit", "patch_heads", "head_roles", "ov_direction_scores"]
 
@@ -101,7 +101,7 @@ def patch_heads(
     direction: Any = None,
     progress: bool = False,
     batch_size: int | None = None,
-) -> tuple[Float[Tensor, "set batch"], Float[Tensor, " batch"], Float[Tensor, " batch"]]:
+) -> PatchSetResult:
     """Run the corrupt prompts with the clean outputs of each set of heads patched in.
 
     Args:
@@ -116,8 +116,11 @@ def patch_heads(
         direction: a Direction or ``[d_model]`` vector (needed for ``"direction"``).
 
     Returns:
-        ``(ld_patched [set, batch], ld_clean [batch], ld_corrupt [batch])``.
+        A :class:`~mechlens.results.PatchSetResult`: ``per_example`` ``[config, batch]`` the
+        logit difference with each set patched (labels: the heads, ``"L3H2+L5H1"``),
+        ``baselines["clean"]`` / ``["corrupt"]`` the unpatched logit differences.
     """
+    args = dict(locals())  # the call's settings, recorded in the result
     if component not in ("full", "direction"):
         raise ValueError(f"component={component!r}: choose 'full' or 'direction'")
     if component == "direction" and direction is None:
@@ -131,7 +134,13 @@ def patch_heads(
     layers = sorted({layer for s in sets for layer, _ in s})
     runs = _HeadRuns(model, ds, layers, rows)
     d = unit_vector(resolve_direction(model, ds, direction, batch_size=rows)) if component == "direction" else None
-    return runs.patch(sets, pos_mask, component, d, progress), runs.ld_clean, runs.ld_corrupt
+    ld = runs.patch(sets, pos_mask, component, d, progress)
+    return PatchSetResult(
+        per_example=ld, axes=("config",), labels={"config": ["+".join(f"L{a}H{b}" for a, b in s) for s in sets]},
+        metric="logit_diff", **provenance(model, ds, args={k: v for k, v in args.items() if k != "direction"}),
+        baselines={"clean": runs.ld_clean, "corrupt": runs.ld_corrupt},
+        meta={"position": str(position), "component": component},
+    )
 
 
 class _HeadRuns:

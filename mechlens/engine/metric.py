@@ -56,9 +56,14 @@ class PatchMetric:
         ds: Any,
         clean_logits: Tensor | None,
         corrupt_logits: Tensor | None,
+        *,
+        means: tuple[Tensor, Tensor] | None = None,
     ):
         self.ds = ds
         self.batch = ds.batch
+        # the mean clean and corrupt logit differences fraction_recovered divides by: of ds,
+        # or of the whole dataset when ds is one chunk of it (a sweep split to bound memory)
+        self.means = None if means is None else (means[0].detach().float(), means[1].detach().float())
         if callable(metric):
             self.fn = metric
             self.name = getattr(metric, "__name__", "custom")
@@ -83,7 +88,8 @@ class PatchMetric:
     def _check_contrast(self) -> None:
         if self.name == "fraction_recovered":
             # raises a clear error when clean and corrupt do not differ
-            fraction_recovered(self.ld_clean.mean(), self.ld_clean.mean(), self.ld_corrupt.mean())
+            clean, corrupt = self._means(self.ld_clean.device)
+            fraction_recovered(clean, clean, corrupt)
 
     @classmethod
     def measured(
@@ -98,6 +104,7 @@ class PatchMetric:
         sequences, keeping no logits (``clean_logits`` / ``corrupt_logits`` are ``None``)."""
         pm = cls(metric, ds, None, None)
         pm.clean_logits = pm.corrupt_logits = None
+        pm.means = None
         ld = {"clean": [], "corrupt": []}
         vals: dict[str, list[Tensor]] = {"clean": [], "corrupt": []}
         with torch.no_grad():
@@ -134,10 +141,9 @@ class PatchMetric:
             ld = logit_diff(logits, self.ds.answers[examples])
             if self.name == "logit_diff":
                 return ld
-            ld_corrupt = self.ld_corrupt.to(ld.device)
-            corrupt = ld_corrupt.mean()
-            return fraction_recovered(ld - ld_corrupt[examples.to(ld.device)] + corrupt,
-                                      self.ld_clean.to(ld.device).mean(), corrupt)
+            clean, corrupt = self._means(ld.device)
+            return fraction_recovered(ld - self.ld_corrupt.to(ld.device)[examples.to(ld.device)] + corrupt, clean,
+                                      corrupt)
         # a custom metric sees one copy of a sub-dataset at a time: rows come in runs of copies
         outs, start = [], 0
         while start < len(examples):
@@ -173,6 +179,10 @@ class PatchMetric:
             raise TypeError("from_ld only applies to the built-in metrics")
         if self.name == "logit_diff":
             return ld
-        ld_corrupt = self.ld_corrupt.to(ld.device)
-        corrupt = ld_corrupt.mean()
-        return fraction_recovered(ld - ld_corrupt + corrupt, self.ld_clean.to(ld.device).mean(), corrupt)
+        clean, corrupt = self._means(ld.device)
+        return fraction_recovered(ld - self.ld_corrupt.to(ld.device) + corrupt, clean, corrupt)
+
+    def _means(self, device: Any) -> tuple[Tensor, Tensor]:
+        if self.means is not None:
+            return self.means[0].to(device), self.means[1].to(device)
+        return self.ld_clean.to(device).mean(), self.ld_corrupt.to(device).mean()

@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ from mechlens.engine import (
     base_run,
     cached_run,
     check_mode,
+    chunks,
     copies_per_pass,
     overhead_tokens,
     patch_mask,
@@ -58,6 +60,7 @@ from mechlens.engine import (
     prepare_dataset,
     progress_iter,
     resolve_backend,
+    rows_per_pass,
     run_with_patches,
 )
 from mechlens.engine.sites import (
@@ -129,7 +132,50 @@ def activation_patch(
     layer_list = resolve_layers(model, layers)
     head_list = resolve_heads(model, s, heads)
     pos = resolve_positions(model, ds, positions)
-    n, b = model.cfg.n_layers, ds.batch
+    n = model.cfg.n_layers
+    # The base run holds the clean and the corrupt prompts together: a dataset larger than
+    # half a pass runs in chunks of examples, each normalised by the whole dataset's means,
+    # so no pass holds more than batch_size sequences and the numbers are the same.
+    half = max(1, rows_per_pass(batch_size) // 2)
+    parts = [range(ds.batch)] if ds.batch <= half else chunks(ds.batch, half)
+    means = None
+    if len(parts) > 1:
+        if callable(metric):
+            PatchMetric(metric, ds, None, None)  # checks the metric before any work
+        full = PatchMetric.measured(model, ds, "logit_diff", batch_size=batch_size)
+        means = (full.ld_clean.mean(), full.ld_corrupt.mean())
+    outs, bases = [], []
+    for part in progress_iter(parts, progress and len(parts) > 1, f"patching {s.name}, examples"):
+        sub = ds if len(parts) == 1 else ds[list(part)]
+        sub_pos = pos if len(parts) == 1 else dataclasses.replace(pos, masks=pos.masks[:, part.start : part.stop])
+        out, pm = _patch_part(model, sub, s, metric, mode, layer_list, head_list, sub_pos, batch_size,
+                              progress and len(parts) == 1, backend, means)
+        outs.append(out)
+        bases.append(pm.baselines)
+    per_example = torch.cat(outs, dim=1)
+    b = ds.batch
+    axes, labels, shape = sweep_axes(layer_list, pos, head_list, s.per_head)
+    return PatchResult(
+        per_example=per_example.view(*shape, b),
+        axes=axes,
+        labels=labels,
+        metric=pm.name,
+        site=s.name,
+        mode=mode,
+        method="activation",
+        **provenance(model, ds, args=args),
+        baselines={k: torch.cat([bl[k].float().cpu() for bl in bases]) for k in bases[0]},
+        meta={"positions": pos.description if not pos.has_axis else "per entry", "n_layers": n},
+    )
+
+
+def _patch_part(
+    model: Any, ds: Any, s: Site, metric: Any, mode: str, layer_list: list[int], head_list: list[int], pos: Any,
+    batch_size: int | None, progress: bool, backend: str, means: tuple[Tensor, Tensor] | None,
+) -> tuple[Tensor, PatchMetric]:
+    """Every configuration on the examples of ``ds`` (one chunk of the dataset, or all of it):
+    ``([n_configs, batch], the metric)``."""
+    b = ds.batch
     k_max = copies_per_pass(batch_size, b)
 
     # Hook names: what the source run provides, what the base (patched) run starts from.
@@ -154,7 +200,7 @@ def activation_patch(
     clean = {k: v[:b] for k, v in cache.items()}
     corrupt = {k: v[b:] for k, v in cache.items()}
     base, source = (corrupt, clean) if mode == "denoise" else (clean, corrupt)
-    pm = PatchMetric(metric, ds, logits[:b], logits[b:])
+    pm = PatchMetric(metric, ds, logits[:b], logits[b:], means=means)
 
     # One configuration per cell, in (layer, pos, head) order: the order of the result.
     n_heads = s.n_heads(model)
@@ -182,19 +228,7 @@ def activation_patch(
     else:
         _run_fast(model, run, s, pm, mode, ds, configs, todo, pos, head_onehot, base, source, k_max, progress,
                   per_example)
-    axes, labels, shape = sweep_axes(layer_list, pos, head_list, s.per_head)
-    return PatchResult(
-        per_example=per_example.view(*shape, b),
-        axes=axes,
-        labels=labels,
-        metric=pm.name,
-        site=s.name,
-        mode=mode,
-        method="activation",
-        **provenance(model, ds, args=args),
-        baselines={k: v.float().cpu() for k, v in pm.baselines.items()},
-        meta={"positions": pos.description if not pos.has_axis else "per entry", "n_layers": n},
-    )
+    return per_example, pm
 
 
 def _patches(
