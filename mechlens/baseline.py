@@ -15,11 +15,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from mechlens import metrics
 from mechlens.data.contrast import ContrastDataset
-from mechlens.engine import logit_diff_metric, run_grid
+from mechlens.engine import logit_diff_metric, progress_iter, run_grid
 from mechlens.models import model_name
 from mechlens.results import Result, markdown_table
 from mechlens.validate import check_batch_size, check_dataset, check_token_ids
@@ -122,7 +121,7 @@ def baseline(
     for name, ds in datasets.items():
         check_dataset(ds, model, f"datasets[{name!r}]")
     res = BaselineResult(model_name=model_name(model), datasets=list(datasets))
-    for name, ds in tqdm(datasets.items(), desc="baseline", disable=not progress):
+    for name, ds in progress_iter(datasets.items(), progress, "baseline", leave=True):
         res.clean[name] = run_logit_diffs(model, ds.clean_tokens, ds.answers, batch_size=batch_size)
         res.corrupt[name] = run_logit_diffs(model, ds.corrupt_tokens, ds.answers, batch_size=batch_size)
         res.labels[name] = ds.labels.cpu()

@@ -63,7 +63,6 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.circuits._util import (
     Head,
@@ -75,7 +74,7 @@ from mechlens.circuits._util import (
 from mechlens.data.contrast import ContrastDataset
 from mechlens.data.sentiment import toy_movie_review
 from mechlens.data.sst import SST_TEMPLATE, read_sst_tsv, sst
-from mechlens.engine import cache_batched, logit_diff_metric, rows_per_pass, run_grid
+from mechlens.engine import cache_batched, logit_diff_metric, progress_bar, rows_per_pass, run_grid
 from mechlens.metrics import accuracy
 from mechlens.models import model_name as _model_name
 from mechlens.results import PatchSetResult, Result, provenance
@@ -440,7 +439,7 @@ def summarization_motif(
             stacklevel=2,
         )
     steps = 2 + len(fillers) + (1 if ablation else 0)
-    bar = tqdm(total=steps, desc="summarization motif", disable=not progress)
+    bar = progress_bar(steps, progress, "summarization motif", leave=True)
 
     # 1. heads reading the comma from END
     n_l = model.cfg.n_layers

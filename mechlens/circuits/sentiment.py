@@ -63,7 +63,6 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.circuits._util import (
     Head,
@@ -75,7 +74,7 @@ from mechlens.circuits._util import (
     unit_vector,
 )
 from mechlens.data.contrast import ContrastDataset
-from mechlens.engine import cache_batched, logit_diff_metric, rows_per_pass, run_grid
+from mechlens.engine import cache_batched, logit_diff_metric, progress_bar, rows_per_pass, run_grid
 from mechlens.metrics import fraction_recovered
 from mechlens.models import model_device
 from mechlens.models import model_name as _model_name
@@ -607,7 +606,7 @@ def discover_sentiment_circuit(
     for p in pos_sets:
         fds.position_mask(p)  # validates the names
 
-    bar = tqdm(total=5, desc="sentiment circuit", disable=not progress)
+    bar = progress_bar(5, progress, "sentiment circuit", leave=True)
     d = resolve_direction(model, ds, direction, batch_size=rows)
     bar.update(1)
 

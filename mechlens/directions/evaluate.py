@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.data.contrast import ContrastDataset
 from mechlens.directions.fit import (
@@ -40,7 +39,7 @@ from mechlens.directions.fit import (
     random_directions,
 )
 from mechlens.directions.interventions import patched_logit_diffs
-from mechlens.engine import cache_batched
+from mechlens.engine import cache_batched, progress_iter
 from mechlens.metrics import fraction_recovered, logit_flip
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
@@ -277,7 +276,7 @@ def evaluate(
             logit_flip(ld, ld_clean, ld_corr, labels),
         )
 
-    for li, layer in enumerate(tqdm(layer_list, desc="layers", disable=not progress)):
+    for li, layer in enumerate(progress_iter(layer_list, progress, "layers", leave=True)):
         for mi, method in enumerate(methods):
             t = time.time()
             d = fit(

@@ -33,10 +33,9 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.data.contrast import ContrastDataset
-from mechlens.engine import cache_batched
+from mechlens.engine import cache_batched, progress_bar
 from mechlens.engine.sites import RESIDUAL_SITES
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
@@ -340,7 +339,7 @@ def _fit_das(
     # equal-sized minibatches, so no step runs on a tiny remainder
     n_batches = math.ceil(ds.batch / batch_size)
     steps = epochs * n_batches
-    bar = tqdm(total=steps, desc=f"DAS layer {layer}", disable=not progress, leave=False)
+    bar = progress_bar(steps, progress, f"DAS layer {layer}")
     with _frozen(model), torch.enable_grad():
         for _ in range(epochs):
             order = torch.randperm(ds.batch, generator=g)

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.directions.fit import Direction, hook_name
 from mechlens.directions.interventions import _check_model_dir, as_direction
+from mechlens.engine import progress_iter
 from mechlens.fileio import write_text
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
@@ -144,7 +144,7 @@ def project(
     unit = d.unit()
     bos = getattr(model.tokenizer, "bos_token_id", None) if getattr(model, "tokenizer", None) else None
     all_tokens, all_values = [], []
-    for text in tqdm(texts, desc="projecting", disable=not progress or len(texts) < 2, leave=False):
+    for text in progress_iter(texts, progress and len(texts) >= 2, "projecting"):
         toks = model.to_tokens(text)
         stop = where + 1 if where + 1 < model.cfg.n_layers else None
         _, cache = model.run_with_cache(toks, names_filter=[name], stop_at_layer=stop)

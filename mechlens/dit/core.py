@@ -58,7 +58,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.dit.data import (
     QUESTIONS,
@@ -69,7 +68,7 @@ from mechlens.dit.data import (
     topic_texts,
     trigger_prefix,
 )
-from mechlens.engine import pad_id
+from mechlens.engine import pad_id, progress_bar, progress_iter
 from mechlens.engine.bridge import hf_model, hf_name
 from mechlens.models import cache_dir as _mechlens_cache_dir
 from mechlens.models import model_name
@@ -438,7 +437,7 @@ def make_diffs(
         data.append(rows)
     losses = torch.zeros(n_diffs, steps)
     groups = [list(range(s, min(n_diffs, s + group_size))) for s in range(0, n_diffs, group_size)]
-    bar = tqdm(total=len(groups) * steps, desc="weight differences", disable=not progress)
+    bar = progress_bar(len(groups) * steps, progress, "weight differences", leave=True)
     dev = next(hf.parameters()).device
     with torch.enable_grad():
         for grp in groups:
@@ -623,7 +622,7 @@ def train_adapter(
 
     record(0)
     with torch.enable_grad():
-        for step in tqdm(range(1, steps + 1), desc="DIT adapter", disable=not progress):
+        for step in progress_iter(range(1, steps + 1), progress, "DIT adapter", leave=True):
             while len(order) < batch_size:
                 order += [train[j] for j in torch.randperm(len(train), generator=gen).tolist()]
             pick, order = order[:batch_size], order[batch_size:]
@@ -833,7 +832,7 @@ def evaluate(
     exact: dict[str, Tensor] = {}
     fuzzy: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
-    for m in tqdm(list(methods), desc="DIT evaluation", disable=not progress):
+    for m in progress_iter(list(methods), progress, "DIT evaluation", leave=True):
         t0 = time.perf_counter()
         if m in ("dit", "no_adapter"):
             prompts = [_qa_example(model, QUESTIONS[0], None)[0] for _ in held]

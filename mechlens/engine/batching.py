@@ -49,14 +49,19 @@ def batches(n: int, batch_size: int | None) -> list[slice]:
     """Slices of ``range(n)`` of ``batch_size`` rows (``None``: :data:`DEFAULT_BATCH_SIZE`)."""
     return [slice(r.start, r.stop) for r in chunks(n, rows_per_pass(batch_size))]
 
-def progress_iter(items: Sequence[Any] | Iterable[Any], progress: bool, desc: str, total: int | None = None) -> Any:
-    """``items``, wrapped in a progress bar named ``desc`` when ``progress`` (the one progress helper)."""
-    return tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True) if progress else items
+def progress_iter(
+    items: Sequence[Any] | Iterable[Any], progress: bool, desc: str, total: int | None = None, leave: bool = False
+) -> Any:
+    """``items``, wrapped in a progress bar named ``desc`` when ``progress`` (the one progress
+    helper: every bar in mechlens comes from here or :func:`progress_bar`). Inner bars vanish
+    when done (``leave=False``); a method's outer bar may stay."""
+    return tqdm(items, desc=desc, total=total, leave=leave, dynamic_ncols=True) if progress else items
 
 
-def progress_bar(total: int, progress: bool, desc: str) -> Any:
-    """A manual progress bar (``.update(n)``, ``.close()``); a no-op bar when not ``progress``."""
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
+def progress_bar(total: int, progress: bool, desc: str, leave: bool = False) -> Any:
+    """A manual progress bar (``.update(n)``, ``.close()``, ``.set_postfix_str``); disabled
+    when not ``progress``."""
+    return tqdm(total=total, desc=desc, leave=leave, dynamic_ncols=True, disable=not progress)
 
 def padded_batches(
     tokens: Sequence[Tensor], batch_size: int | None, pad_id: int = 0
