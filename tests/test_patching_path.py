@@ -235,3 +235,17 @@ def test_backends_agree(tiny_model, tiny_ds, freeze_mlps, receivers):
     hooks = path_patch(model, tiny_ds, senders, receivers, backend="hooks", **kw)
     torch.testing.assert_close(hooks.per_example, fast.per_example, atol=1e-4, rtol=0)
     assert fast.per_example.abs().max() > 0
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_datasets_larger_than_a_pass_give_the_same_numbers(tiny_model, tiny_ds, freeze):
+    """batch_size bounds memory: the examples run in chunks (batch_size=2 holds one example's
+    clean and corrupt prompts), each normalised by the whole dataset's means."""
+    one = path_patch(tiny_model, tiny_ds, "all_heads", freeze_mlps=freeze, progress=False)
+    split = path_patch(tiny_model, tiny_ds, "all_heads", freeze_mlps=freeze, batch_size=2, progress=False)
+    with torch.no_grad():
+        gap = float((logit_diff(tiny_model(tiny_ds.clean_tokens), tiny_ds.answers)
+                     - logit_diff(tiny_model(tiny_ds.corrupt_tokens), tiny_ds.answers)).mean())
+    tol = 1e-5 / min(1.0, abs(gap))  # float rounding of logit differences, in fraction units
+    torch.testing.assert_close(split.per_example, one.per_example, atol=tol, rtol=0)
+    torch.testing.assert_close(split.baselines["clean"], one.baselines["clean"], atol=tol, rtol=0)

@@ -72,6 +72,7 @@ from mechlens.engine import (
     prepare_dataset,
     progress_iter,
     resolve_backend,
+    rows_per_pass,
     split_qkv_input,
 )
 from mechlens.engine.sites import resolve_layers
@@ -280,6 +281,56 @@ def path_patch(
     else:
         names |= {f"blocks.{lay}.attn.hook_z" for lay in range(min(starts), n)}
         names |= {f"blocks.{lay}.hook_resid_pre" for lay in starts}
+    # the base run holds the clean and the corrupt prompts: datasets larger than half a pass
+    # run in chunks of examples, normalised by the whole dataset's means (the same numbers)
+    half = max(1, rows_per_pass(batch_size) // 2)
+    parts = [range(b)] if b <= half else chunks(b, half)
+    means = None
+    if len(parts) > 1:
+        if callable(metric):
+            PatchMetric(metric, ds, None, None)  # checks the metric before any work
+        full = PatchMetric.measured(model, ds, "logit_diff", batch_size=batch_size)
+        means = (full.ld_clean.mean(), full.ld_corrupt.mean())
+    outs, bases = [], []
+    for part in progress_iter(parts, progress and len(parts) > 1, "path patching, examples"):
+        one = len(parts) == 1
+        sub = ds if one else ds[list(part)]
+        out, pm = _path_part(
+            model, sub, groups, recv, send_mask if one else send_mask[part.start : part.stop],
+            recv_mask if one else recv_mask[part.start : part.stop], recv_layers, names, starts, freeze_mlps,
+            mode, metric, backend, batch_size, progress and one, means,
+        )
+        outs.append(out)
+        bases.append(pm.baselines)
+    per_example = torch.cat(outs, dim=1)
+
+    return PatchResult(
+        per_example=per_example.view(*shape, b),
+        axes=axes,
+        labels=labels,
+        metric=pm.name,
+        site="path",
+        mode=mode,
+        method="path",
+        **provenance(model, ds, args=args),
+        baselines={kk: torch.cat([bl[kk].float().cpu() for bl in bases]) for kk in bases[0]},
+        meta={
+            "receivers": "resid_final" if recv is None else [str(r) for r in recv],
+            "senders": senders if isinstance(senders, str) else labels.get("sender", []),
+            "position": ds.position_label(position),
+            "receiver_position": ds.position_label(receiver_position),
+            "freeze_mlps": freeze_mlps,
+        },
+    )
+
+
+def _path_part(
+    model: Any, ds: Any, groups: list[list[Node]], recv: Any, send_mask: Tensor, recv_mask: Tensor,
+    recv_layers: list[int], names: set[str], starts: set[int], freeze_mlps: bool, mode: str, metric: Any,
+    backend: str, batch_size: int | None, progress: bool, means: tuple[Tensor, Tensor] | None,
+) -> tuple[Tensor, PatchMetric]:
+    """Every sender group on the examples of ``ds`` (a chunk of the dataset, or all of it)."""
+    b, n = ds.batch, model.cfg.n_layers
     tokens = torch.cat([ds.clean_tokens, ds.corrupt_tokens])
     runner: SuffixRunner | HooksRunner
     if resolve_backend(model, backend) == "fast":
@@ -293,7 +344,7 @@ def path_patch(
     corrupt = {k: v[b:] for k, v in cache.items()}
     base, source = (corrupt, clean) if mode == "denoise" else (clean, corrupt)
     base_logits = logits[b:] if mode == "denoise" else logits[:b]
-    pm = PatchMetric(metric, ds, logits[:b], logits[b:])
+    pm = PatchMetric(metric, ds, logits[:b], logits[b:], means=means)
     per_example = torch.empty(len(groups), b)
 
     # Groups that reach no receiver leave the base run unchanged: its metric, exactly.
@@ -348,24 +399,7 @@ def path_patch(
                 out = _receiver_pass(model, runner, recv, patched, base, recv_mask, k, b, pm.output)
             per_example[idx] = pm(out).detach().float().cpu().view(k, b)
 
-    return PatchResult(
-        per_example=per_example.view(*shape, b),
-        axes=axes,
-        labels=labels,
-        metric=pm.name,
-        site="path",
-        mode=mode,
-        method="path",
-        **provenance(model, ds, args=args),
-        baselines={kk: v.float().cpu() for kk, v in pm.baselines.items()},
-        meta={
-            "receivers": "resid_final" if recv is None else [str(r) for r in recv],
-            "senders": senders if isinstance(senders, str) else labels.get("sender", []),
-            "position": ds.position_label(position),
-            "receiver_position": ds.position_label(receiver_position),
-            "freeze_mlps": freeze_mlps,
-        },
-    )
+    return per_example, pm
 
 
 def _check_head_writes(model: Any) -> None:

@@ -1,0 +1,111 @@
+"""Benchmark: ``batch_size`` bounds memory. Peak memory of a sweep on N and on 4N prompts.
+
+Each case runs in a fresh process (so the operating system's peak resident set size belongs
+to that case alone); the figure is the peak minus the resident size once the model and the
+dataset are loaded: what the method itself holds. With ``batch_size`` fixed, no pass holds
+more than ``batch_size`` sequences, so 4x the prompts should cost about the same memory
+(only the per-example results grow, ``[cells, N]`` floats).
+
+Cases: ``activation`` (``activation_patch``, ``resid_pre`` per position), ``ablation``
+(``ablate_sweep`` of every head, mean ablation), ``eap`` (``edge_attribution_patch``),
+``lens`` (``logit_lens`` per position).
+
+Usage:
+  python benchmarks/memory.py                          # smollm2-135m, IOI 16 and 64 prompts
+  python benchmarks/memory.py --model tiny --n 8       # a 4-layer tiny GPT-2, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CASES = ("activation", "ablation", "eap", "lens")
+TINY_NAMES = ["John", "Mary", "Anna", "Tom", "Question"]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child(model_name: str, case: str, n: int, batch_size: int) -> dict:
+    import warnings
+
+    import torch
+
+    from mechlens.data import ioi
+    from mechlens.models import load_model, tiny
+
+    warnings.simplefilter("ignore")
+    torch.set_grad_enabled(True)
+    model = tiny("gpt2", n_layers=4, seed=0) if model_name == "tiny" else load_model(model_name)
+    ds = ioi(model, n, names=TINY_NAMES) if model_name == "tiny" else ioi(model, n)
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    base = max(loaded, _rss_mb())
+    t = time.perf_counter()
+    if case == "activation":
+        from mechlens.patching import activation_patch
+
+        activation_patch(model, ds, "resid_pre", metric="logit_diff", batch_size=batch_size, progress=False)
+    elif case == "ablation":
+        from mechlens.ablation import ablate_sweep
+
+        ablate_sweep(model, ds, "heads", how="mean", batch_size=batch_size, progress=False)
+    elif case == "eap":
+        from mechlens.circuits import edge_attribution_patch
+
+        edge_attribution_patch(model, ds, batch_size=batch_size, progress=False)
+    elif case == "lens":
+        from mechlens.lens import logit_lens
+
+        logit_lens(model, ds, positions=None, batch_size=batch_size, progress=False)
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"case": case, "n": ds.batch, "peak_mb": peak, "base_mb": base, "method_mb": max(0.0, peak - base),
+            "seconds": seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m", help="'smollm2-135m' (default) or 'tiny'")
+    ap.add_argument("--n", type=int, default=16, help="prompts of the small run (the large run has 4x)")
+    ap.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (both runs)")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads:
+        os.environ["MECHLENS_THREADS"] = str(args.threads)
+    if args.child:
+        print(json.dumps(child(args.model, args.child, args.n, args.batch_size)))
+        return
+    print(f"model {args.model}; batch_size {args.batch_size}; each case in a fresh process; "
+          "memory = peak RSS minus RSS after loading the model and dataset")
+    print("| case | N | method memory (N) | method memory (4N) | ratio | seconds (N / 4N) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for case in args.cases.split(","):
+        out = []
+        for n in (args.n, 4 * args.n):
+            cmd = [sys.executable, __file__, "--model", args.model, "--n", str(n), "--batch-size",
+                   str(args.batch_size), "--child", case]
+            res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            if res.returncode:
+                raise SystemExit(f"{case} n={n} failed:\n{res.stderr[-2000:]}")
+            out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        a, b = out
+        ratio = b["method_mb"] / a["method_mb"] if a["method_mb"] > 0 else float("nan")
+        print(f"| {case} | {a['n']} | {a['method_mb']:.0f} MB | {b['method_mb']:.0f} MB | {ratio:.2f}x | "
+              f"{a['seconds']:.1f} / {b['seconds']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
