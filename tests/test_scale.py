@@ -175,7 +175,7 @@ def test_merge_refuses_parts_of_different_sweeps(model_ds):
     merged = merge_results([a, b], "layer")
     assert merged.labels["layer"] == [0, 1]
     assert torch.equal(merged.per_example, torch.cat([a.per_example, b.per_example]))
-    with pytest.raises(ValueError, match="differs from chunk 0 in .*metric"):
+    with pytest.raises(ValueError, match="differs from part 0 in .*metric"):
         merge_results([a, c], "layer")
     with pytest.raises(ValueError, match="cannot be merged along 'head'"):
         merge_results([a, b], "head")
