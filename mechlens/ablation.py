@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from mechlens.engine import (
+    HOWS,
     Location,
     Patch,
     PatchMetric,
@@ -78,10 +79,10 @@ from mechlens.patching.result import PatchResult
 from mechlens.results import provenance
 from mechlens.validate import check_batch_size
 
-__all__ = ["COMPONENTS", "HOWS", "Component", "ablate_sweep", "knockout", "knockout_curve", "parse_component"]
+__all__ = ["COMPONENTS", "HOWS", "RANKED_COMPONENTS", "Component", "ablate_sweep", "knockout", "knockout_curve", "parse_component"]
 
 COMPONENTS = ("heads", "heads_pos", "mlp", "layer", "neurons")
-HOWS = ("zero", "mean", "resample")
+RANKED_COMPONENTS = ("heads", "mlp", "layer")  # what knockout_curve can rank by its own sweep
 
 
 @dataclass(frozen=True)
@@ -448,7 +449,7 @@ def knockout_curve(
     metric = _metric(metric)
     ds = prepare_dataset(model, ds)
     if order is None:
-        if component not in ("heads", "mlp", "layer"):
+        if component not in RANKED_COMPONENTS:
             raise ValueError(f"component={component!r}: knockout_curve ranks 'heads', 'mlp' or 'layer'")
         sweep = ablate_sweep(model, ds, component, how=how, reference=reference, metric=metric, seed=seed,
                              batch_size=batch_size, progress=progress, backend=backend)

@@ -40,7 +40,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from mechlens.ablation import COMPONENTS, HOWS, RANKED_COMPONENTS
+from mechlens.directions.fit import METHODS as DIRECTION_METHODS
+from mechlens.engine import BACKENDS, METRICS, MODES
+from mechlens.engine.sites import SITES
 from mechlens.fileio import write_text
+from mechlens.lens import GROUPS
 from mechlens.results import markdown_table
 from mechlens.stages import run_stages, save_csv, save_fig
 
@@ -57,9 +62,8 @@ class StudyError(ValueError):
 
 LAYERS = "int|list[int]"
 POSITIONS = "str|int|list[int|str|list[int|str]]"
-METRICS = ("fraction_recovered", "logit_diff")
-MODES = ("denoise", "noise")
-BACKENDS = ("auto", "fast", "hooks")
+# Choices come from the methods' own registries: renaming a value there renames it here.
+SITE_NAMES = ", ".join(SITES)
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ COMMON = {
 ANALYSES: dict[str, dict[str, Arg]] = {
     "baseline": {},
     "activation_patching": {
-        "site": Arg("str|list[str]", None, "resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v, pattern"),
+        "site": Arg("str|list[str]", None, SITE_NAMES),
         "metric": Arg("str", METRICS), "mode": Arg("str", MODES), "layers": Arg(LAYERS),
         "positions": Arg(POSITIONS), "heads": Arg("int|list[int]"), "backend": Arg("str", BACKENDS),
     },
@@ -88,14 +92,14 @@ ANALYSES: dict[str, dict[str, Arg]] = {
         "layers": Arg(LAYERS), "positions": Arg(POSITIONS), "heads": Arg("int|list[int]"),
     },
     "ablation": {
-        "component": Arg("str", ("heads", "heads_pos", "mlp", "layer", "neurons")),
-        "how": Arg("str", ("zero", "mean", "resample")), "layers": Arg(LAYERS), "heads": Arg("int|list[int]"),
+        "component": Arg("str", COMPONENTS),
+        "how": Arg("str", HOWS), "layers": Arg(LAYERS), "heads": Arg("int|list[int]"),
         "neurons": Arg("int|list[int]"), "positions": Arg(POSITIONS), "metric": Arg("str", ("logit_diff",)),
         "seed": Arg("int"),
     },
     "knockout_curve": {
         "order": Arg("list[str]", None, "components to remove, first first ('L3H2', 'L3 mlp', 'L3')"),
-        "component": Arg("str", ("heads", "mlp", "layer")), "how": Arg("str", ("zero", "mean", "resample")),
+        "component": Arg("str", RANKED_COMPONENTS), "how": Arg("str", HOWS),
         "max_k": Arg("int"), "metric": Arg("str", ("logit_diff",)), "seed": Arg("int"),
     },
     "logit_lens": {
@@ -103,7 +107,7 @@ ANALYSES: dict[str, dict[str, Arg]] = {
         "top_tokens": Arg("int", None, "also list the top k tokens the lens reads (example 0, END)"),
     },
     "direct_logit_attribution": {
-        "group": Arg("str", ("components", "heads", "layers")), "layers": Arg(LAYERS),
+        "group": Arg("str", GROUPS), "layers": Arg(LAYERS),
     },
     "edge_attribution_patching": {
         "faithfulness": Arg("list[int]", None, "numbers of top edges to keep in the faithfulness curve"),
@@ -118,7 +122,7 @@ ANALYSES: dict[str, dict[str, Arg]] = {
         "backend": Arg("str", BACKENDS),
     },
     "directions": {
-        "methods": Arg("list[str]", None, "mean_diff, kmeans, logistic, pca, das"), "layers": Arg(LAYERS),
+        "methods": Arg("list[str]", None, ", ".join(DIRECTION_METHODS)), "layers": Arg(LAYERS),
         "position": Arg("str"), "site": Arg("str"), "n_random": Arg("int"), "seed": Arg("int"),
         "test_fraction": Arg("float", None, "share of examples held out for the test split (default 0.5)"),
     },

@@ -38,7 +38,7 @@ from mechlens.directions.fit import (
     _layers_arg,
     hook_name,
 )
-from mechlens.engine import cache_batched, logit_diff_metric, run_grid
+from mechlens.engine import HOWS, cache_batched, logit_diff_metric, run_grid
 from mechlens.hooks import hooked
 from mechlens.metrics import accuracy, fraction_recovered, logit_flip
 from mechlens.results import Measurement, provenance
@@ -241,7 +241,7 @@ def directional_patch(
 
 # --------------------------------------------------------------------------- ablation
 
-ABLATION_MODES = ("mean", "zero", "resample")
+ABLATION_MODES = HOWS  # the one list of ablated values (mechlens.engine.HOWS)
 
 
 @dataclass(kw_only=True)

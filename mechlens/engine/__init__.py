@@ -62,6 +62,7 @@ from mechlens.engine.hooks import (
     saver,
 )
 from mechlens.engine.interventions import (
+    HOWS,
     Add,
     Intervention,
     Location,
@@ -73,7 +74,7 @@ from mechlens.engine.interventions import (
     patch,
     run_patches,
 )
-from mechlens.engine.metric import METRICS, PatchMetric, check_mode, prepare_dataset
+from mechlens.engine.metric import METRICS, MODES, PatchMetric, check_mode, prepare_dataset
 from mechlens.model_protocol import is_bridge
 
 __all__ = [
@@ -83,5 +84,5 @@ __all__ = [
     "padded_batches", "patch_mask", "patch_rows", "plan_passes", "prepare_dataset", "progress_bar",
     "progress_iter", "resolve_backend", "rows_per_pass", "run_grid", "run_with_patches", "saver",
     "split_qkv_input", "Location", "Intervention", "Replace", "Zero", "Add", "Scale", "ProjectOut",
-    "ProjectOnto", "patch", "run_patches", "cache_iter",
+    "ProjectOnto", "patch", "run_patches", "cache_iter", "HOWS", "MODES",
 ]

@@ -40,8 +40,11 @@ from mechlens.models import model_device
 
 __all__ = [
     "Location", "Intervention", "Replace", "Zero", "Add", "Scale", "ProjectOut", "ProjectOnto", "patch",
-    "run_patches", "NEURON_SITE",
+    "run_patches", "NEURON_SITE", "HOWS",
 ]
+
+#: what an ablated value is replaced by (ablation sweeps, knock-out, directional ablation)
+HOWS = ("zero", "mean", "resample")
 
 # MLP hidden activations: one value per neuron (ablation of single neurons); not a patching
 # site of its own, so it is kept beside the registry.

@@ -14,11 +14,15 @@ from mechlens.metrics import fraction_recovered, logit_diff
 from mechlens.models import model_device
 from mechlens.validate import check_dataset
 
-__all__ = ["METRICS", "PatchMetric", "check_mode", "prepare_dataset"]
+__all__ = ["METRICS", "MODES", "PatchMetric", "check_mode", "prepare_dataset"]
+
+
+#: which run is edited: denoise = run corrupt, patch in clean; noise = run clean, patch in corrupt
+MODES = ("denoise", "noise")
 
 
 def check_mode(mode: str) -> str:
-    if mode not in ("denoise", "noise"):
+    if mode not in MODES:
         raise ValueError(
             f"mode={mode!r}: choose 'denoise' (run the corrupt prompts, patch in clean activations) "
             "or 'noise' (run the clean prompts, patch in corrupt activations)"
