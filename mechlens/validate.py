@@ -112,9 +112,9 @@ def prompt_tokens(
     if n_ctx and len(toks) > n_ctx:
         short = prompt if len(prompt) <= 50 else prompt[:47] + "..."
         raise ValueError(
-            f"{loc}{what} {short!r} is {len(toks)} tokens but the model's context (model.cfg.n_ctx) is "
-            f"{n_ctx}; it would be cut and read at the wrong position. Shorten the prompt to at most "
-            f"{n_ctx} tokens or use a model with a longer context"
+            f"{loc}{what} {short!r} is {len(toks)} tokens, longer than the model's context "
+            f"(model.cfg.n_ctx = {n_ctx}); it would be cut and read at the wrong position. Shorten "
+            f"it to at most {n_ctx} tokens or use a model with a longer context"
         )
     return toks
 
