@@ -67,7 +67,10 @@ from tqdm.auto import tqdm
 from mechlens.fileio import read_json, write_json
 from mechlens.patching.result import PatchResult
 
-__all__ = ["ModelSpec", "Workers", "METHODS", "CHUNK_AXES", "sweep", "merge_results", "ray_address"]
+__all__ = [
+    "ModelSpec", "Workers", "METHODS", "CHUNK_AXES", "sweep", "merge_results", "ray_address", "check_address",
+    "RayClientMissingError",
+]
 
 #: sweeps known by name (any ``"module:function"`` path works too)
 METHODS: dict[str, str] = {
@@ -308,6 +311,10 @@ def _check_manifest(out: Path, settings: dict[str, Any], *, write: bool = True) 
         write_json(path, settings)
 
 
+class RayClientMissingError(ImportError):
+    """A ``ray://`` address was given but the Ray Client extra (``ray[client]``) is not installed."""
+
+
 def check_address(address: str | None, *, source: str = "address", timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Fail fast, with a message naming ``source``, when ``address`` cannot work: a ``ray://``
     address without the Ray Client extra, a malformed address, or one where nothing answers
@@ -321,7 +328,7 @@ def check_address(address: str | None, *, source: str = "address", timeout: floa
         try:
             importlib.import_module("grpc")
         except ImportError:
-            raise ImportError(
+            raise RayClientMissingError(
                 f"{named} is a Ray Client address (ray://...), which needs the client extra: "
                 'pip install "ray[client]" (or, on a node of the cluster, use address="auto")'
             ) from None

@@ -113,8 +113,6 @@ def finished(out: Path, key: dict[str, Any], name: str, *, what: str = "reproduc
             warnings.warn(f"{what}: {d} is a file, not a stage folder; the stage runs again", stacklevel=3)
         return None
     try:
-        if marker.is_dir():
-            raise DamagedFileError(marker, "it is a folder, not a file", "the stage runs again")
         done = read_json(marker, fix="the stage runs again")
         if (problem := _marker_problem(done)) is not None:
             raise DamagedFileError(marker, problem, "the stage runs again")

@@ -8,8 +8,9 @@ model, dataset and arguments is skipped (``force=True`` reruns), and the report 
 after every finished analysis, so an interrupted run has a report of what finished.
 
 The whole file is checked before any model loads: an unknown key, a value of the wrong type
-or an unknown analysis gets an error naming the key and its line in the file (with a
-close-match suggestion for misspellings). The schema is documented in ``docs/studies.md``;
+or out of its range (``limit = 0``, ``test_fraction = 1.5``) or an unknown analysis gets an
+error naming the key and its line in the file (with a close-match suggestion for
+misspellings). The schema is documented in ``docs/studies.md``;
 ``examples/ioi.toml`` and ``examples/sentiment_ablation.toml`` are complete studies.
 
 Example::

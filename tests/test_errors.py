@@ -748,6 +748,11 @@ def test_saved_result_tensors_are_checked_by_dtype(model, ds, tmp_path):
     from mechlens.patching import PatchResult
 
     raises(DamagedFileError, r"field \"baselines\['clean'\]\" is int32 but was saved as float32", PatchResult.load, pr)
+    # a folder where a file belongs
+    (pr / "result.json").unlink()
+    (pr / "result.json").mkdir()
+    raises(DamagedFileError, r"pr/result.json is damaged \(it is a folder, not a file\); save the PatchResult again",
+           PatchResult.load, pr)
 
 
 def _study_file(tmp_path, extra: str = "", dataset: str = 'builtin = "toy_movie_review"\nsplit = "test"\n'):
