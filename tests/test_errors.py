@@ -887,3 +887,18 @@ def test_ray_addresses_fail_fast_naming_address_and_fix(monkeypatch):
     raises(ImportError, r"address='ray://127.0.0.1:10001' is a Ray Client address \(ray://...\), which needs the client "
            r'extra: pip install "ray\[client\]"', Workers, "tiny", workers=1, address="ray://127.0.0.1:10001")
     assert not ray.is_initialized()
+
+
+def test_sst_sentences_longer_than_the_context_are_not_cut_into_a_group(model, tmp_path):
+    from mechlens.data.sst import sst
+
+    mini = (REPO / "mechlens" / "data" / "mini_sst.tsv").read_text()
+    f = tmp_path / "sst.tsv"
+    f.write_text(mini + f"{'the ' * 300}film.\t1\n{'the ' * 300}film.\t0\n")
+    ans = [(" good", " bad")]  # one token each for the tiny tokenizer
+    ds = sst(model, f, answers=ans)
+    assert ds.seq_len <= model.cfg.n_ctx
+    # cut to the context, the two long sentences would make a pair of length n_ctx
+    raises(ValueError, r"no positive/negative pair of equal token length 128", sst, model, f, length=128, answers=ans)
+    n = model.to_tokens(f"Review: {'the ' * 300}film.\nSentiment:", truncate=False).shape[-1]
+    raises(ValueError, rf"is {n} tokens, longer than the model's context", sst, model, f, length=n, answers=ans)
