@@ -66,6 +66,8 @@ def read_json(path: str | Path, *, fix: str) -> Any:
     """Parse a JSON file; a missing file raises FileNotFoundError, a damaged one
     :class:`DamagedFileError` (both naming the file)."""
     path = Path(path)
+    if path.is_dir():
+        raise DamagedFileError(path, "it is a folder, not a file", fix)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

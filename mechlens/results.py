@@ -15,11 +15,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import html
 import math
+import re
+import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,13 +31,16 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mechlens.fileio import DamagedFileError, atomic_path, read_json, write_json
 
-__all__ = ["Result", "Measurement", "markdown_table", "to_jsonable", "from_jsonable", "settings_of", "provenance", "call_settings",
-           "concat", "load_result", "result_classes", "PatchSetResult"]
+__all__ = [
+    "Result", "Measurement", "NonFiniteWarning", "nan_policy", "markdown_table", "to_jsonable", "from_jsonable",
+    "settings_of", "provenance", "call_settings", "concat", "load_result", "result_classes", "PatchSetResult",
+]
 
 R = TypeVar("R", bound="Result")
 M = TypeVar("M", bound="Measurement")
@@ -142,6 +149,105 @@ def _short(v: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
+def _dtype_name(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _tensor_kinds(cls: type) -> dict[str, str]:
+    """Field -> ``"Float"`` / ``"Int"`` / ``"Bool"``, from the jaxtyping annotations of a result
+    class (``Float[Tensor, ...]``, also inside ``dict[str, Float[Tensor, ...]]``)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        m = re.search(r"\b(Float|Int|Bool)\[", str(f.type))
+        if m:
+            out[f.name] = m.group(1)
+    return out
+
+
+_KIND_OK = {
+    "Float": lambda t: t.is_floating_point(),
+    "Int": lambda t: not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool,
+    "Bool": lambda t: t.dtype == torch.bool,
+}
+
+
+def _check_dtypes(cls: type, tensors: dict[str, Tensor], recorded: Any, tpath: Path, fix: str) -> None:
+    """Every loaded tensor has the dtype it was saved with (recorded in result.json) and the
+    kind its field holds (floats where floats belong); else :class:`DamagedFileError`."""
+    kinds = _tensor_kinds(cls)
+    recorded = recorded if isinstance(recorded, dict) else {}
+    for key, t in tensors.items():
+        name, _, sub = key.partition(_SEP)
+        label = f"{name}[{sub!r}]" if sub else name
+        want = recorded.get(key)
+        if isinstance(want, str) and _dtype_name(t) != want:
+            raise DamagedFileError(tpath, f"field {label!r} is {_dtype_name(t)} but was saved as {want}", fix)
+        kind = kinds.get(name)
+        if kind is not None and not _KIND_OK[kind](t):
+            raise DamagedFileError(
+                tpath, f"field {label!r} holds {_dtype_name(t)} values where {kind.lower()}s belong", fix
+            )
+
+
+# --------------------------------------------------------------------------- NaN / inf in measured values
+
+NAN_POLICIES = ("raise", "warn", "ignore")
+_NAN_POLICY: contextvars.ContextVar[str] = contextvars.ContextVar("mechlens_nan_policy", default="raise")
+
+
+class NonFiniteWarning(UserWarning):
+    """A measured value is NaN or infinite and ``nan_policy("warn")`` kept it."""
+
+
+@contextmanager
+def nan_policy(policy: str) -> Iterator[None]:
+    """What a measured NaN or infinite value does inside the ``with`` block.
+
+    Every :class:`Measurement` (patching, ablation, lens, steering and directional results)
+    checks its values when it is made: by default (``"raise"``) a non-finite value raises a
+    ``ValueError`` naming the cells; ``"warn"`` keeps the result with a
+    :class:`NonFiniteWarning`; ``"ignore"`` keeps it silently::
+
+        with nan_policy("warn"):
+            res = activation_patch(model, ds, "resid_pre", metric=my_metric)
+    """
+    if policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy={policy!r}: choose one of {list(NAN_POLICIES)}")
+    token = _NAN_POLICY.set(policy)
+    try:
+        yield
+    finally:
+        _NAN_POLICY.reset(token)
+
+
+def _check_finite_cells(m: Any) -> None:
+    """Raise (or warn) when a Measurement's per-example values hold NaN / inf, naming the cells."""
+    policy = _NAN_POLICY.get()
+    pe = m.per_example
+    if policy == "ignore" or not isinstance(pe, Tensor) or not pe.is_floating_point():
+        return
+    finite = torch.isfinite(pe.detach())
+    if bool(finite.all()):
+        return
+    bad_cells = (~finite).reshape(*pe.shape[:-1], pe.shape[-1]).any(-1)
+    n_bad, n_cells = int(bad_cells.sum()), bad_cells.numel()
+    kind = "NaN" if bool(torch.isnan(pe).any()) else "inf"
+    if m.axes:
+        idx = bad_cells.nonzero().tolist()
+        names = ["(" + ", ".join(f"{a}={m.labels[a][i]!r}" for a, i in zip(m.axes, ix)) + ")" for ix in idx[:3]]
+        where = f"{n_bad} of {n_cells} cells ({', '.join(names)}{', ...' if n_bad > 3 else ''})"
+    else:
+        where = f"its value ({int((~finite).sum())} of {pe.shape[-1]} examples)"
+    msg = (
+        f"{type(m).__name__}: the metric {m.metric or '(unnamed)'!r} gave non-finite values ({kind}) in {where}; "
+        "check the metric (a division by zero? a log of 0?) and the model's dtype. To keep such a "
+        "result, run it inside `with mechlens.results.nan_policy('warn'):` (or 'ignore')"
+    )
+    if policy == "raise":
+        raise ValueError(msg)
+    warnings.warn(msg, NonFiniteWarning, stacklevel=4)
+
+
 @dataclass(kw_only=True)
 class Result:
     """Base of every mechlens result: provenance, ``save`` / ``load``, a short ``repr``.
@@ -210,7 +316,9 @@ class Result:
         # each file is written to a temporary name and renamed: a crash never leaves half a file
         with atomic_path(path / "tensors.safetensors") as tmp:
             save_file(tensors, str(tmp))
-        doc = {"class": type(self).__name__, "fields": rest}
+        # the dtype of every tensor, so a tensor replaced by one of another dtype is noticed on load
+        dtypes = {k: _dtype_name(t) for k, t in tensors.items()}
+        doc = {"class": type(self).__name__, "fields": rest, "dtypes": dtypes}
         write_json(path / "result.json", doc)
         return path
 
@@ -235,6 +343,7 @@ class Result:
             tensors = load_file(str(tpath))
         except Exception as exc:  # safetensors raises its own error type for every kind of damage
             raise DamagedFileError(tpath, f"{type(exc).__name__}: {exc}", fix) from None
+        _check_dtypes(cls, tensors, doc.get("dtypes"), tpath, fix)
         kwargs: dict[str, Any] = {}
         try:
             for name, v in doc["fields"].items():
@@ -245,7 +354,8 @@ class Result:
             for key, t in tensors.items():
                 if _SEP not in key:
                     kwargs[key] = t
-            return cls(**kwargs)
+            with nan_policy("ignore"):  # the values were checked when they were measured
+                return cls(**kwargs)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
             raise DamagedFileError(
                 jpath, f"its fields do not make a {cls.__name__} with {tpath.name}: {type(exc).__name__}: {exc}", fix
@@ -265,7 +375,7 @@ class Measurement(Result):
     and percentile bootstrap interval; ``to_dataframe()`` one row per cell.
     """
 
-    per_example: Tensor
+    per_example: Float[Tensor, "*cells batch"]
     axes: tuple[str, ...] = ()
     labels: dict[str, list] = field(default_factory=dict)
     metric: str = ""
@@ -279,6 +389,7 @@ class Measurement(Result):
         for i, a in enumerate(self.axes):
             if a not in self.labels or len(self.labels[a]) != self.per_example.shape[i]:
                 raise ValueError(f"labels[{a!r}] must have {self.per_example.shape[i]} entries")
+        _check_finite_cells(self)
 
     # ------------------------------------------------------------------ numbers
     @property

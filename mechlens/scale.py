@@ -54,6 +54,7 @@ import importlib
 import math
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +67,10 @@ from tqdm.auto import tqdm
 from mechlens.fileio import read_json, write_json
 from mechlens.results import Measurement, concat, load_result
 
-__all__ = ["ModelSpec", "Workers", "METHODS", "CHUNK_AXES", "sweep", "merge_results", "ray_address"]
+__all__ = [
+    "ModelSpec", "Workers", "METHODS", "CHUNK_AXES", "sweep", "merge_results", "ray_address", "check_address",
+    "RayClientMissingError",
+]
 
 #: sweeps known by name (any ``"module:function"`` path works too)
 METHODS: dict[str, str] = {
@@ -86,6 +90,8 @@ CHUNK_AXES: dict[str, str] = {
 }
 
 ADDRESS_ENV = "MECHLENS_RAY_ADDRESS"
+#: seconds to wait for a cluster address to answer before giving up with a message
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -293,12 +299,49 @@ def _check_manifest(out: Path, settings: dict[str, Any], *, write: bool = True) 
         write_json(path, settings)
 
 
-def _init_ray(address: str | None) -> bool:
+class RayClientMissingError(ImportError):
+    """A ``ray://`` address was given but the Ray Client extra (``ray[client]``) is not installed."""
+
+
+def check_address(address: str | None, *, source: str = "address", timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, with a message naming ``source``, when ``address`` cannot work: a ``ray://``
+    address without the Ray Client extra, a malformed address, or one where nothing answers
+    within ``timeout`` seconds (Ray itself would retry for minutes)."""
+    if address is None or address in ("auto", "local"):
+        return
+    named = f"{source}={address!r}" if source == "address" else f"${source}={address!r}"
+    fix = f"fix address= or ${ADDRESS_ENV} (leave both unset to run Ray on this machine)"
+    client = address.startswith("ray://")
+    if client:
+        try:
+            importlib.import_module("grpc")
+        except ImportError:
+            raise RayClientMissingError(
+                f"{named} is a Ray Client address (ray://...), which needs the client extra: "
+                'pip install "ray[client]" (or, on a node of the cluster, use address="auto")'
+            ) from None
+    host, sep, port = address.removeprefix("ray://").rstrip("/").rpartition(":")
+    if not sep:
+        host, port = port, ("10001" if client else "6379")  # Ray's default ports
+    if not host or not port.isdigit():
+        raise ValueError(f"{named}: give host:port (e.g. '10.0.0.5:6379'), 'ray://host:10001' or 'auto'; {fix}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise ConnectionError(
+            f"{named}: no Ray cluster answers at {host}:{port} ({why}, waited up to {timeout:g} s); "
+            f"start one there (ray start --head) or {fix}"
+        ) from None
+
+
+def _init_ray(address: str | None, source: str = "address") -> bool:
     """Start (or connect to) Ray unless it is running; True when this call started it."""
     import ray
 
     if ray.is_initialized():
         return False
+    check_address(address, source=source)
     # quiet: no dashboard, no worker output on this terminal (errors still come back as exceptions)
     # (locally Ray counts the CPUs itself, container limits included)
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -369,7 +412,7 @@ class Workers:
         self.spec = ModelSpec.coerce(model_spec)
         _positive_int(workers, "workers")
         self.n = workers
-        self._started = _init_ray(ray_address(address))
+        self._started = _init_ray(ray_address(address), "address" if address else ADDRESS_ENV)
         try:
             self._cpus, self._gpus = _placement(workers, gpus_per_worker)
         except Exception:

@@ -3,9 +3,11 @@
 A run is a list of named stages. Each stage writes its files under ``OUT/<name>/`` and,
 when it finishes, a ``done.json`` marker holding the run's key (model, settings, the
 stage's own specification), its headline numbers (``summary`` is the markdown the report
-shows) and the size of every file it wrote. A stage whose marker matches the key and
-whose files are all there is skipped next time (its numbers are read back); a damaged
-marker, a different key or a missing or resized file makes it run again.
+shows), the size and SHA-256 of every file it wrote, and a SHA-256 of itself. A stage whose
+marker matches the key and whose files are all there, unchanged, is skipped next time (its
+numbers are read back); a damaged or odd marker (an entry of the wrong type, a folder where
+the file should be), a different key, or a missing or changed file makes it run again, in a
+fresh folder. Checking a stage never raises.
 
 The report is rewritten after *every* finished stage, so an interrupted run leaves a
 report of everything that finished.
@@ -13,7 +15,10 @@ report of everything that finished.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,39 +34,96 @@ __all__ = ["MARKER", "stage_files", "finished", "run_stages", "save_fig", "save_
 MARKER = "done.json"
 
 
-def stage_files(d: Path) -> dict[str, int]:
-    """Every file a stage wrote (relative path -> size in bytes), recorded in its marker."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage_files(d: Path) -> dict[str, dict[str, Any]]:
+    """Every file a stage wrote (relative path -> ``{"size": bytes, "sha256": hex}``), recorded
+    in its marker: a file changed in place (same size, other bytes) is noticed too."""
     return {
-        p.relative_to(d).as_posix(): p.stat().st_size
+        p.relative_to(d).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
         for p in sorted(d.rglob("*"))
         if p.is_file() and p.name != MARKER and not p.name.startswith(".")
     }
 
 
+def _marker_digest(done: dict[str, Any]) -> str:
+    """A SHA-256 of a marker's content (all but this digest), so an edited marker is noticed."""
+    body = {k: v for k, v in done.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _file_changed(path: Path, entry: Any) -> bool:
+    """Whether a recorded file is missing or differs from its record (a size, or size and hash)."""
+    try:
+        if not path.is_file():
+            return True
+        if isinstance(entry, dict):
+            return path.stat().st_size != entry.get("size") or _sha256(path) != entry.get("sha256")
+        return path.stat().st_size != entry  # markers from before hashes: the size only
+    except OSError:
+        return True
+
+
+def _marker_problem(done: Any) -> str | None:
+    """What is wrong with a parsed marker's structure, or ``None``: every entry is checked by
+    type, so an odd marker means "run again", never a crash later in the report."""
+    if not isinstance(done, dict):
+        return f"it holds {type(done).__name__}, not an object"
+    numbers = done.get("numbers")
+    if not isinstance(numbers, dict):
+        return "it has no 'numbers' entry"
+    if not isinstance(numbers.get("summary", ""), str):
+        return f"its summary is {type(numbers['summary']).__name__}, not text"
+    seconds = numbers.get("seconds", 0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return f"its seconds is {type(seconds).__name__}, not a number"
+    files = done.get("files", {})
+    if not isinstance(files, dict):
+        return f"its files entry is {type(files).__name__}, not an object"
+    for rel, entry in files.items():
+        ok = (isinstance(entry, int) and not isinstance(entry, bool)) or (
+            isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)
+        )
+        if not ok or rel.startswith("/") or ".." in Path(rel).parts:
+            return f"its record of {rel!r} is not a size and hash"
+    if "sha256" in done and done["sha256"] != _marker_digest(done):
+        return "its content does not match its checksum (edited or damaged in place)"
+    return None
+
+
 def finished(out: Path, key: dict[str, Any], name: str, *, what: str = "reproduce") -> dict[str, Any] | None:
     """The numbers of a stage done in ``out`` with this key, else ``None``.
 
-    A marker that cannot be read, or whose stage's files are missing or changed size (a
-    figure deleted, a result truncated), means the stage is not done: it runs again.
+    A marker that cannot be read (damaged, a folder, in a stage folder that is a file), whose
+    entries are not of the types mechlens writes or do not match its checksum, or whose
+    stage's files are missing or changed (deleted, truncated, damaged in place: each file's
+    size and SHA-256 are recorded), means the stage is not done: it runs again. Nothing here
+    raises.
     """
     d = out / name
     marker = d / MARKER
-    if not marker.exists():
+    if not d.is_dir() or not (marker.exists() or marker.is_symlink()):
+        if d.exists() and not d.is_dir():
+            warnings.warn(f"{what}: {d} is a file, not a stage folder; the stage runs again", stacklevel=3)
         return None
     try:
         done = read_json(marker, fix="the stage runs again")
-        if not isinstance(done, dict) or not isinstance(done.get("numbers"), dict):
-            raise DamagedFileError(marker, "it has no 'numbers' entry", "the stage runs again")
+        if (problem := _marker_problem(done)) is not None:
+            raise DamagedFileError(marker, problem, "the stage runs again")
     except (OSError, ValueError) as exc:
         warnings.warn(f"{what}: {exc}", stacklevel=3)
         return None
     if not all(done.get(k) == v for k, v in key.items()):
         return None
     # markers from before files were recorded: at least every file the summary links
-    files = done.get("files") if isinstance(done.get("files"), dict) else {}
-    changed = {d / rel for rel, size in files.items() if not (d / rel).is_file() or (d / rel).stat().st_size != size}
-    summary = done["numbers"].get("summary", "")
-    links = re.findall(r"\]\(([^)\s]+)\)", summary if isinstance(summary, str) else "")
+    changed = {d / rel for rel, entry in done.get("files", {}).items() if _file_changed(d / rel, entry)}
+    links = re.findall(r"\]\(([^)\s]+)\)", done["numbers"].get("summary", ""))
     changed |= {out / rel for rel in links if "://" not in rel and not (out / rel).is_file()}
     if changed:
         warnings.warn(
@@ -71,6 +133,17 @@ def finished(out: Path, key: dict[str, Any], name: str, *, what: str = "reproduc
         )
         return None
     return done["numbers"]
+
+
+def _fresh_folder(d: Path) -> None:
+    """Make ``d`` an empty folder for a stage to run in: whatever was there (an old marker, the
+    files of an interrupted run, a file or link in its place) goes, so a stage interrupted from
+    here on is not done and a rerun never trips over what a damaged run left."""
+    if d.is_symlink() or d.is_file():
+        d.unlink()
+    elif d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
 
 
 def run_stages(
@@ -101,6 +174,8 @@ def run_stages(
         progress: a progress bar over the stages.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out={str(out)!r} is a file; give a folder for the results (it is made if missing)")
     out.mkdir(parents=True, exist_ok=True)
     order = list(all_names) if all_names is not None else list(names)
     done: dict[str, dict[str, Any]] = {}
@@ -117,16 +192,13 @@ def run_stages(
         if name in done:
             continue
         d = out / name
-        d.mkdir(parents=True, exist_ok=True)
-        # the old marker goes first: a stage interrupted from here on is not done; and the
-        # temporary files of writes a kill interrupted are swept away
-        (d / MARKER).unlink(missing_ok=True)
-        for tmp in d.rglob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+        _fresh_folder(d)
         t = time.perf_counter()
         numbers = run(name, d)
         numbers["seconds"] = round(time.perf_counter() - t, 1)
-        write_json(d / MARKER, {**key(name), "numbers": numbers, "files": stage_files(d)})
+        # the digest is of the marker as it will read back (tuples as lists, keys as text)
+        marker = json.loads(json.dumps({**key(name), "numbers": numbers, "files": stage_files(d)}))
+        write_json(d / MARKER, {**marker, "sha256": _marker_digest(marker)})
         done[name] = numbers
         report()  # an interrupted run still has a report of what finished
     report()

@@ -8,8 +8,9 @@ model, dataset and arguments is skipped (``force=True`` reruns), and the report 
 after every finished analysis, so an interrupted run has a report of what finished.
 
 The whole file is checked before any model loads: an unknown key, a value of the wrong type
-or an unknown analysis gets an error naming the key and its line in the file (with a
-close-match suggestion for misspellings). The schema is documented in ``docs/studies.md``;
+or out of its range (``limit = 0``, ``test_fraction = 1.5``) or an unknown analysis gets an
+error naming the key and its line in the file (with a close-match suggestion for
+misspellings). The schema is documented in ``docs/studies.md``;
 ``examples/ioi.toml`` and ``examples/sentiment_ablation.toml`` are complete studies.
 
 Example::
@@ -71,13 +72,32 @@ class Arg:
     type: str
     choices: tuple[Any, ...] | None = None
     doc: str = ""
+    #: bounds of a number (of each number of a list), checked with the file: ``lo <= x <= hi``,
+    #: or ``lo < x < hi`` when ``open``
+    lo: float | None = None
+    hi: float | None = None
+    open: bool = False
+
+    def out_of_range(self, x: Any) -> str | None:
+        """Why the number ``x`` is outside the bounds, or ``None``."""
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            return None
+        lo_bad = self.lo is not None and (x <= self.lo if self.open else x < self.lo)
+        hi_bad = self.hi is not None and (x >= self.hi if self.open else x > self.hi)
+        if not (lo_bad or hi_bad):
+            return None
+        if self.lo is not None and self.hi is not None:
+            return f"{x!r} must be {'strictly ' if self.open else ''}between {self.lo:g} and {self.hi:g}"
+        if self.lo is not None:
+            return f"{x!r} must be {'>' if self.open else '>='} {self.lo:g}"
+        return f"{x!r} must be {'<' if self.open else '<='} {self.hi:g}"
 
 
 COMMON = {
     "kind": Arg("str", None, "the analysis (required)"),
     "name": Arg("str", None, "its folder and section name (default: kind, numbered when repeated)"),
-    "batch_size": Arg("int", None, "sequences per forward pass (default: the study's batch_size)"),
-    "top": Arg("int", None, "rows of the top-cells table in the report (default 10)"),
+    "batch_size": Arg("int", None, "sequences per forward pass (default: the study's batch_size)", lo=1),
+    "top": Arg("int", None, "rows of the top-cells table in the report (default 10)", lo=1),
 }
 
 ANALYSES: dict[str, dict[str, Arg]] = {
@@ -100,18 +120,18 @@ ANALYSES: dict[str, dict[str, Arg]] = {
     "knockout_curve": {
         "order": Arg("list[str]", None, "components to remove, first first ('L3H2', 'L3 mlp', 'L3')"),
         "component": Arg("str", RANKED_COMPONENTS), "how": Arg("str", HOWS),
-        "max_k": Arg("int"), "metric": Arg("str", ("logit_diff",)), "seed": Arg("int"),
+        "max_k": Arg("int", lo=1), "metric": Arg("str", ("logit_diff",)), "seed": Arg("int"),
     },
     "logit_lens": {
         "positions": Arg("str|int|list[int|str]"), "layers": Arg(LAYERS),
-        "top_tokens": Arg("int", None, "also list the top k tokens the lens reads (example 0, END)"),
+        "top_tokens": Arg("int", None, "also list the top k tokens the lens reads (example 0, END)", lo=1),
     },
     "direct_logit_attribution": {
         "group": Arg("str", GROUPS), "layers": Arg(LAYERS),
     },
     "edge_attribution_patching": {
-        "faithfulness": Arg("list[int]", None, "numbers of top edges to keep in the faithfulness curve"),
-        "n_random": Arg("int", None, "random edge sets of the same size per k (default 0)"),
+        "faithfulness": Arg("list[int]", None, "numbers of top edges to keep in the faithfulness curve", lo=0),
+        "n_random": Arg("int", None, "random edge sets of the same size per k (default 0)", lo=0),
         "seed": Arg("int"),
     },
     "path_patching": {
@@ -123,30 +143,31 @@ ANALYSES: dict[str, dict[str, Arg]] = {
     },
     "directions": {
         "methods": Arg("list[str]", None, ", ".join(DIRECTION_METHODS)), "layers": Arg(LAYERS),
-        "position": Arg("str"), "site": Arg("str"), "n_random": Arg("int"), "seed": Arg("int"),
-        "test_fraction": Arg("float", None, "share of examples held out for the test split (default 0.5)"),
+        "position": Arg("str"), "site": Arg("str"), "n_random": Arg("int", lo=0), "seed": Arg("int"),
+        "test_fraction": Arg("float", None, "share of examples held out for the test split (default 0.5)",
+                             lo=0, hi=1, open=True),
     },
 }
 
 TOP = {
-    "title": Arg("str"), "description": Arg("str"), "seed": Arg("int"), "batch_size": Arg("int"),
+    "title": Arg("str"), "description": Arg("str"), "seed": Arg("int"), "batch_size": Arg("int", lo=1),
     "model": Arg("str|table"), "dataset": Arg("table"), "analysis": Arg("list"),
 }
 MODEL = {
     "name": Arg("str", None, "a load_model name, a directory, or tiny-gpt2 / tiny-neox / tiny-llama"),
-    "device": Arg("str"), "n_layers": Arg("int"), "d_model": Arg("int"), "n_heads": Arg("int"),
-    "n_ctx": Arg("int"), "seed": Arg("int"),
+    "device": Arg("str"), "n_layers": Arg("int", lo=1), "d_model": Arg("int", lo=1), "n_heads": Arg("int", lo=1),
+    "n_ctx": Arg("int", lo=1), "seed": Arg("int"),
 }
 TINY_ARCHS = ("gpt2", "neox", "llama")
 BUILTINS: dict[str, dict[str, Arg]] = {
-    "ioi": {"n_prompts": Arg("int"), "seed": Arg("int"), "templates": Arg("list[str]"), "names": Arg("list[str]"),
+    "ioi": {"n_prompts": Arg("int", lo=1), "seed": Arg("int"), "templates": Arg("list[str]"), "names": Arg("list[str]"),
             "orders": Arg("list[str]")},
-    "toy_movie_review": {"split": Arg("str", ("train", "test", "all")), "filler": Arg("int")},
+    "toy_movie_review": {"split": Arg("str", ("train", "test", "all")), "filler": Arg("int", lo=0)},
     "toy_mood_story": {"names": Arg("list[str]")},
 }
 DATASET_COMMON = {
     "builtin": Arg("str", tuple(BUILTINS)), "file": Arg("str", None, "a .jsonl or .csv file (relative to the study file)"),
-    "limit": Arg("int", None, "keep the first n examples"), "name": Arg("str"),
+    "limit": Arg("int", None, "keep the first n examples", lo=1), "name": Arg("str"),
 }
 
 
@@ -301,6 +322,9 @@ class _Checker:
                         near = difflib.get_close_matches(str(item), [str(c) for c in arg.choices], n=1, cutoff=0.6)
                         hint = f" (did you mean {near[0]!r}?)" if near else ""
                         raise self.fail((*keypath, key), f"{item!r} is not one of {list(arg.choices)}{hint}")
+            for item in v if isinstance(v, list) else [v]:
+                if (why := arg.out_of_range(item)) is not None:
+                    raise self.fail((*keypath, key), why)
 
 
 def _apply_overrides(doc: dict[str, Any], overrides: Mapping[str, Any]) -> set[str]:
@@ -476,40 +500,72 @@ def _read_pairs(model: Any, path: Path) -> Any:
             rows.append({"_line": i, **row})
     else:
         with path.open(newline="", encoding="utf-8") as fh:
-            for i, row in enumerate(csv.DictReader(fh), 2):
-                rows.append({"_line": i, **row})
+            reader = csv.DictReader(fh)
+            for row in reader:
+                if None in row:  # more fields than the header has columns
+                    raise ValueError(f"{path}, line {reader.line_num}: {len(reader.fieldnames or [])} columns in the "
+                                     f"header but more fields here (a comma inside a prompt needs quotes)")
+                rows.append({"_line": reader.line_num, **row})
     if not rows:
         raise ValueError(f"{path} holds no prompt pairs")
-    clean, corrupt, answers, labels = [], [], [], []
+    clean, corrupt, answers, labels, where = [], [], [], [], []
     positions: dict[str, list[Any]] = {}
-    for row in rows:
-        where = f"{path}, line {row['_line']}"
+    for n, row in enumerate(rows, 1):
+        # every error about a row names the file, its line and the pair's number (from 1)
+        loc = f"{path}, line {row['_line']} (pair {n})"
+        where.append(loc)
         for k in ("clean", "corrupt"):
-            if not isinstance(row.get(k), str) or not row[k]:
-                raise ValueError(f"{where}: needs a {k!r} prompt")
+            if not isinstance(row.get(k), str) or not row[k].strip():
+                got = "" if row.get(k) is None else f", got {row[k]!r}"
+                raise ValueError(f"{loc}: needs a non-empty {k!r} prompt (a string){got}")
         clean.append(row["clean"])
         corrupt.append(row["corrupt"])
         if "answers" in row:  # JSONL: [[correct, incorrect], ...]
             pairs = row["answers"]
             if not (isinstance(pairs, list) and pairs and all(isinstance(p, list) and len(p) == 2 for p in pairs)):
-                raise ValueError(f"{where}: answers must be [[correct, incorrect], ...]")
+                raise ValueError(f"{loc}: answers must be [[correct, incorrect], ...], got {pairs!r}")
             answers.append([tuple(p) for p in pairs])
-        elif row.get("correct") and row.get("incorrect"):
+        elif row.get("correct") not in (None, "") and row.get("incorrect") not in (None, ""):
             answers.append([(row["correct"], row["incorrect"])])
         else:
-            raise ValueError(f"{where}: needs 'correct' and 'incorrect' answer words (or 'answers')")
-        labels.append(int(row["label"]) if row.get("label") not in (None, "") else 1)
-        pos = dict(row.get("positions") or {})
-        pos.update({k[4:]: v for k, v in row.items() if k.startswith("pos_") and v not in (None, "")})
+            raise ValueError(f"{loc}: needs 'correct' and 'incorrect' answer words (or 'answers')")
+        for a in answers[-1]:
+            for w in a:
+                if not isinstance(w, str):
+                    raise ValueError(f"{loc}: answer {w!r} must be a string (a word such as ' loved'), "
+                                     f"not {type(w).__name__}")
+        labels.append(_label(row.get("label"), loc))
+        pos = row.get("positions") or {}
+        if not isinstance(pos, dict):
+            raise ValueError(f"{loc}: positions must be an object {{\"NAME\": word or index}}, got {pos!r}")
+        pos = dict(pos)
+        pos.update({k[4:]: v for k, v in row.items() if isinstance(k, str) and k.startswith("pos_") and v not in (None, "")})
         for k, v in pos.items():
             if isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
                 v = int(v)
+            if isinstance(v, bool) or not isinstance(v, (str, int)):
+                raise ValueError(f"{loc}: position {k!r} must be a word of the clean prompt or an int index, not {v!r}")
             positions.setdefault(k, []).append(v)
-    short = [k for k, v in positions.items() if len(v) != len(clean)]
-    if short:
-        raise ValueError(f"{path}: position {short[0]!r} is given for some rows only; give it on every row")
+    for k, v in positions.items():
+        if len(v) != len(clean):
+            have = {i for i, r in enumerate(rows) if k in (r.get("positions") or {}) or r.get(f"pos_{k}") not in (None, "")}
+            missing = next(i for i in range(len(rows)) if i not in have)
+            raise ValueError(f"{where[missing]}: position {k!r} is missing (other rows give it); give it on every row")
     return ContrastDataset.from_prompts(model, clean, corrupt, answers, positions=positions or None, labels=labels,
-                                        name=path.stem)
+                                        name=path.stem, where=where)
+
+
+def _label(value: Any, loc: str) -> int:
+    """A row's ``label`` (default 1): an integer, or a string of one (CSV)."""
+    if value is None or value == "":
+        return 1
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{loc}: label {value!r} is not an integer; labels are class numbers (1 positive, 0 negative)")
 
 
 # ----------------------------------------------------------------------------- analyses

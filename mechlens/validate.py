@@ -5,6 +5,8 @@ so bad input fails fast (well under a second), with a message that names the arg
 says what was wrong and how to fix it, and with no hook left on the model. A new public
 function gets the same behaviour by calling the same checks:
 
+- prompts: :func:`prompt_tokens`, the one place a prompt string meets the model's context
+  (refused when empty or longer than ``model.cfg.n_ctx``, before anything can cut it);
 - datasets: :func:`check_dataset` (type; with a model: the tokenizer that built it, token
   ids inside the vocabulary, prompts inside the context), :func:`check_binary_labels`;
 - token ids: :func:`check_token_ids` (integers, not negative, inside the vocabulary);
@@ -32,6 +34,7 @@ from torch import Tensor
 
 __all__ = [
     "tokenizer_fingerprint",
+    "prompt_tokens",
     "check_dataset",
     "check_contrast_dataset",
     "check_binary_labels",
@@ -79,6 +82,41 @@ def tokenizer_fingerprint(model_or_tokenizer: Any) -> str | None:
     except TypeError:  # pragma: no cover - a tokenizer that cannot be weakly referenced
         pass
     return fp
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def prompt_tokens(
+    model: Any, prompt: Any, *, what: str = "prompt", where: str | None = None, prepend_bos: bool | None = None
+) -> Tensor:
+    """Token ids ``[pos]`` of one prompt, checked against the model's context.
+
+    The one place where a prompt string meets the model: every dataset builder tokenises
+    through it. It refuses a prompt that is not a string, that is empty, or whose tokens do
+    not fit ``model.cfg.n_ctx`` -- tokenised without truncation, so a long prompt is never
+    cut to the context and read at the wrong position. ``where`` (``"pairs.jsonl, line 3"``)
+    starts every message, so a prompt from a file is found by its file and row.
+    """
+    loc = f"{where}: " if where else ""
+    if not isinstance(prompt, str):
+        raise TypeError(f"{loc}{what} must be a string, not {type(prompt).__name__} ({prompt!r})")
+    if not prompt.strip():
+        raise ValueError(
+            f"{loc}{what} is empty ({prompt!r}): a prompt needs at least one token besides BOS; "
+            "remove the row or write the prompt"
+        )
+    kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
+    toks = model.to_tokens(prompt, truncate=False, **kw)[0].cpu()
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx and len(toks) > n_ctx:
+        short = prompt if len(prompt) <= 50 else prompt[:47] + "..."
+        raise ValueError(
+            f"{loc}{what} {short!r} is {len(toks)} tokens, longer than the model's context "
+            f"(model.cfg.n_ctx = {n_ctx}); it would be cut and read at the wrong position. Shorten "
+            f"it to at most {n_ctx} tokens or use a model with a longer context"
+        )
+    return toks
 
 
 # --------------------------------------------------------------------------- datasets

@@ -547,3 +547,358 @@ def test_cli_main_one_line_for_any_failure(monkeypatch, capsys, tmp_path):
     with pytest.raises(ValueError, match="batch_size=0"):
         main(["baseline", "--out", str(tmp_path), "--debug"])
     assert "MECHLENS_DEBUG" not in os.environ  # --debug lasts one call, not the process
+
+
+# --------------------------------------------------------------------------- nothing silently wrong (#26)
+# prompts meet the model's context in one place; NaN / inf metric values; odd resume markers and
+# damage in place; dataset rows named by file and line; saved results' dtypes; Ray addresses;
+# everything a study file alone decides checked before the model loads
+
+
+def _words(model, n: int) -> str:
+    """A prompt of exactly ``n`` tokens after BOS (the tiny tokenizer makes ' the' one token)."""
+    assert model.to_tokens(" the" * 3, prepend_bos=False).shape[-1] == 3
+    return " the" * n
+
+
+def test_prompts_longer_than_the_context_are_refused_not_cut(model):
+    n_ctx = model.cfg.n_ctx
+    ok = ContrastDataset.from_prompts(model, [_words(model, n_ctx - 1)], [_words(model, n_ctx - 1)], [(" good", " bad")])
+    assert ok.seq_len == n_ctx  # BOS + n_ctx - 1 words: exactly the context, accepted
+    long = _words(model, n_ctx)
+    raises(ValueError, rf"pair 1: clean prompt ' the the.*' is {n_ctx + 1} tokens, longer than the model's context "
+           rf"\(model.cfg.n_ctx = {n_ctx}\); it would be cut", ContrastDataset.from_prompts, model, [long],
+           [long], [(" good", " bad")])
+    raises(ValueError, rf"pair 2: corrupt prompt .* is 421 tokens, longer than the model's context \(model.cfg.n_ctx = "
+           rf"{n_ctx}\)", ContrastDataset.from_prompts, model, ["I loved it", "I hated it"],
+           ["I hated it", _words(model, 420)], [(" good", " bad")])
+    # the other places prompt strings meet the model go through the same check
+    from mechlens.directions import project
+
+    d = Direction(vector=torch.ones(64), method="vector", layer=1, site="resid_pre", position=None)
+    raises(ValueError, rf"texts\[1\] .* is {n_ctx + 1} tokens, longer than the model's context", project, model, d,
+           ["fine", long], progress=False)
+    raises(ValueError, rf"attention\(text=...\) .* is {n_ctx + 1} tokens, longer than", attention, model, long)
+    assert validate.prompt_tokens(model, "I loved it").tolist() == model.to_tokens("I loved it")[0].tolist()
+
+
+def test_a_long_prompt_in_a_study_file_names_the_file_and_row(model, tmp_path):
+    from mechlens.study import build_dataset
+
+    rows = [{"clean": "I loved it", "corrupt": "I hated it", "correct": " good", "incorrect": " bad"}] * 3
+    rows[1] = {**rows[1], "clean": _words(model, 419), "corrupt": _words(model, 419)}  # the issue's 420 tokens
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    raises(ValueError, r"pairs.jsonl, line 2 \(pair 2\): clean prompt .* is 420 tokens, longer than the model's "
+           r"context \(model.cfg.n_ctx = 128\)", build_dataset, model, {"file": "pairs.jsonl"}, tmp_path / "s.toml")
+    c = tmp_path / "pairs.csv"
+    c.write_text("clean,corrupt,correct,incorrect\nI loved it,I hated it, good, bad\n"
+                 f"I loved it,{_words(model, 200)}, good, bad\n")
+    raises(ValueError, r"pairs.csv, line 3 \(pair 2\): corrupt prompt .* is 201 tokens, longer",
+           build_dataset, model, {"file": "pairs.csv"}, tmp_path / "s.toml")
+
+
+def test_empty_and_non_string_prompts_are_refused(model):
+    ans = [(" good", " bad")]
+    raises(ValueError, r"pair 2: clean prompt is empty \(''\): a prompt needs at least one token besides BOS",
+           ContrastDataset.from_prompts, model, ["I loved it", ""], ["I hated it", "I loved it"], ans)
+    raises(ValueError, r"pair 1: corrupt prompt is empty \('   '\)", ContrastDataset.from_prompts, model, ["I loved it"],
+           ["   "], ans)
+    raises(TypeError, r"pair 1: clean prompt must be a string, not NoneType", ContrastDataset.from_prompts, model,
+           [None], ["I loved it"], ans)
+    raises(ValueError, r"where has 1 entries for 2 prompt pairs", ContrastDataset.from_prompts, model, ["a", "b"],
+           ["a", "b"], ans, where=["x.jsonl, line 1"])
+
+
+def test_from_prompts_errors_name_the_pair_from_1(model):
+    f = ContrastDataset.from_prompts
+    raises(ValueError, r"pair 2: clean prompt 'I loved it' is 4 tokens but corrupt prompt 'I hated it a lot' is",
+           f, model, ["I hated it", "I loved it"], ["I loved it", "I hated it a lot"], [(" good", " bad")])
+    raises(TypeError, r"pair 1: answer 5 must be a string", f, model, ["I loved it"], ["I hated it"], [(" good", 5)])
+    raises(ValueError, r"pair 2: answer ' xqzv' is \d+ tokens for this tokenizer", f, model, ["I loved it"] * 2,
+           ["I hated it"] * 2, [[(" good", " bad")], [(" good", " xqzv")]])
+    raises(ValueError, r"pair 2: positions\['ADJ'\]: position word 'great' is not a token of the prompt 'I hated it'",
+           f, model, ["I loved it", "I hated it"], ["I hated it", "I loved it"], [(" good", " bad")],
+           positions={"ADJ": [" loved", "great"]})
+    raises(ValueError, r"pair 1: positions\['X'\]=9 is outside the prompt's 4 tokens", f, model, ["I loved it"],
+           ["I hated it"], [(" good", " bad")], positions={"X": 9})
+    raises(ValueError, r"different token lengths \[4, \d+\] \(e.g. 4 tokens at pair 1, \d+ tokens at pair 2\)", f, model,
+           ["I loved it", "I loved it a"], ["I hated it", "I hated it a"], [(" good", " bad")])
+
+
+def _rows_file(tmp_path, name, text):
+    from mechlens.study import build_dataset
+
+    (tmp_path / name).write_text(text)
+    return lambda m: build_dataset(m, {"file": name}, tmp_path / "s.toml")
+
+
+def test_dataset_file_rows_are_named_by_file_and_line(model, tmp_path):
+    good = {"clean": "I loved it", "corrupt": "I hated it", "correct": " good", "incorrect": " bad"}
+
+    def jl(*rows):
+        return "\n".join(json.dumps(r) for r in rows) + "\n"
+
+    cases = [
+        ("a.jsonl", jl(good, {**good, "label": "positive"}),
+         r"a.jsonl, line 2 \(pair 2\): label 'positive' is not an integer"),
+        ("b.jsonl", jl(good, {**good, "label": 1.5}), r"b.jsonl, line 2 \(pair 2\): label 1.5 is not an integer"),
+        ("c.csv", "clean,corrupt,correct,incorrect,label\nI loved it,I hated it, good, bad,1\n"
+                  "I hated it,I loved it, bad, good,yes\n", r"c.csv, line 3 \(pair 2\): label 'yes' is not an integer"),
+        ("d.jsonl", jl(good, {**good, "correct": 7}), r"d.jsonl, line 2 \(pair 2\): answer 7 must be a string"),
+        ("e.jsonl", jl({**good, "answers": [[" good", None]]}), r"e.jsonl, line 1 \(pair 1\): answer None must be"),
+        ("f.jsonl", jl(good, good, {**good, "incorrect": " xqzv"}),
+         r"f.jsonl, line 3 \(pair 3\): answer ' xqzv' is \d+ tokens"),
+        ("g.jsonl", "\n" + jl(good, {**good, "corrupt": "I hated it a lot"}),
+         r"g.jsonl, line 3 \(pair 2\): clean prompt 'I loved it' is 4 tokens but corrupt prompt"),
+        ("h.jsonl", jl({**good, "positions": {"ADJ": " loved"}}, {**good, "positions": {"ADJ": " great"}}),
+         r"h.jsonl, line 2 \(pair 2\): positions\['ADJ'\]: position word ' great' is not a token"),
+        ("i.jsonl", jl({**good, "positions": {"ADJ": " loved"}}, good),
+         r"i.jsonl, line 2 \(pair 2\): position 'ADJ' is missing \(other rows give it\)"),
+        ("j.csv", "clean,corrupt,correct,incorrect,pos_ADJ\nI loved it,I hated it, good, bad,2\n"
+                  "I loved it,I hated it, good, bad,\n", r"j.csv, line 3 \(pair 2\): position 'ADJ' is missing"),
+        ("k.jsonl", jl(good, {**good, "clean": ""}), r"k.jsonl, line 2 \(pair 2\): needs a non-empty 'clean' prompt"),
+        ("l.jsonl", jl({**good, "corrupt": 3}), r"l.jsonl, line 1 \(pair 1\): needs a non-empty 'corrupt' prompt .* got 3"),
+        ("m.csv", "clean,corrupt,correct,incorrect\nI loved it,I hated it, good, bad,extra\n",
+         r"m.csv, line 2: 4 columns in the header but more fields here"),
+        ("n.jsonl", jl({**good, "positions": {"ADJ": [1]}}), r"n.jsonl, line 1 \(pair 1\): position 'ADJ' must be a word"),
+    ]
+    for name, text, msg in cases:
+        raises(ValueError, msg, _rows_file(tmp_path, name, text), model)
+    # integer labels as text (CSV) or numbers (JSONL) are fine
+    ds = _rows_file(tmp_path, "ok.jsonl", jl({**good, "label": 0}, {**good, "label": "1"}))(model)
+    assert ds.labels.tolist() == [0, 1]
+
+
+def test_nan_metric_values_raise_naming_the_cells(model, ds, tmp_path):
+    import warnings
+
+    from mechlens.results import Measurement, NonFiniteWarning, nan_policy
+
+    def all_nan(logits, d):
+        return torch.full((logits.shape[0],), float("nan"))
+
+    def last_logit(logits, d):
+        return logits[:, -1, 0].float()
+
+    raises(ValueError, r"PatchResult: the metric 'all_nan' gave non-finite values \(NaN\) in 2 of 2 cells "
+           r"\(\(layer=0\), \(layer=1\)\).*nan_policy\('warn'\)",
+           activation_patch, model, ds, "resid_pre", metric=all_nan, positions="all", progress=False)
+    with nan_policy("warn"), pytest.warns(NonFiniteWarning, match=r"gave non-finite values \(NaN\) in 2 of 2 cells"):
+        res = activation_patch(model, ds, "resid_pre", metric=all_nan, positions="all", progress=False)
+    assert torch.isnan(res.values).all()
+    with warnings.catch_warnings(), nan_policy("ignore"):
+        warnings.simplefilter("error")
+        res = activation_patch(model, ds, "resid_pre", metric=all_nan, positions="all", progress=False)
+        assert torch.isnan(res.values).all()
+    # a finite metric is untouched by the check
+    ok = activation_patch(model, ds, "resid_pre", metric=last_logit, positions="all", progress=False)
+    assert torch.isfinite(ok.per_example).all()
+    # inf; a measurement with no axes; one bad cell among six; a bad policy
+    raises(ValueError, r"Measurement: the metric 'm' gave non-finite values \(inf\) in its value \(1 of 3 examples\)",
+           Measurement, per_example=torch.tensor([1.0, float("inf"), 2.0]), metric="m")
+    pe = torch.zeros(2, 3, 4)
+    pe[1, 2, 0] = float("nan")
+    labels = {"layer": [0, 1], "head": ["h0", "h1", "h2"]}
+    raises(ValueError, r"in 1 of 6 cells \(\(layer=1, head='h2'\)\)", Measurement, per_example=pe,
+           axes=("layer", "head"), labels=labels, metric="m")
+    raises(ValueError, r"nan_policy='sometimes': choose one of \['raise', 'warn', 'ignore'\]",
+           lambda: nan_policy("sometimes").__enter__())
+    # a result kept with NaN loads back as it was saved (its values were checked when measured)
+    with nan_policy("ignore"):
+        kept = Measurement(per_example=pe, axes=("layer", "head"), labels=labels, metric="m")
+    back = Measurement.load(kept.save(tmp_path / "m"))
+    assert torch.equal(back.per_example.isnan(), pe.isnan())
+
+
+def test_saved_result_tensors_are_checked_by_dtype(model, ds, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    res, path = _saved(model, ds, tmp_path)
+    t = path / "tensors.safetensors"
+    good = load_file(str(t))
+
+    def rewrite(**changed):
+        save_file({**good, **changed}, str(t))
+
+    # int64 where floats belong (the issue's example): named by file and field
+    rewrite(per_example=good["per_example"].long())
+    raises(DamagedFileError, r"res/tensors.safetensors is damaged \(field 'per_example' is int64 but was saved as "
+           r"float32\); save the DirectionalPatchResult again", DirectionalPatchResult.load, path)
+    # float64 for float32: still floats, but not what was saved
+    rewrite(ld_clean=good["ld_clean"].double())
+    raises(DamagedFileError, r"field 'ld_clean' is float64 but was saved as float32", DirectionalPatchResult.load, path)
+    # a folder saved before dtypes were recorded: the kind of each field is still checked
+    rewrite()
+    doc = json.loads((path / "result.json").read_text())
+    del doc["dtypes"]
+    (path / "result.json").write_text(json.dumps(doc))
+    assert torch.equal(DirectionalPatchResult.load(path).per_example, res.per_example)
+    rewrite(per_example=good["per_example"].long())
+    raises(DamagedFileError, r"field 'per_example' holds int64 values where floats belong", DirectionalPatchResult.load,
+           path)
+    rewrite(class_labels=good["class_labels"].float())
+    raises(DamagedFileError, r"field 'class_labels' holds float32 values where ints belong",
+           DirectionalPatchResult.load, path)
+    # a tensor inside a dict field (a PatchResult's baselines)
+    pr = activation_patch(model, ds, "resid_pre", layers=[0], positions="ADJ", progress=False).save(tmp_path / "pr")
+    tensors = load_file(str(pr / "tensors.safetensors"))
+    tensors["baselines::clean"] = tensors["baselines::clean"].to(torch.int32)
+    save_file(tensors, str(pr / "tensors.safetensors"))
+    from mechlens.patching import PatchResult
+
+    raises(DamagedFileError, r"field \"baselines\['clean'\]\" is int32 but was saved as float32", PatchResult.load, pr)
+    # a folder where a file belongs
+    (pr / "result.json").unlink()
+    (pr / "result.json").mkdir()
+    raises(DamagedFileError, r"pr/result.json is damaged \(it is a folder, not a file\); save the PatchResult again",
+           PatchResult.load, pr)
+
+
+def _study_file(tmp_path, extra: str = "", dataset: str = 'builtin = "toy_movie_review"\nsplit = "test"\n'):
+    p = tmp_path / "s.toml"
+    p.write_text('model = {name = "tiny-gpt2", n_layers = 2}\n[dataset]\n' + dataset +
+                 '[[analysis]]\nkind = "baseline"\n[[analysis]]\nkind = "logit_lens"\n' + extra)
+    return p
+
+
+def test_study_resume_treats_odd_markers_as_run_again(tmp_path):
+    """A marker that parses but is odd, a marker that is a folder, an analysis folder that is a
+    file, and a result damaged in place (same size): each analysis runs again, nothing raises."""
+    import warnings
+
+    from mechlens.study import run_study
+
+    p = _study_file(tmp_path)
+    out = tmp_path / "out"
+    m = tiny("gpt2", n_layers=2, seed=0)
+    run_study(p, out, model=m, progress=False)
+
+    def stable():  # the report less its timings
+        return [line for line in (out / "report.md").read_text().splitlines() if not line.startswith("_time")]
+
+    ref = stable()
+
+    def rerun(match):
+        with pytest.warns(UserWarning, match=match):
+            run_study(p, out, model=m, progress=False)
+        assert stable() == ref
+        json.loads((out / "baseline" / "done.json").read_text())
+
+    marker = out / "baseline" / "done.json"
+    doc = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**doc, "numbers": {**doc["numbers"], "summary": 3.5}}))  # a number where text is
+    rerun(r"baseline/done.json is damaged \(its summary is float, not text\); the stage runs again")
+    doc = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**doc, "numbers": {**doc["numbers"], "clean_ld": "high"}}))  # still parses and types
+    rerun(r"baseline/done.json is damaged \(its content does not match its checksum")
+    doc = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**doc, "files": {"baseline.csv": "big"}}))
+    rerun(r"its record of 'baseline.csv' is not a size and hash")
+    marker.write_text("[1, 2]")
+    rerun(r"done.json is damaged \(it holds list, not an object\)")
+    marker.unlink()
+    marker.mkdir()
+    (marker / "x").write_text("")
+    rerun(r"baseline/done.json is damaged \(it is a folder, not a file\)")
+    shutil.rmtree(out / "logit_lens")
+    (out / "logit_lens").write_text("not a folder")
+    rerun(r"logit_lens is a file, not a stage folder; the stage runs again")
+    # damage in place: same size, other bytes
+    csv = out / "baseline" / "baseline.csv"
+    data = csv.read_bytes()
+    csv.write_bytes(data[:-2] + (b"0" if data[-2:-1] != b"0" else b"1") + data[-1:])
+    assert csv.stat().st_size == len(data)
+    rerun(r"stage 'baseline' was done but 1 of its files are missing or changed \(e.g. .*baseline.csv\)")
+    assert csv.read_bytes() == data
+    # a result's tensors damaged in place are noticed too
+    t = out / "logit_lens" / "logit_lens" / "tensors.safetensors"
+    raw = bytearray(t.read_bytes())
+    raw[-1] ^= 0xFF
+    t.write_bytes(bytes(raw))
+    rerun(r"stage 'logit_lens' was done but 1 of its files are missing or changed")
+    with warnings.catch_warnings():  # and now everything is done: quiet, nothing reruns
+        warnings.simplefilter("error")
+        run_study(p, out, model=m, progress=False)
+
+
+def test_everything_a_study_file_decides_is_checked_before_the_model_loads(tmp_path, monkeypatch):
+    import mechlens.models
+    from mechlens.study import StudyError, run_study
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the file was checked")
+
+    monkeypatch.setattr(mechlens.models, "load_model", no_model)
+    monkeypatch.setattr(mechlens.models, "tiny", no_model)
+    ds_limit = 'builtin = "toy_movie_review"\nlimit = 0\n'
+    cases = [
+        (dict(dataset=ds_limit), r"s.toml, line 4: dataset.limit: 0 must be >= 1"),
+        (dict(dataset='builtin = "toy_movie_review"\nfiller = -1\n'), r"line 4: dataset.filler: -1 must be >= 0"),
+        (dict(extra='[[analysis]]\nkind = "directions"\ntest_fraction = 1.5\n'),
+         r"line 11: analysis\[2\].test_fraction: 1.5 must be strictly between 0 and 1"),
+        (dict(extra='[[analysis]]\nkind = "directions"\ntest_fraction = 0\n'),
+         r"analysis\[2\].test_fraction: 0 must be strictly between 0 and 1"),
+        (dict(extra='[[analysis]]\nkind = "ablation"\nbatch_size = 0\n'), r"analysis\[2\].batch_size: 0 must be >= 1"),
+        (dict(extra='[[analysis]]\nkind = "ablation"\ntop = -3\n'), r"analysis\[2\].top: -3 must be >= 1"),
+        (dict(extra='[[analysis]]\nkind = "edge_attribution_patching"\nfaithfulness = [0, 5, -1]\n'),
+         r"analysis\[2\].faithfulness: -1 must be >= 0"),
+        (dict(extra='[[analysis]]\nkind = "knockout_curve"\nmax_k = 0\n'), r"analysis\[2\].max_k: 0 must be >= 1"),
+    ]
+    for kw, msg in cases:
+        p = _study_file(tmp_path, **kw)
+        raises(StudyError, msg, run_study, p, tmp_path / "out")
+    p = _study_file(tmp_path)
+    p.write_text(p.read_text().replace("n_layers = 2", "n_layers = 0"))
+    raises(StudyError, r"model.n_layers: 0 must be >= 1", run_study, p, tmp_path / "out")
+    p.write_text("batch_size = -2\n" + _study_file(tmp_path).read_text())
+    raises(StudyError, r"s.toml, line 1: batch_size: -2 must be >= 1", run_study, p, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing made
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_addresses_fail_fast_naming_address_and_fix(monkeypatch):
+    pytest.importorskip("ray")
+    import ray
+
+    from mechlens.scale import ADDRESS_ENV, Workers, check_address
+
+    assert not ray.is_initialized()
+    port = _free_port()  # nothing listens there
+    t = time.perf_counter()
+    with pytest.raises(ConnectionError, match=rf"address='127.0.0.1:{port}': no Ray cluster answers at 127.0.0.1:{port} "
+                       r"\(.*\).*fix address= or \$MECHLENS_RAY_ADDRESS"):
+        Workers("tiny", workers=1, address=f"127.0.0.1:{port}")
+    assert time.perf_counter() - t < 15 and not ray.is_initialized()
+    monkeypatch.setenv(ADDRESS_ENV, f"127.0.0.1:{port}")
+    with pytest.raises(ConnectionError, match=rf"\$MECHLENS_RAY_ADDRESS='127.0.0.1:{port}': no Ray cluster answers"):
+        Workers("tiny", workers=1)
+    monkeypatch.delenv(ADDRESS_ENV)
+    raises(ValueError, r"address='127.0.0.1:x': give host:port", check_address, "127.0.0.1:x")
+    # ray:// without the client extra (grpc): the argument and the pip extra, before any connection
+    monkeypatch.setitem(sys.modules, "grpc", None)
+    raises(ImportError, r"address='ray://127.0.0.1:10001' is a Ray Client address \(ray://...\), which needs the client "
+           r'extra: pip install "ray\[client\]"', Workers, "tiny", workers=1, address="ray://127.0.0.1:10001")
+    assert not ray.is_initialized()
+
+
+def test_sst_sentences_longer_than_the_context_are_not_cut_into_a_group(model, tmp_path):
+    from mechlens.data.sst import sst
+
+    mini = (REPO / "mechlens" / "data" / "mini_sst.tsv").read_text()
+    f = tmp_path / "sst.tsv"
+    f.write_text(mini + f"{'the ' * 300}film.\t1\n{'the ' * 300}film.\t0\n")
+    ans = [(" good", " bad")]  # one token each for the tiny tokenizer
+    ds = sst(model, f, answers=ans)
+    assert ds.seq_len <= model.cfg.n_ctx
+    # cut to the context, the two long sentences would make a pair of length n_ctx
+    raises(ValueError, r"no positive/negative pair of equal token length 128", sst, model, f, length=128, answers=ans)
+    n = model.to_tokens(f"Review: {'the ' * 300}film.\nSentiment:", truncate=False).shape[-1]
+    raises(ValueError, rf"is {n} tokens, longer than the model's context", sst, model, f, length=n, answers=ans)

@@ -256,7 +256,7 @@ def test_jsonl_and_csv_datasets_equal_from_prompts(tmp_path, tiny_gpt2):
         assert torch.equal(ds.positions["ADJ"], ref.positions["ADJ"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"clean": "a", "corrupt": "b"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl, line 1: needs 'correct' and 'incorrect'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 1 \(pair 1\): needs 'correct' and 'incorrect'"):
         build_dataset(tiny_gpt2, {"file": "bad.jsonl"}, tmp_path / "s.toml")
 
 

@@ -42,7 +42,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mechlens.validate import tokenizer_fingerprint
+from mechlens.validate import prompt_tokens, tokenizer_fingerprint
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -164,14 +164,10 @@ class ChoiceDataset:
 
 
 def _tokens(model: Any, text: str, what: str) -> Tensor:
-    toks = model.to_tokens(text, truncate=False)[0].cpu()
-    n_ctx = getattr(model.cfg, "n_ctx", None)
-    if n_ctx is not None and len(toks) > n_ctx:
-        raise ValueError(
-            f"{what} is {len(toks)} tokens, longer than the model's context ({n_ctx}): "
-            f"{text[:60]!r}...; use shorter texts or a shorter question_template"
-        )
-    return toks
+    try:  # the one prompt/context check of mechlens.validate
+        return prompt_tokens(model, text, what=what)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (shorter texts or a shorter question_template)") from None
 
 
 def _letter_ids(model: Any) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from mechlens.validate import (
     as_token_tensor,
     check_binary_labels,
     check_contrast_dataset,
+    prompt_tokens,
     tokenizer_fingerprint,
 )
 
@@ -288,8 +289,12 @@ class ContrastDataset:
         labels: Sequence[int] | None = None,
         name: str = "contrast",
         prepend_bos: bool | None = None,
+        where: Sequence[str] | None = None,
     ) -> ContrastDataset:
         """Build a dataset from prompt strings.
+
+        Every prompt is tokenised through :func:`mechlens.validate.prompt_tokens`: an empty
+        prompt, or one longer than the model's context, is refused (never cut).
 
         Args:
             model: gives the tokenizer.
@@ -301,30 +306,39 @@ class ContrastDataset:
             positions: name -> an index (negative counts from the end), a word to find in
                 each clean prompt, or one index/word per example.
             labels: class of each clean prompt (default all 1).
+            where: where each pair came from (``"pairs.jsonl, line 3"``), one per pair; every
+                error about a pair starts with it. Default ``"pair 1"``, ``"pair 2"``, ...
         """
         clean, corrupt = list(clean), list(corrupt)
         if not clean:
             raise ValueError("clean is empty: give at least one prompt pair")
         if len(clean) != len(corrupt):
             raise ValueError(f"clean has {len(clean)} prompts but corrupt has {len(corrupt)}")
-        kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
-        toks_c = [model.to_tokens(p, **kw)[0] for p in clean]
-        toks_k = [model.to_tokens(p, **kw)[0] for p in corrupt]
+        locs = [f"pair {i + 1}" for i in range(len(clean))] if where is None else [str(w) for w in where]
+        if len(locs) != len(clean):
+            raise ValueError(f"where has {len(locs)} entries for {len(clean)} prompt pairs")
+        toks_c = [prompt_tokens(model, p, what="clean prompt", where=w, prepend_bos=prepend_bos)
+                  for p, w in zip(clean, locs)]
+        toks_k = [prompt_tokens(model, p, what="corrupt prompt", where=w, prepend_bos=prepend_bos)
+                  for p, w in zip(corrupt, locs)]
         for i, (a, b) in enumerate(zip(toks_c, toks_k)):
             if len(a) != len(b):
                 raise ValueError(
-                    f"pair {i}: clean prompt {clean[i]!r} is {len(a)} tokens but corrupt prompt "
+                    f"{locs[i]}: clean prompt {clean[i]!r} is {len(a)} tokens but corrupt prompt "
                     f"{corrupt[i]!r} is {len(b)}; patching needs pairs of equal token length"
                 )
         lengths = sorted({len(t) for t in toks_c})
         if len(lengths) > 1:
+            first = {n: next(locs[i] for i, t in enumerate(toks_c) if len(t) == n) for n in lengths}
             raise ValueError(
-                f"prompts have different token lengths {lengths}; mechlens datasets hold one "
-                "length (split them into one dataset per length)"
+                f"prompts have different token lengths {lengths} (e.g. "
+                + ", ".join(f"{n} tokens at {w}" for n, w in first.items())
+                + "); mechlens datasets hold one length (split them into one dataset per length)"
             )
-        per_example = _per_example_answers(answers, len(clean))
+        per_example = _per_example_answers(answers, len(clean), locs)
         ans = torch.tensor(
-            [[[single_token(model, c), single_token(model, w)] for c, w in ex] for ex in per_example]
+            [[[_answer_token(model, c, locs[i]), _answer_token(model, w, locs[i])] for c, w in ex]
+             for i, ex in enumerate(per_example)]
         )
         seq_len = lengths[0]
         pos: dict[str, Tensor] = {}
@@ -335,9 +349,20 @@ class ContrastDataset:
             idx = []
             for i, s in enumerate(specs):
                 if isinstance(s, str):
-                    idx.append(find_token_position(model.to_str_tokens(toks_c[i]), s, prompt=clean[i]))
+                    try:
+                        idx.append(find_token_position(model.to_str_tokens(toks_c[i]), s, prompt=clean[i]))
+                    except ValueError as exc:
+                        raise ValueError(f"{locs[i]}: positions[{pname!r}]: {exc}") from None
+                elif isinstance(s, bool) or not isinstance(s, int):
+                    raise ValueError(
+                        f"{locs[i]}: positions[{pname!r}]={s!r} must be a word of the prompt or an int index"
+                    )
                 else:
-                    j = int(s) + seq_len if int(s) < 0 else int(s)
+                    j = s + seq_len if s < 0 else s
+                    if not 0 <= j < seq_len:
+                        raise ValueError(
+                            f"{locs[i]}: positions[{pname!r}]={s} is outside the prompt's {seq_len} tokens"
+                        )
                     idx.append(j)
             pos[pname] = torch.tensor(idx)
         return cls(
@@ -353,15 +378,37 @@ class ContrastDataset:
         )
 
 
-def _per_example_answers(answers: Any, n: int) -> list[list[tuple[str, str]]]:
+def _answer_token(model: Any, word: Any, where: str) -> int:
+    """One answer word's token id; errors start with where its pair came from."""
+    if not isinstance(word, str):
+        raise TypeError(f"{where}: answer {word!r} must be a string (a word such as ' loved'), not {type(word).__name__}")
+    try:
+        return single_token(model, word)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _per_example_answers(answers: Any, n: int, locs: Sequence[str]) -> list[list[tuple[str, str]]]:
     answers = list(answers)
     if not answers:
         raise ValueError("answers is empty: give at least one (correct, incorrect) pair")
-    if all(isinstance(a, (tuple, list)) and len(a) == 2 and all(isinstance(w, str) for w in a) for a in answers):
+
+    def is_pair(a: Any) -> bool:
+        return isinstance(a, (tuple, list)) and len(a) == 2 and not any(isinstance(w, (tuple, list)) for w in a)
+
+    if all(is_pair(a) for a in answers):  # one list of pairs for every example
         return [[tuple(a) for a in answers]] * n
     if len(answers) != n:
         raise ValueError(f"answers has {len(answers)} entries for {n} prompts")
-    out = [[tuple(p) for p in ex] for ex in answers]
+    out = []
+    for i, ex in enumerate(answers):
+        if not isinstance(ex, (list, tuple)) or not ex or not all(is_pair(p) for p in ex):
+            raise ValueError(f"{locs[i]}: answers must be a list of (correct, incorrect) pairs, got {ex!r}")
+        out.append([tuple(p) for p in ex])
     if len({len(ex) for ex in out}) != 1:
-        raise ValueError("every example needs the same number of answer pairs")
+        counts = {len(ex): locs[i] for i, ex in enumerate(out)}
+        raise ValueError(
+            "every example needs the same number of answer pairs; got "
+            + ", ".join(f"{k} at {w}" for k, w in sorted(counts.items()))
+        )
     return out

@@ -136,7 +136,7 @@ def ioi(
 
     # one token length per dataset: keep the templates of the most common length
     ref = dict(A=kept[0], B=kept[1], C=kept[1])
-    lengths = [len(model.to_tokens(t.format(**ref))[0]) for t in tpls]
+    lengths = [len(model.to_tokens(t.format(**ref), truncate=False)[0]) for t in tpls]
     common = max(set(lengths), key=lambda n: (lengths.count(n), -lengths.index(n)))
     if len(set(lengths)) > 1:
         bad = [t for t, n in zip(tpls, lengths) if n != common]

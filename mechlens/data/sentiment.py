@@ -212,7 +212,7 @@ def toy_mood_story(model: Any, *, names: list[str] | None = None) -> ContrastDat
                     corrupt = MOOD_TEMPLATE.format(A=a, ACT_A=act_a, B=b, ACT_B=act_b, Q=other)
                     label = lab_a if q_is_a else 1 - lab_a
                     rows.append((clean, corrupt, label, a, b))
-    lengths = [model.to_tokens(r[0]).shape[-1] for r in rows]
+    lengths = [model.to_tokens(r[0], truncate=False).shape[-1] for r in rows]
     common = max(set(lengths), key=lengths.count)
     rows = [r for r, n in zip(rows, lengths) if n == common]
     clean, corrupt, labels = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]

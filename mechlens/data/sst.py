@@ -85,8 +85,10 @@ def sst(
         if label not in (0, 1):
             raise ValueError(f"SST labels must be 0 or 1, got {label} for {text!r}")
         prompt = template.format(text=text)
-        by_len[model.to_tokens(prompt).shape[-1]][label].append(prompt)
-    n_pairs = {n: min(len(g[0]), len(g[1])) for n, g in by_len.items()}
+        # untruncated: a sentence longer than the context must not join the group of length n_ctx
+        by_len[model.to_tokens(prompt, truncate=False).shape[-1]][label].append(prompt)
+    n_ctx = getattr(model.cfg, "n_ctx", None) or float("inf")
+    n_pairs = {n: min(len(g[0]), len(g[1])) for n, g in by_len.items() if n <= n_ctx or n == length}
     if length is None:
         length = max(n_pairs, key=lambda n: (n_pairs[n], -n)) if n_pairs else None
     if length is None or n_pairs.get(length, 0) == 0:

@@ -28,6 +28,7 @@ from mechlens.engine import progress_iter
 from mechlens.fileio import write_text
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
+from mechlens.validate import prompt_tokens
 
 __all__ = ["Projection", "project"]
 
@@ -144,8 +145,10 @@ def project(
     unit = d.unit()
     bos = getattr(model.tokenizer, "bos_token_id", None) if getattr(model, "tokenizer", None) else None
     all_tokens, all_values = [], []
-    for text in progress_iter(texts, progress and len(texts) >= 2, "projecting"):
-        toks = model.to_tokens(text)
+    for i, text in enumerate(progress_iter(texts, progress and len(texts) >= 2, "projecting")):
+        toks = prompt_tokens(model, text, what=f"texts[{i}]")[None]  # refused, not cut, when too long
+        if getattr(model.cfg, "device", None) is not None:
+            toks = toks.to(model.cfg.device)
         stop = where + 1 if where + 1 < model.cfg.n_layers else None
         _, cache = model.run_with_cache(toks, names_filter=[name], stop_at_layer=stop)
         vals = (cache[name][0].float() @ unit.to(cache[name].device)).cpu()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from jaxtyping import Float
 from torch import Tensor
 
 from mechlens.results import Measurement
@@ -40,7 +41,7 @@ class PatchResult(Measurement):
     site: str
     mode: str
     method: str = "activation"
-    baselines: dict[str, Tensor] = field(default_factory=dict)
+    baselines: dict[str, Float[Tensor, " batch"]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def correlation(self, other: PatchResult, method: str = "pearson") -> float:

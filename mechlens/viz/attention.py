@@ -56,7 +56,7 @@ from torch import Tensor
 from mechlens.fileio import write_text
 from mechlens.models import model_name
 from mechlens.results import Result
-from mechlens.validate import check_head, check_layer, check_token_ids
+from mechlens.validate import check_head, check_layer, check_token_ids, prompt_tokens
 from mechlens.viz.fonts import cjk_fonts
 from mechlens.viz.heatmap import heatmap, save_figure
 from mechlens.viz.tokens import token_labels
@@ -312,9 +312,7 @@ def attention(
         :class:`AttentionPatterns` with ``.html``, ``.save_html``, ``.figure``, ``.save_png``.
     """
     if isinstance(text, str):
-        if not text:
-            raise ValueError("attention(text=...) is an empty string")
-        tokens = model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0]
+        tokens = prompt_tokens(model, text, what="attention(text=...)", prepend_bos=prepend_bos)
     else:
         tokens = torch.as_tensor(text)
         if tokens.ndim == 2 and tokens.shape[0] == 1:
