@@ -73,6 +73,7 @@ __all__ = [
     "prompt_baseline",
     "at_equal_effect",
     "least_squares_slopes",
+    "generate_steered",
 ]
 
 
@@ -626,3 +627,48 @@ def prompt_baseline(
         model_name=model_name(model), dataset=ds.name, fingerprint=ds.fingerprint(),
         settings=settings_of(instruction=instruction, task=task, batch_size=batch_size),
     )
+
+
+# --------------------------------------------------------------------------- steered generation
+
+
+def generate_steered(
+    model: Any,
+    prompts: Sequence[str],
+    vector: Any,
+    coeff: float,
+    max_new_tokens: int = 20,
+    *,
+    layers: int | Sequence[int] | None = None,
+    site: str | None = None,
+    batch_size: int | None = None,
+    as_text: bool = True,
+) -> list[str] | list[Tensor]:
+    """Greedy steered generation for many prompts at once (:func:`mechlens.engine.generate_batched`:
+    left padding, attention mask, KV cache; the same tokens as one prompt at a time).
+
+    An activation vector is added (``coeff * vector``, as in :func:`steerability`) at every
+    position of every step; a :class:`~mechlens.steering.WeightVector` runs the whole
+    generation with ``theta + coeff * w``.
+
+    Returns:
+        The continuations (new text only; tokens with ``as_text=False``).
+    """
+    from mechlens.engine.generate import generate_batched
+
+    coeff = check_coefficient(coeff, "coeff")
+    st = _as_steer(model, vector, layers, site)
+    if st.kind == "weight":
+        with apply_weights(model, st.weights, coeff):
+            out = generate_batched(model, prompts, max_new_tokens, batch_size=batch_size)
+    else:
+        delta = coeff * st.vec
+
+        def add(act: Tensor, hook: Any) -> Tensor:
+            return act + delta.to(act.device, act.dtype)
+
+        out = generate_batched(model, prompts, max_new_tokens, hooks=[(n, add) for n in st.hooks],
+                               batch_size=batch_size)
+    if not as_text:
+        return out
+    return [model.tokenizer.decode(t) for t in out]
