@@ -243,3 +243,27 @@ def test_smollm2_batched_steered_generation(smollm2):
     batched = generate_steered(smollm2, prompts, v, 1.0, 6, layers=10, as_text=False)
     one = [generate_steered(smollm2, [p], v, 1.0, 6, layers=10, as_text=False)[0] for p in prompts]
     assert all(torch.equal(a, b) for a, b in zip(batched, one))
+
+
+def test_study_steering_analysis(tmp_path):
+    """The study file's `steering` analysis: the table, the figure, saved results, and a
+    clear error for a bad method."""
+    from mechlens.results import Measurement
+    from mechlens.study import run_study
+
+    toml = tmp_path / "s.toml"
+    toml.write_text(
+        'title = "t"\nseed = 0\n[model]\nname = "tiny-gpt2"\nn_layers = 2\n[dataset]\nbuiltin = "toy_movie_review"\n'
+        'split = "test"\n[[analysis]]\nkind = "steering"\nmethod = ["mean_diff", "pca"]\nlayer = 1\n'
+        "coeffs = [-4, 0, 4]\ntarget = 0.01\n"
+    )
+    report = run_study(toml, tmp_path / "out", progress=False)
+    text = report.read_text()
+    assert "## steering" in text and "anti_steerable" in text and "prompting" in text
+    d = tmp_path / "out" / "steering"
+    assert (d / "steering.csv").exists() and (d / "steering_per_example.png").exists()
+    st = Steerability.load(d / "steerability_mean_diff")
+    assert st.labels["coeff"] == [-4.0, 0.0, 4.0] and isinstance(st, Measurement)
+    toml.write_text(toml.read_text().replace('"pca"', '"nope"'))
+    with pytest.raises(ValueError, match="nope"):
+        run_study(toml, tmp_path / "out2", progress=False)
