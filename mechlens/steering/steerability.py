@@ -383,15 +383,30 @@ class _TextMetrics:
         self.ref[e] = lp[:, self.start :].cpu()
         return self._nll(lp, e)
 
-    def kl(self, logits: Tensor, e: Tensor) -> Tensor:
-        lp = torch.log_softmax(logits.float(), -1)[:, self.start :]
+    def _kl(self, lp: Tensor, e: Tensor) -> Tensor:
+        lp = lp[:, self.start :]
         ref = self.ref[e].to(lp.device)
         kl = (ref.exp() * (ref - lp)).sum(-1)  # KL(reference || steered) per position
         m = self._mask(e, lp.shape[1] + self.start, False)[:, self.start :].to(lp.device)
         return (kl * m).sum(-1) / m.sum(-1)
 
-    def nll_of(self, logits: Tensor, e: Tensor) -> Tensor:
-        return self._nll(torch.log_softmax(logits.float(), -1), e)
+    def kl_keeping_nll(self, n_configs: int) -> Callable[[Tensor, Tensor], Tensor]:
+        """The KL metric for a sweep of ``n_configs`` configurations that also fills
+        ``self.nll[config, text]`` from the same logits (one pass gives both). Rows arrive in
+        the engine grid's order (row ``r`` is configuration ``r // n`` of text ``r % n``), also
+        when each configuration is its own run, so a running row count places them."""
+        n = len(self.tokens)
+        self.nll = torch.zeros(n_configs, n)
+        seen = [0]
+
+        def metric(logits: Tensor, e: Tensor) -> Tensor:
+            lp = torch.log_softmax(logits.float(), -1)
+            rows = torch.arange(seen[0], seen[0] + len(e))
+            seen[0] += len(e)
+            self.nll.view(-1)[rows] = self._nll(lp, e).detach().float().cpu()
+            return self._kl(lp, e)
+
+        return metric
 
     @property
     def n_predicted(self) -> Tensor:
@@ -489,8 +504,9 @@ def side_effects(
     tm = _TextMetrics(tokens, lens)
     base_nll = run_grid(model, tokens, tm.record, batch_size=batch_size, progress=progress, desc="side effects: base")[0]
     n_tok = tm.n_predicted
-    kl = _sweep(model, tokens, tm.kl, st, coeffs, batch_size=batch_size, progress=progress, desc="side effects: KL")
-    nll = _sweep(model, tokens, tm.nll_of, st, coeffs, batch_size=batch_size, progress=progress, desc="side effects: NLL")
+    kl = _sweep(model, tokens, tm.kl_keeping_nll(len(coeffs)), st, coeffs, batch_size=batch_size, progress=progress,
+                desc="side effects")
+    nll = tm.nll
     return SideEffects(
         per_example=kl, axes=("coeff",), labels={"coeff": coeffs}, metric="KL(unsteered || steered), nats/token",
         nll=nll, n_tokens=n_tok, base_perplexity=float(torch.exp(base_nll.double().sum() / n_tok.sum())),
