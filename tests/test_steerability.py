@@ -15,8 +15,8 @@ from mechlens.engine.generate import generate_batched
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.steering import (
-    SteeringVector,
     Steerability,
+    SteeringVector,
     WeightVector,
     apply_weights,
     at_equal_effect,
