@@ -147,6 +147,15 @@ ANALYSES: dict[str, dict[str, Arg]] = {
         "test_fraction": Arg("float", None, "share of examples held out for the test split (default 0.5)",
                              lo=0, hi=1, open=True),
     },
+    "steering": {
+        "method": Arg("str|list[str]", None, "caa (toy_movie_review only), mean_diff, kmeans, logistic, pca, das"),
+        "layer": Arg("int", None, "where the unit vector is added (resid_pre; default: the middle layer)"),
+        "coeffs": Arg("list[float]", None, "coefficients in residual-stream units, 0 included (default -16..16)"),
+        "target": Arg("float", None, "mean logit-difference shift to compare the methods at (default 1.0)"),
+        "instruction": Arg("str", None, "prompting baseline: the behaviour asked for (default 'Answer positively.')"),
+        "position": Arg("str"), "seed": Arg("int"),
+        "test_fraction": Arg("float", None, "share of examples held out for the test split (default 0.5)"),
+    },
 }
 
 TOP = {
@@ -855,6 +864,73 @@ def _run_directions(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[st
     return {"summary": text, **{k: v for k, v in best.items()}}
 
 
+def _run_steering(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
+    from mechlens.directions import METHODS, fit
+    from mechlens.results import markdown_table
+    from mechlens.steering import at_equal_effect, prompt_baseline, side_effects, steerability
+    from mechlens.viz.steering import plot_steerability_grid
+
+    methods = a.get("method", ["mean_diff", "das"])
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    bad = [m for m in methods if m not in (*METHODS, "caa")]
+    if bad:
+        raise ValueError(f"steering: method {bad[0]!r} is unknown; choose from {['caa', *METHODS]}")
+    layer = a.get("layer", r.model.cfg.n_layers // 2)
+    coeffs = [float(c) for c in a.get("coeffs", [-16, -8, 0, 8, 16])]
+    if 0.0 not in coeffs:
+        raise ValueError("steering: coeffs must include 0 (the unsteered run the shifts are measured from)")
+    target = float(a.get("target", 1.0))
+    frac = a.get("test_fraction", 0.5)
+    if not 0 < frac < 1:
+        raise ValueError(f"steering: test_fraction={frac} must be between 0 and 1")
+    g = torch.Generator().manual_seed(r.seed(a))
+    perm = torch.randperm(r.ds.batch, generator=g).tolist()
+    n_test = max(1, round(frac * r.ds.batch))
+    test, train = r.ds[sorted(perm[:n_test])], r.ds[sorted(perm[n_test:])]
+    bs = r.batch(a)
+    curves, rows = {}, []
+    for m in methods:
+        if m == "caa":
+            from mechlens.data.choices import movie_review_choices
+            from mechlens.steering import caa_vector
+
+            if not r.ds.name.startswith("toy_movie_review"):
+                raise ValueError("steering: method 'caa' reads sentiment off movie-review A/B choices; it needs "
+                                 f"dataset builtin = 'toy_movie_review' (this study's dataset is {r.ds.name!r})")
+            v = caa_vector(r.model, movie_review_choices(r.model, "train"), layer, site="resid_pre", batch_size=bs,
+                           progress=False).vector
+            v = v / v.norm()
+        else:
+            kw = {"position": a["position"]} if "position" in a else {}
+            v = fit(r.model, train, m, layer, seed=r.seed(a), batch_size=bs, progress=False, **kw).vector
+        st = steerability(r.model, test, v, coeffs, layers=layer, site="resid_pre", batch_size=bs, progress=False)
+        se = side_effects(r.model, v, coeffs, layers=layer, site="resid_pre", batch_size=bs, progress=False)
+        st.save(d / f"steerability_{m}")
+        se.save(d / f"side_effects_{m}")
+        eq, s = at_equal_effect(st, se, target), st.summary()
+        curves[m] = st
+        rows.append({"method": m, "shift_per_coeff": s["shift_per_coeff"], "ci_low": s["ci_low"],
+                     "ci_high": s["ci_high"], "anti_steerable": s["anti_steerable"], "coeff_at_target": eq["coeff"],
+                     "kl_at_target": eq["kl"], "perplexity_at_target": eq["perplexity"]})
+    pb = prompt_baseline(r.model, test, a.get("instruction", "Answer positively."), batch_size=bs,
+                         progress=False).summary()
+    rows.append({"method": "prompting", "shift_per_coeff": pb["shift"], "ci_low": pb["ci_low"], "ci_high": pb["ci_high"],
+                 "anti_steerable": pb["anti_steerable"], "coeff_at_target": float("nan"), "kl_at_target": pb["kl"],
+                 "perplexity_at_target": pb["perplexity"]})
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    save_csv(df, d / "steering.csv")
+    fig = _save_fig(plot_steerability_grid(curves), d / "steering_per_example.png")
+    text = (f"Unit vectors fitted on {train.batch} examples, added at every position of layer {layer} (resid_pre), "
+            f"evaluated on the other {test.batch}; coefficients {coeffs}. shift_per_coeff: mean least-squares slope "
+            "of the logit difference per unit coefficient (95% bootstrap interval); anti_steerable: share of examples "
+            f"with a negative slope; coeff/KL/perplexity at a mean shift of {target:g} on neutral text. The prompting "
+            "row gives the instruction's shift itself.\n\n"
+            f"![per-example steering]({rel}/{fig})\n\n" + markdown_table(df) + "\n")
+    return {"summary": text, "rows": rows}
+
+
 def _runners() -> dict[str, Callable[..., dict[str, Any]]]:
     from mechlens.patching import activation_patch, attribution_patch
 
@@ -869,6 +945,7 @@ def _runners() -> dict[str, Callable[..., dict[str, Any]]]:
         "edge_attribution_patching": _run_eap,
         "path_patching": _run_path,
         "directions": _run_directions,
+        "steering": _run_steering,
     }
 
 

@@ -239,6 +239,58 @@ show(anatomy.plot())
 anatomy.to_dataframe().sort_values("fro_norm", ascending=False).head(8)
 
 # %% [markdown]
+# ## 6. Steering you can trust: per example, side effects, a prompting baseline
+#
+# A mean curve hides three things. **Per example**: `steerability` fits each prompt's
+# least-squares slope of the logit difference against the coefficient; prompts with a
+# negative slope are *anti-steerable* (drawn in red). All coefficients run as one engine
+# grid, stacked on the batch axis. **Side effects**: `side_effects` measures the KL
+# divergence of the next-token distribution (unsteered vs steered) and the perplexity on a
+# shipped neutral corpus (`neutral_texts()`, 40 factual sentences); `at_equal_effect` reads
+# off the coefficient that reaches a target shift and its KL, so that two methods are
+# compared at the same effect. **A baseline**: `prompt_baseline` simply *asks* for the
+# behaviour (the chat template of SmolLM2-Instruct, "Answer positively.") and measures the
+# same logit difference.
+
+# %%
+from mechlens.data import neutral_texts
+from mechlens.steering import at_equal_effect, generate_steered, prompt_baseline, side_effects, steerability
+
+cs = [-8.0, 0.0, 8.0] if FAST else [-8.0, -4.0, 0.0, 4.0, 8.0]
+st = steerability(model, movie, vec, cs, progress=False)
+show(st.plot())
+texts = neutral_texts(4 if FAST else 40)
+se = side_effects(model, vec, cs, texts=texts, progress=False)
+print({k: round(v, 3) if isinstance(v, float) else v for k, v in st.summary().items()})
+print("at a mean shift of +0.5:", {k: round(v, 3) for k, v in at_equal_effect(st, se, 0.5).items()})
+se.to_dataframe().round(4)
+
+# %% [markdown]
+# The weight vector on the same footing: one engine run per coefficient (weights cannot be
+# stacked on the batch axis), the same per-example slopes and the same neutral-text KL.
+# Then the prompting baseline: its shift is what the instruction does (not per unit of
+# anything), its KL is that of the neutral texts written as the reply with and without the
+# instruction.
+
+# %%
+wst = steerability(model, movie, w, ks, progress=False)
+wse = side_effects(model, w, ks, texts=texts, progress=False)
+print("weights:", {k: round(v, 3) for k, v in at_equal_effect(wst, wse, 0.5).items()},
+      f"anti-steerable {wst.anti_steerable_fraction():.0%}")
+pb = prompt_baseline(model, movie, "Answer positively.", texts=texts, progress=False)
+{k: round(v, 3) for k, v in pb.summary().items()}
+
+# %% [markdown]
+# **Batched steered generation.** `generate_steered` generates for many prompts at once
+# with left padding, an attention mask and the KV cache (through the engine's
+# `generate_batched`); the greedy tokens are those of one prompt at a time, for activation
+# and weight steering alike.
+
+# %%
+for c in (-8.0, 0.0, 8.0):
+    print(f"CAA coeff {c:+.0f}:", generate_steered(model, prompts, vec, c, 12))
+
+# %% [markdown]
 # ## Pitfalls
 #
 # - **Letters leak.** A CAA vector taken at the answer letter carries the letter unless the

@@ -6,6 +6,9 @@
   ``apply_weights``, monitoring a fine-tune against a behaviour vector, update anatomy.
 - :mod:`mechlens.steering.evaluate`: how a behaviour's logit difference moves with the
   steering coefficient.
+- :mod:`mechlens.steering.steerability`: per-example steerability (slopes, anti-steerable
+  fraction), side effects on neutral text (KL, perplexity), comparison at equal effect, a
+  prompting baseline, batched steered generation.
 """
 
 from mechlens.steering.caa import (
@@ -19,6 +22,17 @@ from mechlens.steering.caa import (
     steer,
 )
 from mechlens.steering.evaluate import SteeringCurve, behaviour_logit_diff, evaluate_steering
+from mechlens.steering.steerability import (
+    PromptBaseline,
+    SideEffects,
+    Steerability,
+    at_equal_effect,
+    generate_steered,
+    least_squares_slopes,
+    prompt_baseline,
+    side_effects,
+    steerability,
+)
 from mechlens.steering.weights import (
     DiffAnatomy,
     MonitorResult,
@@ -37,6 +51,15 @@ from mechlens.steering.weights import (
 )
 
 __all__ = [
+    "steerability",
+    "side_effects",
+    "prompt_baseline",
+    "least_squares_slopes",
+    "generate_steered",
+    "at_equal_effect",
+    "Steerability",
+    "SideEffects",
+    "PromptBaseline",
     "SITES",
     "AnswerActivations",
     "DiffAnatomy",

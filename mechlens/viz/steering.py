@@ -193,3 +193,88 @@ def plot_diff_anatomy(r: Any) -> Any:
     b.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def plot_steerability(r: Any) -> Any:
+    """One thin line per example (red: negative slope, anti-steerable) and the mean with its
+    95% bootstrap interval, against the coefficient."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(r.coeffs)
+    c = np.asarray(r.coeffs)[order]
+    y = r.per_example.float().numpy()[order]
+    slopes = r.slopes().numpy()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for j in range(y.shape[1]):
+        anti = slopes[j] < 0
+        ax.plot(c, y[:, j], color="tab:red" if anti else "grey", alpha=0.8 if anti else 0.35, lw=0.9)
+    lo, hi = r.ci()
+    ax.fill_between(c, lo.numpy()[order], hi.numpy()[order], color="tab:blue", alpha=0.25, lw=0)
+    ax.plot(c, r.values.numpy()[order], color="tab:blue", lw=2.2, marker="o", label="mean (95% CI)")
+    ax.plot([], [], color="grey", lw=0.9, label="one example")
+    ax.plot([], [], color="tab:red", lw=0.9, label=f"anti-steerable ({100 * r.anti_steerable_fraction():.0f}%)")
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set_xlabel("coeff (weight vector)" if r.kind == "weight" else "coeff (activation vector)")
+    ax.set_ylabel(r.metric, fontsize=8)
+    ax.set_title(f"{r.model_name} {r.dataset}: {r.vector}", fontsize=8)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_side_effects(r: Any) -> Any:
+    """Mean KL on neutral text (left) and the corpus perplexity (right) against the coefficient."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(r.coeffs)
+    c = np.asarray(r.coeffs)[order]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+    a.errorbar(c, r.values.numpy()[order], yerr=r.stderr().numpy()[order], marker="o", capsize=3)
+    a.set_ylabel("KL(unsteered || steered), nats")
+    b.plot(c, r.perplexity().numpy()[order], marker="o")
+    b.axhline(r.base_perplexity, color="grey", lw=0.8, ls="--")
+    b.set_ylabel("perplexity")
+    for ax in (a, b):
+        ax.set_xlabel("coeff")
+        ax.axvline(0, color="black", lw=0.6)
+    fig.suptitle(f"{r.model_name}: side effects of {r.vector} on {r.dataset}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_steerability_grid(results: dict[str, Any], *, ncols: int = 3) -> Any:
+    """:func:`plot_steerability`'s per-example lines for several vectors, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, results.items()):
+        order = np.argsort(r.coeffs)
+        c = np.asarray(r.coeffs)[order]
+        y = r.per_example.float().numpy()[order]
+        slopes = r.slopes().numpy()
+        for j in range(y.shape[1]):
+            anti = slopes[j] < 0
+            ax.plot(c, y[:, j], color="tab:red" if anti else "grey", alpha=0.8 if anti else 0.35, lw=0.8)
+        lo, hi = r.ci()
+        ax.fill_between(c, lo.numpy()[order], hi.numpy()[order], color="tab:blue", alpha=0.25, lw=0)
+        ax.plot(c, r.values.numpy()[order], color="tab:blue", lw=2, marker="o", ms=3)
+        ax.axvline(0, color="black", lw=0.5)
+        ax.set_title(f"{name}: anti-steerable {100 * r.anti_steerable_fraction():.0f}%", fontsize=8)
+        ax.set_xlabel("coeff", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("logit diff (pos - neg)", fontsize=8)
+    fig.tight_layout()
+    return fig
