@@ -28,6 +28,7 @@ The package:
 - :mod:`~mechlens.engine.grid`: grids of hook interventions (:func:`run_grid`) and the one
   batched caching run (:func:`cache_batched`);
 - :mod:`~mechlens.engine.grad`: gradient runs (attribution patching, edge attribution);
+- :mod:`~mechlens.engine.generate`: batched greedy generation (left padding, KV cache);
 - :mod:`~mechlens.engine.metric`: the per-example metric of a patched run, dataset checks;
 - :mod:`~mechlens.engine.bridge`: every TransformerBridge internal mechlens uses;
 - :mod:`~mechlens.engine.threads`: how many CPU threads torch uses.
@@ -49,6 +50,7 @@ from mechlens.engine.batching import (
 )
 from mechlens.engine.bridge import split_qkv_input
 from mechlens.engine.fast import BaseRun, SuffixRunner, base_run, overhead_tokens, plan_passes
+from mechlens.engine.generate import generate_batched
 from mechlens.engine.grid import cache_batched, cache_iter, logit_diff_metric, run_grid
 from mechlens.engine.hooks import (
     Hook,
@@ -84,5 +86,5 @@ __all__ = [
     "padded_batches", "patch_mask", "patch_rows", "plan_passes", "prepare_dataset", "progress_bar",
     "progress_iter", "resolve_backend", "rows_per_pass", "run_grid", "run_with_patches", "saver",
     "split_qkv_input", "Location", "Intervention", "Replace", "Zero", "Add", "Scale", "ProjectOut",
-    "ProjectOnto", "patch", "run_patches", "cache_iter", "HOWS", "MODES",
+    "ProjectOnto", "patch", "run_patches", "cache_iter", "HOWS", "MODES", "generate_batched",
 ]

@@ -670,7 +670,7 @@ def generate_steered(
     Returns:
         The continuations (new text only; tokens with ``as_text=False``).
     """
-    from mechlens.engine.generate import generate_batched
+    from mechlens.engine import generate_batched
 
     coeff = check_coefficient(coeff, "coeff")
     st = _as_steer(model, vector, layers, site)
