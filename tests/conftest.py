@@ -1,5 +1,12 @@
-"""Shared fixtures. Tests run offline; tiny models are built here, and the bundled
-smollm2-135m is loaded once per session and shared by every test that needs it."""
+"""Shared fixtures and the test tiers. Tests run offline; tiny models are built here, and the
+bundled smollm2-135m is loaded once per test process and shared by every test that needs it.
+
+Tiers (see CONTRIBUTING.md): ``pytest_collection_modifyitems`` below marks every test that
+uses the ``smollm2``, ``movie_train`` or ``movie_test`` fixture (directly or through another
+fixture) ``smollm2``, and every ``smollm2``, ``docs``, ``notebooks`` or ``subprocess`` test
+``slow``. ``-m "not slow"`` (``bash scripts/test.sh --quick``) is the quick tier: tiny models
+only. A new test that takes the ``smollm2`` fixture is classified without a marker.
+"""
 
 import os
 
@@ -20,6 +27,36 @@ torch.set_grad_enabled(True)
 def smollm2():
     """The real offline model; tests must not change its weights (or must restore them)."""
     return load_model("smollm2-135m")
+
+
+def fingerprint(model) -> torch.Tensor:
+    """One number per parameter tensor (its sum in float64): equal before and after means
+    the weights were not changed."""
+    with torch.no_grad():
+        return torch.stack([p.detach().double().sum() for p in model.parameters()])
+
+
+@pytest.fixture
+def shared_smollm2(smollm2, monkeypatch):
+    """``load_model("smollm2-135m")``, wherever it is called from (the command line, a study,
+    a documentation example), returns the session's model instead of loading a second copy;
+    other names load as usual. Fails the test if the weights changed. Returns the model."""
+    import mechlens
+    import mechlens.models
+
+    real = mechlens.models.load_model
+
+    def load_model(name, *args, **kwargs):
+        plain = not args and all(v is None or (k == "device" and v == "cpu") for k, v in kwargs.items())
+        if isinstance(name, str) and name.lower() == mechlens.models.OFFLINE_MODEL and plain:
+            return smollm2
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(mechlens, "load_model", load_model)
+    monkeypatch.setattr(mechlens.models, "load_model", load_model)
+    before = fingerprint(smollm2)
+    yield smollm2
+    assert torch.equal(fingerprint(smollm2), before), "the test changed smollm2-135m's weights"
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +132,60 @@ def executed_notebook(notebook_tools):
         return runs[source], runs[source, "new"]
 
     return run
+
+
+# ----------------------------------------------------------------------------- tiers
+
+# fixtures that load smollm2-135m (a fixture built on one of these is caught too: pytest lists
+# the whole closure in item.fixturenames)
+SMOLLM2_FIXTURES = {"smollm2", "movie_train", "movie_test"}
+# markers whose tests stay out of the quick tier
+NOT_QUICK = ("smollm2", "docs", "notebooks", "subprocess")
+# test files whose module- or session-scoped fixtures are expensive and must be computed once:
+# under pytest-xdist (``--dist loadgroup``) all their tests go to one worker. The notebook runs
+# are shared by the notebook and site tests, so those two files form one group.
+XDIST_GROUPS = {
+    "test_notebooks.py": "notebooks",
+    "test_site.py": "notebooks",
+}
+
+
+def _xdist_group(item) -> str:
+    """The worker group of ``item``: its file (module fixtures run once), except the tests
+    that share nothing but the session's smollm2 (each is its own unit, so they spread)."""
+    name = item.path.name
+    if name in XDIST_GROUPS:
+        return XDIST_GROUPS[name]
+    if item.get_closest_marker("docs") is not None:
+        return item.nodeid  # one documentation page per unit
+    return name
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(config, items):
+    xdist = config.pluginmanager.hasplugin("xdist")
+    groups = {}
+    for item in items:
+        if SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.smollm2)
+        if any(item.get_closest_marker(m) is not None for m in NOT_QUICK):
+            item.add_marker(pytest.mark.slow)
+        mark = item.get_closest_marker("xdist_group")
+        groups[item] = mark.args[0] if mark is not None else _xdist_group(item)
+        if xdist and mark is None:
+            item.add_marker(pytest.mark.xdist_group(groups[item]))
+
+    # the longest groups first, so that the two workers finish together: the notebooks and the
+    # site, then the documentation pages and the other smollm2 tests, then the rest. A group's
+    # tests stay together and in order (module fixtures are set up once without xdist too).
+    def rank(item):
+        for r, marker in enumerate(("notebooks", "docs", "smollm2")):
+            if item.get_closest_marker(marker) is not None:
+                return r
+        return 3
+
+    group_rank: dict = {}
+    for item in items:
+        group_rank[groups[item]] = min(group_rank.get(groups[item], 3), rank(item))
+    order = {g: i for i, g in enumerate(sorted(group_rank, key=group_rank.get))}  # stable
+    items.sort(key=lambda item: order[groups[item]])
