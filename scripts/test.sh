@@ -37,11 +37,11 @@ log=$(mktemp -d)
 trap 'rm -rf "$log"' EXIT
 # The environments (and Chromium, for the browser tests) install side by side: mostly waiting
 # on downloads and unpacking. setup.sh prints the environment's folder last.
-finish() {  # finish NAME PID: wait for a set-up; on failure show its output
+finish() {  # finish NAME PID: wait for a set-up (on failure show its output); its folder in $env
   if ! wait "$2"; then
     cat "$log/$1" >&2; echo "test.sh: set-up ($1) failed" >&2; exit 1
   fi
-  tail -n 1 "$log/$1"
+  env=$(tail -n 1 "$log/$1")
 }
 bash scripts/setup.sh "${setup_args[@]}" > "$log/main" 2>&1 &
 main_pid=$!
@@ -55,7 +55,7 @@ if [ "$tier" = full ] && [ -f scripts/install_chromium.sh ]; then
   { bash scripts/install_chromium.sh > "$log/chromium" 2>&1 || cat "$log/chromium" >&2; } &
   chromium_pid=$!
 fi
-venv=$(finish main "$main_pid")
+finish main "$main_pid"; venv=$env
 
 versions() {
   echo "== $1: $("$1/bin/python" -m pip freeze --exclude-editable 2>/dev/null \
@@ -65,6 +65,10 @@ versions() {
 workers=${MECHLENS_TEST_WORKERS:-auto}
 xdist=(-n "$workers" --dist loadgroup)
 [ "$workers" = 0 ] && xdist=(-p no:xdist)
+# torch's threads: the cores shared among the workers (not one pool per worker on every core)
+n_workers=$workers; [ "$workers" = auto ] && n_workers=$(nproc)
+[ "$n_workers" -gt 0 ] 2>/dev/null || n_workers=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / n_workers > 0 ? $(nproc) / n_workers : 1 ))}
 common=(-q -p no:cacheprovider --durations=20 "${xdist[@]}")
 
 versions "$venv"
@@ -79,7 +83,7 @@ fi
 status=0
 "$venv/bin/python" -m pytest "${common[@]}" || status=$?
 # TransformerLens 3.9 (HookedTransformer): tests/test_*hooked*.py (they skip themselves in .venv)
-tl39=$(finish tl39 "$tl39_pid")
+finish tl39 "$tl39_pid"; tl39=$env
 versions "$tl39"
 "$tl39/bin/python" -m pytest "${common[@]}" tests/test_*hooked*.py || status=$?
 exit $status

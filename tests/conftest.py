@@ -141,43 +141,53 @@ def executed_notebook(notebook_tools):
 SMOLLM2_FIXTURES = {"smollm2", "movie_train", "movie_test"}
 # markers whose tests stay out of the quick tier
 NOT_QUICK = ("smollm2", "docs", "notebooks", "subprocess")
-# test files whose module- or session-scoped fixtures are expensive and must be computed once:
-# under pytest-xdist (``--dist loadgroup``) all their tests go to one worker. The notebook runs
-# are shared by the notebook and site tests, so those two files form one group.
-XDIST_GROUPS = {
-    "test_notebooks.py": "notebooks",
-    "test_site.py": "notebooks",
-}
+# Units of work under pytest-xdist (scripts/test.sh: -n auto --dist loadgroup; the scheduler
+# below): a test file's tests run in one worker, so its module fixtures run once, except the
+# tests named in SPREAD, which share only the session's smollm2 (each is its own unit), and the
+# files in SHARED, which share session fixtures (the notebook runs) and form one unit.
+SPREAD = {"test_docs.py::test_doc_code_blocks_run"}
+SHARED = {"test_notebooks.py": "notebooks", "test_site.py": "notebooks"}
 
 
-def _xdist_group(item) -> str:
-    """The worker group of ``item``: its file (module fixtures run once), except the tests
-    that share nothing but the session's smollm2 (each is its own unit, so they spread)."""
-    name = item.path.name
-    if name in XDIST_GROUPS:
-        return XDIST_GROUPS[name]
-    if item.get_closest_marker("docs") is not None:
-        return item.nodeid  # one documentation page per unit
-    return name
+def work_unit(nodeid: str) -> str:
+    """The unit of work of the test ``nodeid``."""
+    path, _, rest = nodeid.partition("::")
+    name = path.rsplit("/", 1)[-1]
+    if f"{name}::{rest.split('[')[0]}" in SPREAD:
+        return nodeid
+    return SHARED.get(name, path)
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` with the units above. (pytest-xdist 3.8's own loadgroup reads
+    ``xdist_group`` markers through a node-id suffix that pytest 9.2 no longer keeps, so it
+    spreads every test; this scheduler needs no marker.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return UnitScheduling(config, log)
+
+
+def pytest_itemcollected(item):
+    """Mark each test as it is collected, before any ``pytest_collection_modifyitems`` (``-m``
+    deselects by these markers)."""
+    if SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.smollm2)
+    if any(item.get_closest_marker(m) is not None for m in NOT_QUICK):
+        item.add_marker(pytest.mark.slow)
+
+
 def pytest_collection_modifyitems(config, items):
-    xdist = config.pluginmanager.hasplugin("xdist")
-    groups = {}
-    for item in items:
-        if SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.smollm2)
-        if any(item.get_closest_marker(m) is not None for m in NOT_QUICK):
-            item.add_marker(pytest.mark.slow)
-        mark = item.get_closest_marker("xdist_group")
-        groups[item] = mark.args[0] if mark is not None else _xdist_group(item)
-        if xdist and mark is None:
-            item.add_marker(pytest.mark.xdist_group(groups[item]))
-
-    # the longest groups first, so that the two workers finish together: the notebooks and the
-    # site, then the documentation pages and the other smollm2 tests, then the rest. A group's
-    # tests stay together and in order (module fixtures are set up once without xdist too).
+    groups = {item: work_unit(item.nodeid) for item in items}
+    # the longest units first, so that the workers finish together: the notebooks and the site,
+    # then the documentation pages and the other smollm2 tests, then the rest. A unit's tests
+    # stay together and in order (so module fixtures are set up once without xdist too).
     def rank(item):
         for r, marker in enumerate(("notebooks", "docs", "smollm2")):
             if item.get_closest_marker(marker) is not None:
