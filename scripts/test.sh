@@ -69,7 +69,8 @@ xdist=(-n "$workers" --dist loadgroup)
 n_workers=$workers; [ "$workers" = auto ] && n_workers=$(nproc)
 [ "$n_workers" -gt 0 ] 2>/dev/null || n_workers=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / n_workers > 0 ? $(nproc) / n_workers : 1 ))}
-common=(-q -p no:cacheprovider --durations=20 "${xdist[@]}")
+base=(-q -p no:cacheprovider --durations=20)
+common=("${base[@]}" "${xdist[@]}")
 
 versions "$venv"
 if [ "$tier" = quick ]; then
@@ -85,5 +86,6 @@ status=0
 # TransformerLens 3.9 (HookedTransformer): tests/test_*hooked*.py (they skip themselves in .venv)
 finish tl39 "$tl39_pid"; tl39=$env
 versions "$tl39"
-"$tl39/bin/python" -m pytest "${common[@]}" tests/test_*hooked*.py || status=$?
+# one process: ~30 s of tiny-model tests, less than two workers' start-up would cost
+"$tl39/bin/python" -m pytest "${base[@]}" -p no:xdist tests/test_*hooked*.py || status=$?
 exit $status
