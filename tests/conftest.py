@@ -147,6 +147,9 @@ NOT_QUICK = ("smollm2", "docs", "notebooks", "subprocess")
 # files in SHARED, which share session fixtures (the notebook runs) and form one unit.
 SPREAD = {"test_docs.py::test_doc_code_blocks_run"}
 SHARED = {"test_notebooks.py": "notebooks", "test_site.py": "notebooks"}
+# tiny-model files whose module fixtures take a minute or more (the slowest-20 list at the end of
+# a run shows them): started before the other tiny-model files, so no worker ends alone on one
+LONG = ("test_study.py", "test_reproduce.py", "test_errors.py")
 
 
 def work_unit(nodeid: str) -> str:
@@ -183,19 +186,20 @@ def pytest_itemcollected(item):
         item.add_marker(pytest.mark.slow)
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k deselected: order what runs
 def pytest_collection_modifyitems(config, items):
     groups = {item: work_unit(item.nodeid) for item in items}
     # the longest units first, so that the workers finish together: the notebooks and the site,
-    # then the documentation pages and the other smollm2 tests, then the rest. A unit's tests
+    # then the documentation pages, the other smollm2 tests, the LONG files, then the rest. A unit's tests
     # stay together and in order (so module fixtures are set up once without xdist too).
     def rank(item):
         for r, marker in enumerate(("notebooks", "docs", "smollm2")):
             if item.get_closest_marker(marker) is not None:
                 return r
-        return 3
+        return 3 if item.path.name in LONG else 4
 
     group_rank: dict = {}
     for item in items:
-        group_rank[groups[item]] = min(group_rank.get(groups[item], 3), rank(item))
+        group_rank[groups[item]] = min(group_rank.get(groups[item], 4), rank(item))
     order = {g: i for i, g in enumerate(sorted(group_rank, key=group_rank.get))}  # stable
     items.sort(key=lambda item: order[groups[item]])
