@@ -113,7 +113,7 @@ text = f"""# Timings
 What the README and these pages quote, as measured by `bash scripts/timings.sh` (which wrote this
 file). Each row: the wall-clock time of the command, its exit status, the peak memory of its
 largest process, the commit measured, the date, the machine, and the 1-minute load average at the
-start and at the end. A load above 0.5 at the start, marked *busy*, means other work shared the
+start and at the end. A load above 0.5 at the start, marked (busy), means other work shared the
 cores and the time is inflated; a row with `fresh clone` in its machine column was measured in a
 new clone of the commit (set-up of the environments included, pip's download cache warm).
 
