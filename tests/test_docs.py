@@ -141,7 +141,7 @@ def _fingerprint(model) -> torch.Tensor:
         return torch.stack([p.detach().double().sum() for p in model.parameters()])
 
 
-@pytest.mark.slow
+@pytest.mark.docs
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_doc_code_blocks_run(path, smollm2, tmp_path, monkeypatch):
     def load_model(name, *args, **kwargs):

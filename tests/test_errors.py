@@ -299,6 +299,7 @@ def _cli(*args, env=None, timeout=120):
                           env=env, timeout=timeout, cwd=REPO)
 
 
+@pytest.mark.subprocess  # runs the command line as its own process
 def test_cli_prints_one_line_and_exits_non_zero(tmp_path):
     r = _cli("reproduce", "sentiment", "--model", "/nonexistent/dir", "--out", str(tmp_path))
     assert r.returncode == 2
@@ -469,6 +470,7 @@ def _stable(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("_stage time"))
 
 
+@pytest.mark.subprocess  # runs the command line as its own process
 def test_reproduce_survives_kills_at_random_points(tmp_path):
     """Kill ``mechlens reproduce sentiment`` (tiny model) at seeded random points, damage a
     marker and a figure, rerun: the report is complete and equal to an uninterrupted run's."""

@@ -26,7 +26,8 @@ def test_baseline_on_tiny_model_roundtrips(tiny_gpt2, tmp_path):
     assert res.plot().axes
 
 
-def test_cli_help_and_baseline(smollm2, tmp_path, monkeypatch):
+def test_cli_help_and_baseline(shared_smollm2, tmp_path, monkeypatch):
+    # the command line is tested here, not the model load: --model smollm2-135m is the session's model
     runner = CliRunner()
     out = runner.invoke(app, ["--help"])
     assert out.exit_code == 0 and "baseline" in out.output

@@ -17,6 +17,8 @@ from mechlens.data import toy_movie_review  # noqa: E402
 from mechlens.patching import activation_patch  # noqa: E402
 from mechlens.scale import ModelSpec, Workers, merge_results, sweep  # noqa: E402
 
+pytestmark = pytest.mark.subprocess  # starts Ray and its worker processes
+
 SPEC = ModelSpec.tiny("gpt2", n_layers=4, seed=0)
 
 

@@ -18,6 +18,8 @@ import pytest
 from mechlens.viz import attention
 from mechlens.viz.browser import find_chromium, headless_render, visible_text
 
+pytestmark = pytest.mark.subprocess  # starts headless Chromium (installed on first use)
+
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "scripts" / "install_chromium.sh"
 
