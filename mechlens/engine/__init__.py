@@ -49,6 +49,7 @@ from mechlens.engine.batching import (
 )
 from mechlens.engine.bridge import split_qkv_input
 from mechlens.engine.fast import BaseRun, SuffixRunner, base_run, overhead_tokens, plan_passes
+from mechlens.engine.grad import GradBatch, grad_run, ig_alphas, interpolate_hook
 from mechlens.engine.grid import cache_batched, logit_diff_metric, run_grid
 from mechlens.engine.hooks import (
     Hook,
@@ -71,4 +72,5 @@ __all__ = [
     "padded_batches", "patch_mask", "patch_rows", "plan_passes", "prepare_dataset", "progress_bar",
     "progress_iter", "resolve_backend", "rows_per_pass", "run_grid", "run_with_patches", "saver",
     "split_qkv_input",
+    "GradBatch", "grad_run", "ig_alphas", "interpolate_hook",
 ]
