@@ -50,17 +50,19 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.engine import (
     Hook,
     batches,
+    cache_batched,
     cached_run,
     grad_run,
     ig_alphas,
     interpolate_hook,
+    logit_diff_metric,
     prepare_dataset,
     progress_bar,
+    run_grid,
     split_qkv_input,
 )
 from mechlens.hooks import hooked
@@ -70,7 +72,7 @@ from mechlens.patching.result import PatchResult
 from mechlens.results import provenance
 from mechlens.validate import check_batch_size
 
-__all__ = ["EAP_METHODS", "edge_attribution_patch", "eap_ig", "eap_faithfulness", "eap_nodes"]
+__all__ = ["EAP_METHODS", "edge_attribution_patch", "eap_ig", "eap_faithfulness", "eap_nodes", "pruned_run"]
 
 
 def eap_nodes(model: Any) -> tuple[list[str], list[str], list[list[bool]]]:
@@ -357,40 +359,21 @@ def eap_faithfulness(
         raise TypeError(f"seed={seed!r} must be an int")
     score = edges.values.abs().masked_fill(~mask, -1.0).flatten()
     order = torch.argsort(score, descending=True, stable=True)
-    n = int(model.cfg.n_layers)
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n)]
-    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n)]
-    _, corrupt = cached_run(model, ds.corrupt_tokens, ["blocks.0.hook_resid_pre", *z_names, *mlp_names])
-    w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
-    corr_up = [corrupt["blocks.0.hook_resid_pre"]]
-    for layer in range(n):
-        zc = corrupt[z_names[layer]]
-        corr_up += list(torch.einsum("bphe,hem->hbpm", zc, w_o[layer].to(zc.dtype)))
-        corr_up.append(corrupt[mlp_names[layer]])
-    r_index = {r: i for i, r in enumerate(receivers)}
     valid_idx = mask.flatten().nonzero().flatten()
 
-    def measure(kept: Tensor) -> Tensor:
+    def pruned_of(kept: Tensor) -> Tensor:
         pruned = mask.clone().flatten()
         pruned[kept] = False
-        pruned = pruned.view(mask.shape).float().to(ds.device)  # [sender, receiver]: 1 = corrupted
-        y = torch.empty(ds.batch)
-        for sl in batches(ds.batch, batch_size):
-            sub = ds[list(range(sl.start, sl.stop))]
-            logits = _run_pruned(model, sub, pruned, [c[sl] for c in corr_up], w_o, r_index)
-            y[sl] = logit_diff(logits, sub.answers).float().cpu()
-        return y
+        return pruned.view(mask.shape)  # [sender, receiver]: True = corrupted
 
-    out = torch.empty(len(ks), ds.batch)
-    draws = torch.zeros(len(ks), n_random)
     g = torch.Generator().manual_seed(seed)
-    runs = [(j, None) for j in range(len(ks))] + [(j, r) for j in range(len(ks)) for r in range(n_random)]
-    for j, r in tqdm(runs, desc="faithfulness", leave=False, disable=not progress):
-        k = ks[j]
-        if r is None:
-            out[j] = measure(order[:k])
-        else:  # a uniformly random set of k real edges
-            draws[j, r] = measure(valid_idx[torch.randperm(len(valid_idx), generator=g)[:k]]).mean()
+    configs = [pruned_of(order[:k]) for k in ks]
+    # a uniformly random set of k real edges per draw
+    configs += [pruned_of(valid_idx[torch.randperm(len(valid_idx), generator=g)[:k]])
+                for k in ks for _ in range(n_random)]
+    ys = pruned_run(model, ds, torch.stack(configs), batch_size=batch_size, progress=progress)
+    out = ys[: len(ks)]
+    draws = ys[len(ks):].view(len(ks), n_random, ds.batch).mean(-1)
     meta: dict[str, Any] = {"n_edges": n_valid, "ranking": "|mean score|"}
     if n_random:
         meta["random"] = {
@@ -405,50 +388,80 @@ def eap_faithfulness(
     )
 
 
-def _run_pruned(
-    model: Any, ds: Any, pruned: Tensor, corr_up: list[Tensor], w_o: list[Tensor], r_index: dict[str, int]
+def pruned_run(
+    model: Any, ds: Any, pruned: Tensor, *, batch_size: int | None = None, progress: bool = False,
+    metric: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """One clean run in which every edge marked in ``pruned`` [sender, receiver] carries the
-    corrupt value: each receiver input gets ``sum_u pruned[u, r] * (a_u^corrupt - a_u)``."""
+    """The metric (default: logit difference) of clean runs in which the edges marked in each
+    configuration of ``pruned`` ``[config, sender, receiver]`` carry the corrupt value,
+    ``[config, batch]``.
+
+    Exact edge patching: each receiver's input gets ``sum_u pruned[u, r] * (a_u^corrupt -
+    a_u)``, ``a_u`` the sender's output in this run. The ``config x example`` grid runs on the
+    engine (:func:`~mechlens.engine.run_grid`), ``batch_size`` rows per pass, so many
+    configurations share a pass.
+    """
+    ds = prepare_dataset(model, ds)
+    senders, receivers, valid = eap_nodes(model)
+    if pruned.shape[1:] != (len(senders), len(receivers)):
+        raise ValueError(f"pruned must be [config, {len(senders)}, {len(receivers)}], got {tuple(pruned.shape)}")
     n = int(model.cfg.n_layers)
     h, kv = int(model.cfg.n_heads), int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
-    # corrupt minus current, in sender order, filled in as the senders run; sender-first, so
-    # that the senders so far are one contiguous block and each receiver's sum is one matmul
-    n_send = len(corr_up)
-    b, p, d_model = corr_up[0].shape
-    diffs = torch.zeros(n_send, b, p, d_model, dtype=corr_up[0].dtype, device=corr_up[0].device)
-    filled = [0]
-
-    def on_embed(act: Tensor, hook: Any) -> None:
-        diffs[0] = corr_up[0] - act
-        filled[0] = 1
-
-    def on_z(act: Tensor, hook: Any, layer: int = 0) -> None:
-        cur = torch.einsum("bphe,hem->hbpm", act, w_o[layer].to(act.dtype))
-        base = filled[0]
-        diffs[base : base + h] = torch.stack(corr_up[base : base + h]) - cur
-        filled[0] = base + h
-
-    def on_mlp(act: Tensor, hook: Any) -> None:
-        diffs[filled[0]] = corr_up[filled[0]] - act
-        filled[0] += 1
-
-    def on_recv(first: int, count: int, per_head: bool) -> Callable:
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            u = filled[0]
-            m = pruned[:u, first : first + count].to(diffs.dtype)  # [u, r]
-            add = (m.T @ diffs[:u].reshape(u, -1)).view(count, b, p, d_model).permute(1, 2, 0, 3)
-            return act + (add if per_head else add[:, :, 0]).to(act.dtype)
-
-        return hook
-
-    hooks: list[tuple[str, Callable]] = [("blocks.0.hook_resid_pre", on_embed)]
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n)]
+    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n)]
+    corrupt, _ = cache_batched(model, ds.corrupt_tokens, ["blocks.0.hook_resid_pre", *z_names, *mlp_names],
+                               batch_size=batch_size)
+    w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
+    corr_up = [corrupt["blocks.0.hook_resid_pre"]]
     for layer in range(n):
-        for w, count in (("q", h), ("k", kv), ("v", kv)):
-            hooks.append((qkv_input_hook(model, layer, w), on_recv(r_index[f"L{layer}H0.{w}"], count, True)))
-        hooks.append((f"blocks.{layer}.attn.hook_z", functools.partial(on_z, layer=layer)))
-        hooks.append((_mlp_input_hook(model, layer), on_recv(r_index[f"L{layer} mlp"], 1, False)))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", on_mlp))
-    hooks.append((f"blocks.{n - 1}.hook_resid_post", on_recv(r_index["logits"], 1, False)))
-    with _forks(model), torch.no_grad(), hooked(model, hooks):
-        return model(ds.clean_tokens)
+        zc = corrupt[z_names[layer]]
+        corr_up += list(torch.einsum("bphe,hem->hbpm", zc, w_o[layer].to(zc.dtype)))
+        corr_up.append(corrupt[mlp_names[layer]])
+    corr = torch.stack(corr_up)  # [sender, batch, pos, d]
+    del corr_up, corrupt
+    r_index = {r: i for i, r in enumerate(receivers)}
+    masks = (pruned.bool() & torch.tensor(valid)).to(ds.device)
+
+    def hooks(configs: Tensor, examples: Tensor) -> list[Hook]:
+        m_rows = masks[configs.to(masks.device)].to(corr.dtype)  # [rows, sender, receiver]
+        c_rows = corr[:, examples.to(corr.device)]  # [sender, rows, pos, d]
+        n_send, b, p, d_model = c_rows.shape
+        # corrupt minus current, in sender order, filled in as the senders run
+        diffs = torch.zeros_like(c_rows)
+        filled = [0]
+
+        def on_embed(act: Tensor, hook: Any) -> None:
+            diffs[0] = c_rows[0] - act
+            filled[0] = 1
+
+        def on_z(act: Tensor, hook: Any, layer: int = 0) -> None:
+            cur = torch.einsum("bphe,hem->hbpm", act, w_o[layer].to(act.dtype))
+            base = filled[0]
+            diffs[base : base + h] = c_rows[base : base + h] - cur
+            filled[0] = base + h
+
+        def on_mlp(act: Tensor, hook: Any) -> None:
+            diffs[filled[0]] = c_rows[filled[0]] - act
+            filled[0] += 1
+
+        def on_recv(first: int, count: int, per_head: bool) -> Callable:
+            def hook(act: Tensor, hook: Any) -> Tensor:
+                u = filled[0]
+                add = torch.einsum("buc,ubpd->bpcd", m_rows[:, :u, first : first + count], diffs[:u])
+                return act + (add if per_head else add[:, :, 0]).to(act.dtype)
+
+            return hook
+
+        hs: list[Hook] = [("blocks.0.hook_resid_pre", on_embed)]
+        for layer in range(n):
+            for w, count in (("q", h), ("k", kv), ("v", kv)):
+                hs.append((qkv_input_hook(model, layer, w), on_recv(r_index[f"L{layer}H0.{w}"], count, True)))
+            hs.append((f"blocks.{layer}.attn.hook_z", functools.partial(on_z, layer=layer)))
+            hs.append((_mlp_input_hook(model, layer), on_recv(r_index[f"L{layer} mlp"], 1, False)))
+            hs.append((f"blocks.{layer}.hook_mlp_out", on_mlp))
+        hs.append((f"blocks.{n - 1}.hook_resid_post", on_recv(r_index["logits"], 1, False)))
+        return hs
+
+    with _forks(model):
+        return run_grid(model, ds.clean_tokens, metric or logit_diff_metric(ds.answers), n_configs=len(pruned),
+                        hooks=hooks, batch_size=batch_size, progress=progress, desc="pruned circuits")
