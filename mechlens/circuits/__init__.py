@@ -8,7 +8,8 @@
   ablation at commas on SST-style reviews (:func:`mini_sst`).
 """
 
-from mechlens.circuits.eap import eap_faithfulness, eap_nodes, edge_attribution_patch
+from mechlens.circuits.eap import eap_faithfulness, eap_ig, eap_nodes, edge_attribution_patch, pruned_run
+from mechlens.circuits.faithfulness import MIB_FRACTIONS, FaithfulnessCurve, cpr_cmd, faithfulness_curve
 from mechlens.circuits.motif import (
     SPLITS,
     MotifResult,
@@ -26,6 +27,12 @@ from mechlens.circuits.sentiment import (
 )
 
 __all__ = [
+    "MIB_FRACTIONS",
+    "FaithfulnessCurve",
+    "cpr_cmd",
+    "eap_ig",
+    "faithfulness_curve",
+    "pruned_run",
     "SPLITS",
     "Circuit",
     "MotifResult",
