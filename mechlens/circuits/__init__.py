@@ -9,6 +9,8 @@
 """
 
 from mechlens.circuits.eap import eap_faithfulness, eap_ig, eap_nodes, edge_attribution_patch, pruned_run
+from mechlens.circuits.known import circuit_recovery, known_circuit_model
+from mechlens.circuits.stability import CircuitStability, circuit_stability
 from mechlens.circuits.faithfulness import MIB_FRACTIONS, FaithfulnessCurve, cpr_cmd, faithfulness_curve
 from mechlens.circuits.motif import (
     SPLITS,
@@ -28,6 +30,10 @@ from mechlens.circuits.sentiment import (
 
 __all__ = [
     "MIB_FRACTIONS",
+    "CircuitStability",
+    "circuit_recovery",
+    "circuit_stability",
+    "known_circuit_model",
     "FaithfulnessCurve",
     "cpr_cmd",
     "eap_ig",
