@@ -230,6 +230,9 @@ def edge_attribution_patch(
             logits_c, clean = cached_run(model, sub.clean_tokens, value_names)
             y_clean[sl] = fn(logits_c, sub).detach().float().cpu()
             up_all = sender_diff(corrupt, clean)
+            if method == "eap-ig-inputs":
+                b_, p_, _, d_ = up_all.shape
+                down_sum = torch.zeros(b_, p_, len(receivers), d_, device=up_all.device)
 
         def interpolations(configs: Tensor, examples: Tensor) -> list[Hook]:
             if steps == 1:
@@ -252,24 +255,29 @@ def edge_attribution_patch(
                                grad_at=names, n_configs=n_configs, hooks=interpolations,
                                batch_size=batch_size, allow_unused=True):
                 bar.update(1)
+                downs = [gb.grads[nm] if kind == "heads" else gb.grads[nm][:, :, None] for nm, kind in recv_names]
+                down = torch.cat(downs, dim=2).float()
                 if steps == 1:
                     y_clean[sl] = gb.metric.float().cpu()
                     up = sender_diff(corrupt, gb.saved)
-                else:
-                    up = up_all[gb.examples]
-                    if method == "eap-ig-activations":  # a row's gradients score only its group's edges
-                        keep = torch.zeros(len(gb.configs), len(senders), dtype=up.dtype, device=up.device)
-                        for g, (_, senders_g) in enumerate(groups):
-                            keep[(gb.configs // steps == g).to(up.device), senders_g] = 1.0
-                        up = up * keep[:, None, :, None]
-                downs = [gb.grads[nm] if kind == "heads" else gb.grads[nm][:, :, None] for nm, kind in recv_names]
-                down = torch.cat(downs, dim=2).float()
-                s = torch.einsum("bpud,bprd->urb", up, down) * mask[:, :, None].to(up.device)
-                if steps == 1:
+                    s = torch.einsum("bpud,bprd->urb", up, down) * mask[:, :, None].to(up.device)
                     scores[:, :, sl] = s.cpu()
-                else:
-                    scores.index_add_(2, gb.examples + sl.start, s.cpu() / steps)
-                del up, down, gb
+                elif method == "eap-ig-inputs":  # the differences are fixed: average the gradients first
+                    down_sum.index_add_(0, gb.examples.to(down.device), down)
+                else:  # a row's gradients score only the edges of the group it interpolates
+                    group = gb.configs // steps
+                    for g in group.unique().tolist():
+                        rows = (group == g).nonzero().flatten()
+                        ex = gb.examples[rows]
+                        senders_g = groups[g][1]
+                        s = torch.einsum("bpud,bprd->urb", up_all[ex.to(up_all.device)][:, :, senders_g],
+                                         down[rows.to(down.device)])
+                        s = s * mask[senders_g, :, None].to(s.device)
+                        scores[senders_g].index_add_(2, ex + sl.start, s.cpu() / steps)
+                del down, gb
+            if method == "eap-ig-inputs" and steps > 1:
+                s = torch.einsum("bpud,bprd->urb", up_all, down_sum / steps) * mask[:, :, None].to(up_all.device)
+                scores[:, :, sl] = s.cpu()
     bar.close()
     assert scores.shape[1] == len(receivers) and h > 0
     return PatchResult(
