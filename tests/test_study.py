@@ -21,6 +21,7 @@ TINY = {"name": "tiny-gpt2", "n_layers": 30, "n_heads": 9, "d_model": 36}
 OVERRIDES = {
     "ioi.toml": {"model": TINY, "dataset.names": TINY_NAMES, "dataset.n_prompts": 4},
     "sentiment_ablation.toml": {"model": TINY},
+    "circuit_compare.toml": {"model": TINY, "dataset.names": TINY_NAMES, "dataset.n_prompts": 4},
 }
 
 
