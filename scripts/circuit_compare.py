@@ -54,37 +54,56 @@ def main() -> None:
     p.add_argument("--methods", default="eap,eap-ig-inputs,eap-ig-activations")
     p.add_argument("--stability-methods", default="eap,eap-ig-inputs", help="scorings whose stability is measured "
                    "('' for none)")
+    p.add_argument("--stages", default="recovery,faithfulness,stability", help="which of recovery, faithfulness, "
+                   "stability to run (results merge into an existing summary.json)")
+    p.add_argument("--no-stability-cpr", action="store_true", help="stability: only the top-k overlap, not the "
+                   "CPR/CMD of every resample")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"args": {k: str(v) for k, v in vars(a).items()}, "threads": torch.get_num_threads()}
-    md: list[str] = []
+    stages = a.stages.split(",")
+    old = a.out / "summary.json"
+    summary: dict = json.loads(old.read_text()) if old.exists() else {}
+    summary.setdefault("runs", []).append({"args": {k: str(v) for k, v in vars(a).items()},
+                                           "threads": torch.get_num_threads()})
+    md: list[str] = [(a.out / "summary.md").read_text()] if (a.out / "summary.md").exists() else []
 
     def save() -> None:
         (a.out / "summary.json").write_text(json.dumps(summary, indent=1))
         (a.out / "summary.md").write_text("\n".join(md) + "\n")
 
     t0 = time.time()
-    rec = circuit_recovery(ig_steps=a.ig_steps)
-    wide = rec.pivot(index="circuit", columns="method", values="auroc")
-    summary["recovery_auroc"] = wide.to_dict()
-    summary["time_recovery_s"] = round(time.time() - t0, 1)
-    md += ["## Recovery AUROC on the known-circuit models", "", markdown_table(wide.reset_index()), ""]
-    save()
+    if "recovery" in stages:
+        rec = circuit_recovery(ig_steps=a.ig_steps)
+        wide = rec.pivot(index="circuit", columns="method", values="auroc")
+        summary["recovery_auroc"] = wide.to_dict()
+        summary["time_recovery_s"] = round(time.time() - t0, 1)
+        md += ["## Recovery AUROC on the known-circuit models", "", markdown_table(wide.reset_index()), ""]
+        save()
 
     model = tiny("gpt2", n_layers=2, seed=0) if a.model == "tiny" else load_model(a.model)
     names = ["John", "Mary", "Anna", "Tom", "Question"] if a.model == "tiny" else None
     ds = ioi(model, n_prompts=a.n_prompts, seed=a.seed, **({"names": names} if names else {}))
     scores = {}
-    for method in a.methods.split(","):
+    for method in a.methods.split(",") if "faithfulness" in stages else []:
         t = time.time()
         scores[method] = edge_attribution_patch(model, ds, method=method, batch_size=a.batch_size,
                                                 ig_steps=None if method == "eap" else a.ig_steps, progress=False)
         summary[f"time_{method}_s"] = round(time.time() - t, 1)
         save()
-    e = next(iter(scores.values()))
-    summary["clean_ld"], summary["corrupt_ld"] = float(e.baselines["clean"].mean()), float(e.baselines["corrupt"].mean())
+    if scores:
+        e = next(iter(scores.values()))
+        summary["clean_ld"], summary["corrupt_ld"] = float(e.baselines["clean"].mean()), float(e.baselines["corrupt"].mean())
+        faithfulness_stage(a, model, ds, scores, summary, md)
+        save()
+    if "stability" in stages and a.stability_methods:
+        stability_stage(a, model, ds, summary, md, save)
+    summary["time_total_s"] = round(time.time() - t0, 1)
+    save()
+    print("\n".join(md))
 
+
+def faithfulness_stage(a, model, ds, scores, summary, md) -> None:
     t = time.time()
     fc = faithfulness_curve(model, ds, scores, n_random=a.n_random, seed=a.seed, batch_size=a.batch_size,
                             progress=False)
@@ -95,23 +114,21 @@ def main() -> None:
     summary["cpr"], summary["cmd"], summary["n_edges"], summary["ks"] = fc.cpr, fc.cmd, fc.n_edges, fc.ks
     summary["faithfulness"] = fc.faithfulness
     md += ["## CPR and CMD", "", markdown_table(fc.table()), ""]
-    save()
 
-    if a.stability_methods:
-        for method in a.stability_methods.split(","):
-            t = time.time()
-            st = circuit_stability(model, ds, method=method, ig_steps=None if method == "eap" else a.ig_steps, k=20,
-                                   n_resamples=a.n_resamples, seed=a.seed, batch_size=a.batch_size, progress=False)
-            summary[f"time_stability_{method}_s"] = round(time.time() - t, 1)
-            st.save(a.out / f"stability_{method}")
-            summary[f"stability_{method}"] = st.table().to_dict(orient="records")[0]
-            if st.templates:
-                summary[f"stability_{method}"]["template_pairs"] = st.templates["jaccard_pairs"]
-            md += [f"## Stability ({method})", "", markdown_table(st.table()), ""]
-            save()
-    summary["time_total_s"] = round(time.time() - t0, 1)
-    save()
-    print("\n".join(md))
+
+def stability_stage(a, model, ds, summary, md, save) -> None:
+    for method in a.stability_methods.split(","):
+        t = time.time()
+        st = circuit_stability(model, ds, method=method, ig_steps=None if method == "eap" else a.ig_steps, k=20,
+                               n_resamples=a.n_resamples, seed=a.seed, batch_size=a.batch_size,
+                               faithfulness=not a.no_stability_cpr, progress=False)
+        summary[f"time_stability_{method}_s"] = round(time.time() - t, 1)
+        st.save(a.out / f"stability_{method}")
+        summary[f"stability_{method}"] = st.table().to_dict(orient="records")[0]
+        if st.templates:
+            summary[f"stability_{method}"]["template_pairs"] = st.templates["jaccard_pairs"]
+        md += [f"## Stability ({method})", "", markdown_table(st.table()), ""]
+        save()
 
 
 if __name__ == "__main__":

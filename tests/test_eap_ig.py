@@ -105,7 +105,7 @@ def _plain_eap_ig(model, ds, steps, interpolate, edges):
             def mix(act, hook, alpha=alpha, interp=interp):
                 return ck[interp] + alpha * (cc[interp] - ck[interp])
 
-            def grab(act, hook):
+            def grab(act, hook, got=got):
                 act = act.clone().requires_grad_(True) if not act.requires_grad else act.clone()
                 got["x"] = act
                 return act

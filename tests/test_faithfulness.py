@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from mechlens.circuits import FaithfulnessCurve, cpr_cmd, eap_faithfulness, edge_attribution_patch, faithfulness_curve
+from mechlens.circuits import (
+    FaithfulnessCurve,
+    cpr_cmd,
+    eap_faithfulness,
+    edge_attribution_patch,
+    faithfulness_curve,
+)
 from mechlens.circuits.faithfulness import MIB_FRACTIONS
 from mechlens.data import toy_movie_review
 

@@ -8,10 +8,20 @@
   ablation at commas on SST-style reviews (:func:`mini_sst`).
 """
 
-from mechlens.circuits.eap import eap_faithfulness, eap_ig, eap_nodes, edge_attribution_patch, pruned_run
+from mechlens.circuits.eap import (
+    eap_faithfulness,
+    eap_ig,
+    eap_nodes,
+    edge_attribution_patch,
+    pruned_run,
+)
+from mechlens.circuits.faithfulness import (
+    MIB_FRACTIONS,
+    FaithfulnessCurve,
+    cpr_cmd,
+    faithfulness_curve,
+)
 from mechlens.circuits.known import circuit_recovery, known_circuit_model
-from mechlens.circuits.stability import CircuitStability, circuit_stability
-from mechlens.circuits.faithfulness import MIB_FRACTIONS, FaithfulnessCurve, cpr_cmd, faithfulness_curve
 from mechlens.circuits.motif import (
     SPLITS,
     MotifResult,
@@ -27,6 +37,7 @@ from mechlens.circuits.sentiment import (
     ov_direction_scores,
     patch_heads,
 )
+from mechlens.circuits.stability import CircuitStability, circuit_stability
 
 __all__ = [
     "MIB_FRACTIONS",

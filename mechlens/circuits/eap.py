@@ -65,7 +65,6 @@ from mechlens.engine import (
     run_grid,
     split_qkv_input,
 )
-from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.model_protocol import check_model, is_bridge, qkv_input_hook
 from mechlens.patching.result import PatchResult
@@ -226,6 +225,7 @@ def edge_attribution_patch(
         sub = ds[list(range(sl.start, sl.stop))]
         logits_k, corrupt = cached_run(model, sub.corrupt_tokens, value_names)
         y_corrupt[sl] = fn(logits_k, sub).detach().float().cpu()
+        clean: dict[str, Tensor] = {}
         if steps > 1:  # the clean values for the differences and the interpolation
             logits_c, clean = cached_run(model, sub.clean_tokens, value_names)
             y_clean[sl] = fn(logits_c, sub).detach().float().cpu()
@@ -234,7 +234,8 @@ def edge_attribution_patch(
                 b_, p_, _, d_ = up_all.shape
                 down_sum = torch.zeros(b_, p_, len(receivers), d_, device=up_all.device)
 
-        def interpolations(configs: Tensor, examples: Tensor) -> list[Hook]:
+        def interpolations(configs: Tensor, examples: Tensor, clean: dict[str, Tensor] = clean,
+                           corrupt: dict[str, Tensor] = corrupt) -> list[Hook]:
             if steps == 1:
                 return []
             alpha = torch.tensor(alphas)[configs % steps]
