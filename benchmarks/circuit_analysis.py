@@ -13,6 +13,9 @@ largest absolute difference of the per-example values):
   eap       ``edge_attribution_patch`` against a hand EAP: ``run_with_cache`` on the corrupt
             prompts, one clean forward with forward and backward hooks on the q/k/v inputs,
             MLP inputs and final residual, one backward, and the edge scores by einsum.
+  eap-ig    ``eap_ig(..., interpolate="inputs", ig_steps=5)`` against the same hand EAP run
+            five times with a forward hook interpolating the input embeddings from the corrupt
+            to the clean prompt, the backward hooks accumulating the mean gradient.
 
 Usage:
   python benchmarks/circuit_analysis.py                       # smollm2-135m, 16 IOI prompts
@@ -80,8 +83,10 @@ def ours_mean_ablation(model, ds, layers, backend="auto"):
 # ----------------------------------------------------------------------------- EAP
 
 
-def plain_eap(model, ds):
-    """[sender, receiver, batch] edge scores, written with plain TransformerLens hooks."""
+def plain_eap(model, ds, steps=1):
+    """[sender, receiver, batch] edge scores, written with plain TransformerLens hooks; with
+    ``steps > 1`` EAP-IG (inputs): the clean run repeated with the input embeddings
+    interpolated from corrupt to clean (alpha = k / steps, k = 1..steps), gradients averaged."""
     from mechlens.metrics import logit_diff
     from mechlens.model_protocol import is_bridge
 
@@ -100,6 +105,8 @@ def plain_eap(model, ds):
     try:
         with torch.no_grad():
             _, corrupt = model.run_with_cache(ds.corrupt_tokens, names_filter=lambda x: x in senders)
+            if steps > 1:
+                _, clean_cache = model.run_with_cache(ds.clean_tokens, names_filter=lambda x: x in senders)
         clean, grads = {}, {}
 
         def save(name):  # keyed by the name asked for (a bridge's hook may carry another name)
@@ -113,18 +120,30 @@ def plain_eap(model, ds):
 
         def save_grad(name):
             def hook(grad, hook):
-                grads[name] = grad.detach()
+                grads[name] = grads.get(name, 0) + grad.detach() / steps
 
             return hook
 
-        model.reset_hooks()
-        for s in senders:
-            model.add_hook(s, save(s))
-        for r in receivers:
-            model.add_hook(r, save_grad(r), dir="bwd")
-        with torch.enable_grad():
-            logits = model(ds.clean_tokens)
-            logit_diff(logits, ds.answers).sum().backward()
+        def interpolate(alpha):
+            def hook(act, hook):
+                e_clean, e_corrupt = clean_cache[senders[0]], corrupt[senders[0]]
+                return (e_corrupt + alpha * (e_clean - e_corrupt)).requires_grad_(True)
+
+            return hook
+
+        for k in range(1, steps + 1):
+            model.reset_hooks()
+            if steps > 1:
+                model.add_hook(senders[0], interpolate(k / steps))
+            for s in senders:
+                model.add_hook(s, save(s))
+            for r in receivers:
+                model.add_hook(r, save_grad(r), dir="bwd")
+            with torch.enable_grad():
+                logits = model(ds.clean_tokens)
+                logit_diff(logits, ds.answers).sum().backward()
+        if steps > 1:
+            clean = dict(clean_cache)
     finally:
         model.reset_hooks()
         model.set_use_split_qkv_input(False)
@@ -154,13 +173,19 @@ def ours_eap(model, ds):
     return edge_attribution_patch(model, ds, progress=False).per_example
 
 
+def ours_eap_ig(model, ds, steps):
+    from mechlens.circuits.eap import eap_ig
+
+    return eap_ig(model, ds, interpolate="inputs", ig_steps=steps, progress=False).per_example
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="'smollm2-135m' (default) or 'tiny' (4-layer GPT-2)")
     ap.add_argument("--n-prompts", type=int, default=16)
     ap.add_argument("--layers", default=None, help="ablation layers, e.g. 20-29 (default: all)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--cases", default="ablation,ablation-hooks,eap")
+    ap.add_argument("--cases", default="ablation,ablation-hooks,eap,eap-ig")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,7 +214,7 @@ def main() -> None:
     for case in args.cases.split(","):
         if case in ("ablation", "ablation-hooks"):
             backend = "fast" if case == "ablation" else "hooks"
-            t_ours, ours = _timed(lambda: ours_mean_ablation(model, ds, layers, backend))
+            t_ours, ours = _timed(lambda b=backend: ours_mean_ablation(model, ds, layers, b))
             if plain_ablation is None:
                 plain_ablation = _timed(lambda: plain_mean_ablation(model, ds, layers))
             t_plain, plain = plain_ablation
@@ -199,6 +224,11 @@ def main() -> None:
             t_ours, ours = _timed(lambda: ours_eap(model, ds))
             t_plain, plain = _timed(lambda: plain_eap(model, ds))
             what = f"edge attribution patching, {ours.shape[0]} x {ours.shape[1]} edges"
+        elif case == "eap-ig":
+            ours_eap(model, ds[:2])  # warm-up (hook set-up, allocator)
+            t_ours, ours = _timed(lambda: ours_eap_ig(model, ds, 5))
+            t_plain, plain = _timed(lambda: plain_eap(model, ds, steps=5))
+            what = f"EAP-IG (inputs, 5 steps), {ours.shape[0]} x {ours.shape[1]} edges"
         else:
             raise SystemExit(f"unknown case {case!r}")
         seconds[case] = t_ours

@@ -134,6 +134,24 @@ ANALYSES: dict[str, dict[str, Arg]] = {
         "n_random": Arg("int", None, "random edge sets of the same size per k (default 0)", lo=0),
         "seed": Arg("int"),
     },
+    "eap_ig": {
+        "interpolate": Arg("str", ("inputs", "activations"), "interpolate the input embeddings or each edge's "
+                           "sender activations (MIB's two EAP-IG variants)"),
+        "ig_steps": Arg("int", None, "integration steps (default 5)"),
+    },
+    "faithfulness_curve": {
+        "methods": Arg("list[str]", None, "edge scorings compared: eap, eap-ig-inputs, eap-ig-activations"),
+        "ig_steps": Arg("int", None, "integration steps of the EAP-IG scorings (default 5)"),
+        "fractions": Arg("list", None, "circuit sizes as fractions of all edges (default: MIB's grid)"),
+        "n_random": Arg("int", None, "random edge sets per size (default 5)"), "seed": Arg("int"),
+    },
+    "circuit_stability": {
+        "method": Arg("str", ("eap", "eap-ig-inputs", "eap-ig-activations")), "ig_steps": Arg("int"),
+        "k": Arg("int", None, "top edges compared (default 20)"),
+        "n_resamples": Arg("int", None, "bootstrap resamples of the prompts (default 10)"), "seed": Arg("int"),
+        "faithfulness": Arg("bool", None, "also the CPR/CMD spread over resamples (default true)"),
+        "by_template": Arg("bool", None, "also compare the circuits of each template (default true)"),
+    },
     "path_patching": {
         "senders": Arg("str|list", None, "'all_heads', 'all_mlps' or a list of nodes ('L3H2', 'MLP3')"),
         "receivers": Arg("str|list", None, "'resid_final' or a list of [layer, head, 'q'|'k'|'v'|'qkv']"),
@@ -837,6 +855,72 @@ def _plot_faithfulness(df: Any, clean: float, corrupt: float, rnd: Any) -> Any:
     return fig
 
 
+def _edge_table(edges: Any, top: int) -> Any:
+    import pandas as pd
+
+    vals, se = edges.values, edges.stderr()
+    s, rc = edges.labels["sender"], edges.labels["receiver"]
+    order = torch.argsort(vals.abs().flatten(), descending=True, stable=True)[:top]
+    return pd.DataFrame([{"sender": s[i // len(rc)], "receiver": rc[i % len(rc)], "score": float(vals.flatten()[i]),
+                          "stderr": float(se.flatten()[i])} for i in order.tolist()])
+
+
+def _run_eap_ig(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
+    from mechlens.circuits.eap import eap_ig
+
+    how, steps = a.get("interpolate", "inputs"), a.get("ig_steps", 5)
+    edges = eap_ig(r.model, r.ds, interpolate=how, ig_steps=steps, batch_size=r.batch(a), progress=False)
+    edges.save(d / "edges")
+    table = _edge_table(edges, a.get("top", 20))
+    save_csv(table, d / "top_edges.csv")
+    text = [f"EAP-IG ({how}, {steps} steps; Hanna et al. 2024, MIB's EAP-IG-{how}): each edge's score is "
+            f"(a_corrupt - a_clean) . the gradient at its receiver averaged over {steps} runs interpolating "
+            f"{'the input embeddings' if how == 'inputs' else 'the sender group activations'} from corrupt to clean. "
+            f"Clean {float(edges.baselines['clean'].mean()):.3f}, corrupt {float(edges.baselines['corrupt'].mean()):.3f}.",
+            "", f"Top {len(table)} edges by |score|:", "", markdown_table(table), ""]
+    return {"summary": "\n".join(text), "top_edges": table.to_dict(orient="records")[:10]}
+
+
+def _run_faithfulness_curve(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
+    from mechlens.circuits.eap import edge_attribution_patch
+    from mechlens.circuits.faithfulness import MIB_FRACTIONS, faithfulness_curve
+
+    methods = a.get("methods", ["eap", "eap-ig-inputs", "eap-ig-activations"])
+    steps = a.get("ig_steps", 5)
+    scores = {m: edge_attribution_patch(r.model, r.ds, method=m, ig_steps=None if m == "eap" else steps,
+                                        batch_size=r.batch(a), progress=False) for m in methods}
+    fc = faithfulness_curve(r.model, r.ds, scores, fractions=a.get("fractions", MIB_FRACTIONS),
+                            n_random=a.get("n_random", 5), seed=r.seed(a), batch_size=r.batch(a), progress=False)
+    fc.save(d / "result")
+    table = fc.table()
+    save_csv(table, d / "cpr_cmd.csv")
+    png = _save_fig(fc.plot(), d / "faithfulness.png")
+    text = [f"Faithfulness curves (MIB, Mueller et al. 2025): keep each scoring's top edges (fractions "
+            f"{', '.join(f'{x:g}' for x in fc.fractions)} of {fc.n_edges} edges), patch every other edge from the "
+            "corrupt run exactly; faithfulness = (LD - LD(empty)) / (LD(full) - LD(empty)). CPR = area under the "
+            "curve (higher is better), CMD = area between the curve and 1 (lower is better).", "",
+            f"![faithfulness]({rel}/{png})", "", markdown_table(table), ""]
+    return {"summary": "\n".join(text), "cpr": fc.cpr, "cmd": fc.cmd}
+
+
+def _run_circuit_stability(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
+    from mechlens.circuits.stability import circuit_stability
+
+    st = circuit_stability(r.model, r.ds, method=a.get("method", "eap"), ig_steps=a.get("ig_steps"),
+                           k=a.get("k", 20), n_resamples=a.get("n_resamples", 10), seed=r.seed(a),
+                           faithfulness=a.get("faithfulness", True), by_template=a.get("by_template", True),
+                           batch_size=r.batch(a), progress=False)
+    st.save(d / "result")
+    table = st.table()
+    save_csv(table, d / "stability.csv")
+    text = [f"Stability of the top-{st.k} edges ({st.method}) over {st.n_resamples} bootstrap resamples of the "
+            "prompts: mean pairwise Jaccard overlap with a 95% bootstrap interval"
+            + (", CPR/CMD of each resample's ranking on all prompts" if st.cpr else "")
+            + (", and the overlap between the circuits of each template" if st.templates else "") + ".", "",
+            markdown_table(table), ""]
+    return {"summary": "\n".join(text), "jaccard": st.jaccard_mean, "jaccard_ci": list(st.jaccard_ci)}
+
+
 def _run_directions(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
     from mechlens.directions import evaluate
 
@@ -946,6 +1030,9 @@ def _runners() -> dict[str, Callable[..., dict[str, Any]]]:
         "path_patching": _run_path,
         "directions": _run_directions,
         "steering": _run_steering,
+        "eap_ig": _run_eap_ig,
+        "faithfulness_curve": _run_faithfulness_curve,
+        "circuit_stability": _run_circuit_stability,
     }
 
 

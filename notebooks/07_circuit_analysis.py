@@ -174,7 +174,43 @@ plt.show()
 torch.testing.assert_close(curve.per_example[0], edges.baselines["corrupt"], atol=1e-3, rtol=1e-3)
 
 # %% [markdown]
+# ## EAP-IG, faithfulness curves with CPR and CMD, stability
+#
+# EAP takes the gradient at the clean run only; where a nonlinearity saturates between the
+# clean and the corrupt run that gradient misleads. **EAP-IG** (Hanna et al. 2024) averages
+# it over `ig_steps` runs between the two, interpolating the input embeddings
+# (`interpolate="inputs"`) or each sender group's activations (`"activations"`), the two
+# variants of the MIB benchmark (Mueller et al. 2025). `ig_steps=1` is EAP exactly.
+#
+# MIB scores a ranking by its **faithfulness curve**: keep the top 0.1%, 0.2%, ..., 100% of
+# the edges, patch the rest from the corrupt run, and normalise, `(M(circuit) - M(empty)) /
+# (M(full) - M(empty))`. **CPR** is the area under that curve (higher is better), **CMD** the
+# area between it and 1 (lower is better). Random edge sets give the floor.
+
+# %%
+from mechlens.circuits import circuit_stability, eap_ig, faithfulness_curve
+
+ig = eap_ig(model, small, interpolate="inputs", ig_steps=5, batch_size=8, progress=PROGRESS)
+fc = faithfulness_curve(model, small, {"eap": edges, "eap-ig-inputs": ig}, n_random=1 if FAST else 3,
+                        batch_size=32, progress=PROGRESS)
+print(fc.table().round(3).to_string(index=False))
+fc.plot()
+
+# %% [markdown]
+# A circuit found on one sample of prompts should survive another. `circuit_stability`
+# resamples the prompts (bootstrap), rescores, and reports the Jaccard overlap of the top-20
+# edges with a 95% interval, and the overlap between the circuits of each IOI template.
+
+# %%
+st = circuit_stability(model, small, method="eap", k=20, n_resamples=3 if FAST else 10, faithfulness=False,
+                       progress=PROGRESS)
+print(st)
+assert 0 <= st.jaccard_mean <= 1
+
+# %% [markdown]
 # ## The same study from a file
 #
 # `examples/ioi.toml` writes this analysis down; `mechlens study examples/ioi.toml --out
 # out/ioi` runs it and writes a report with every figure and table (see `docs/studies.md`).
+# `examples/circuit_compare.toml` runs the EAP / EAP-IG comparison (faithfulness curves,
+# CPR/CMD, stability).

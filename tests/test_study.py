@@ -21,6 +21,7 @@ TINY = {"name": "tiny-gpt2", "n_layers": 30, "n_heads": 9, "d_model": 36}
 OVERRIDES = {
     "ioi.toml": {"model": TINY, "dataset.names": TINY_NAMES, "dataset.n_prompts": 4},
     "sentiment_ablation.toml": {"model": TINY},
+    "circuit_compare.toml": {"model": TINY, "dataset.names": TINY_NAMES, "dataset.n_prompts": 4},
 }
 
 
@@ -65,8 +66,10 @@ def test_ioi_example_contents(ran):
     assert faith["k"] == [0, 10, 100, 1000, 10000] and len(faith["random_ld_mean"]) == 5
     # no edge kept = the corrupt run, for the ranking and for every random draw
     edges = json.loads((out / "edges" / "done.json").read_text())["numbers"]
-    assert faith["top_recovered"][0] == pytest.approx(0.0, abs=1e-3)
-    assert faith["random_recovered"][0] == pytest.approx(0.0, abs=1e-3)
+    # (exactly the corrupt run up to float rounding, summed over 30 layers of patched edges and
+    # divided by the tiny model's small clean-corrupt gap; the rounding depends on the thread count)
+    assert faith["top_recovered"][0] == pytest.approx(0.0, abs=1e-2)
+    assert faith["random_recovered"][0] == pytest.approx(0.0, abs=1e-2)
     assert edges["n_edges"] > 10000
 
 

@@ -25,6 +25,11 @@ METHOD_OF = {
                                   "mechlens.circuits.eap:eap_faithfulness"],
     "path_patching": ["mechlens.patching.path:path_patch"],
     "directions": ["mechlens.directions.evaluate:evaluate"],
+    "steering": ["mechlens.steering.steerability:steerability", "mechlens.steering.steerability:prompt_baseline",
+                 "mechlens.steering.steerability:at_equal_effect", "mechlens.directions.fit:fit"],
+    "eap_ig": ["mechlens.circuits.eap:eap_ig"],
+    "faithfulness_curve": ["mechlens.circuits.faithfulness:faithfulness_curve", "mechlens.circuits.eap:eap_ig"],
+    "circuit_stability": ["mechlens.circuits.stability:circuit_stability"],
 }
 
 # keys a study file has that are not a method argument, and why
@@ -34,6 +39,8 @@ STUDY_ONLY = {
     "directions": {"test_fraction"},        # splits the dataset before evaluate(train, test)
     "activation_patching": {"site"},        # a list of sites runs one sweep each
     "attribution_patching": {"site"},
+    "steering": {"test_fraction"},          # splits the dataset into fit and test prompts
+    "faithfulness_curve": {"methods"},      # which scorings get a curve (one call each)
 }
 
 

@@ -8,7 +8,20 @@
   ablation at commas on SST-style reviews (:func:`mini_sst`).
 """
 
-from mechlens.circuits.eap import eap_faithfulness, eap_nodes, edge_attribution_patch
+from mechlens.circuits.eap import (
+    eap_faithfulness,
+    eap_ig,
+    eap_nodes,
+    edge_attribution_patch,
+    pruned_run,
+)
+from mechlens.circuits.faithfulness import (
+    MIB_FRACTIONS,
+    FaithfulnessCurve,
+    cpr_cmd,
+    faithfulness_curve,
+)
+from mechlens.circuits.known import circuit_recovery, known_circuit_model
 from mechlens.circuits.motif import (
     SPLITS,
     MotifResult,
@@ -24,8 +37,19 @@ from mechlens.circuits.sentiment import (
     ov_direction_scores,
     patch_heads,
 )
+from mechlens.circuits.stability import CircuitStability, circuit_stability
 
 __all__ = [
+    "MIB_FRACTIONS",
+    "CircuitStability",
+    "circuit_recovery",
+    "circuit_stability",
+    "known_circuit_model",
+    "FaithfulnessCurve",
+    "cpr_cmd",
+    "eap_ig",
+    "faithfulness_curve",
+    "pruned_run",
     "SPLITS",
     "Circuit",
     "MotifResult",

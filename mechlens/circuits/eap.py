@@ -50,17 +50,28 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from mechlens.engine import batches, cached_run, prepare_dataset, split_qkv_input
-from mechlens.hooks import hooked
+from mechlens.engine import (
+    Hook,
+    batches,
+    cache_batched,
+    cached_run,
+    grad_run,
+    ig_alphas,
+    interpolate_hook,
+    logit_diff_metric,
+    prepare_dataset,
+    progress_bar,
+    run_grid,
+    split_qkv_input,
+)
 from mechlens.metrics import logit_diff
 from mechlens.model_protocol import check_model, is_bridge, qkv_input_hook
 from mechlens.patching.result import PatchResult
 from mechlens.results import provenance
 from mechlens.validate import check_batch_size
 
-__all__ = ["edge_attribution_patch", "eap_faithfulness", "eap_nodes"]
+__all__ = ["EAP_METHODS", "edge_attribution_patch", "eap_ig", "eap_faithfulness", "eap_nodes", "pruned_run"]
 
 
 def eap_nodes(model: Any) -> tuple[list[str], list[str], list[list[bool]]]:
@@ -105,33 +116,69 @@ def _forks(model: Any) -> Iterator[None]:
         yield
 
 
+EAP_METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations")
+
+
 def edge_attribution_patch(
     model: Any,
     ds: Any,
     *,
     metric: str | Callable[..., Tensor] = "logit_diff",
+    method: str = "eap",
+    ig_steps: int | None = None,
     batch_size: int | None = None,
     progress: bool = True,
 ) -> PatchResult:
     """Score every edge ``sender -> receiver`` by ``(a_corrupt - a_clean) . dM/d(receiver input)``.
+
+    ``method`` picks where the gradient is taken (the names of the MIB benchmark, Mueller et
+    al. 2025, and of Hanna et al. 2024's EAP-IG code):
+
+    - ``"eap"``: on the clean run (Syed et al. 2023); ``ig_steps`` must be 1.
+    - ``"eap-ig-inputs"``: averaged over ``ig_steps`` runs whose input embeddings
+      (``blocks.0.hook_resid_pre``) are interpolated, ``e_corrupt + alpha (e_clean -
+      e_corrupt)`` for ``alpha = k / ig_steps``, ``k = 1..ig_steps`` (integrated gradients,
+      Hanna et al. 2024). Summed over the embedding's outgoing edges the scores tend to
+      ``M(corrupt) - M(clean)`` as ``ig_steps`` grows (completeness).
+    - ``"eap-ig-activations"``: per sender group (the embedding, each layer's heads, each
+      MLP), ``ig_steps`` runs in which only that group's output is interpolated between its
+      corrupt and clean value; the edges out of the group use the gradients of those runs.
+      Summed over a group's outgoing edges the scores tend to ``M(clean, group corrupted) -
+      M(clean)``. MIB's reference code averages every edge over the runs of *all* groups; we
+      use each group's own runs, which is what makes the group's edges complete.
+
+    We use the right Riemann sum (``k = 1..ig_steps``) in both variants, so that
+    ``ig_steps=1`` is exactly EAP (MIB's inputs variant uses ``k = 0..ig_steps-1``).
 
     Args:
         model: a TransformerLens model whose attention has per-head q/k/v input forks
             (``use_split_qkv_input``).
         ds: a :class:`~mechlens.data.ContrastDataset`.
         metric: ``"logit_diff"`` or a differentiable ``metric(logits, ds) -> [batch]``.
-        batch_size: examples per forward/backward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
-        progress: show a progress bar over example batches.
+        method: ``"eap"``, ``"eap-ig-inputs"`` or ``"eap-ig-activations"``.
+        ig_steps: integration steps (default 1 for ``"eap"``, 5 for the EAP-IG methods).
+        batch_size: sequences per forward/backward pass (default
+            ``mechlens.engine.DEFAULT_BATCH_SIZE``); integration steps are stacked on the
+            batch axis up to this bound.
+        progress: show a progress bar over passes.
 
     Returns:
         A :class:`PatchResult` with ``method="eap"``, axes ``("sender", "receiver")``;
-        ``baselines`` hold the clean and corrupt metric.
+        ``baselines`` hold the clean and corrupt metric; ``meta["attribution"]`` names the
+        method and ``meta["ig_steps"]`` the steps.
     """
     args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
     check_batch_size(batch_size)
     if not callable(metric) and metric != "logit_diff":
         raise ValueError(f"metric={metric!r}: choose 'logit_diff' or a differentiable callable(logits, ds)")
+    if method not in EAP_METHODS:
+        raise ValueError(f"method={method!r}: choose one of {list(EAP_METHODS)}")
+    steps = (1 if method == "eap" else 5) if ig_steps is None else ig_steps
+    alphas = ig_alphas(steps)
+    if method == "eap" and steps != 1:
+        raise ValueError(f"ig_steps={steps}: method='eap' takes one gradient; use method='eap-ig-inputs' or "
+                         "'eap-ig-activations' for integrated gradients")
     ds = prepare_dataset(model, ds)
     n, h = int(model.cfg.n_layers), int(model.cfg.n_heads)
     senders, receivers, valid = eap_nodes(model)
@@ -143,79 +190,125 @@ def edge_attribution_patch(
         recv_names += [(qkv_input_hook(model, layer, w), "heads") for w in "qkv"]
         recv_names.append((_mlp_input_hook(model, layer), "one"))
     recv_names.append((f"blocks.{n - 1}.hook_resid_post", "one"))
+    names = [nm for nm, _ in recv_names]
     w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
+    # sender groups (what "eap-ig-activations" interpolates together): output hook, senders
+    groups: list[tuple[str, slice]] = [("blocks.0.hook_resid_pre", slice(0, 1))]
+    for layer in range(n):
+        first = 1 + layer * (h + 1)
+        groups += [(z_names[layer], slice(first, first + h)), (mlp_names[layer], slice(first + h, first + h + 1))]
+    n_configs = 1 if steps == 1 else (steps if method == "eap-ig-inputs" else steps * len(groups))
 
-    def fn(m: Any, sub: Any, logits: Tensor) -> Tensor:
+    def fn(logits: Tensor, sub: Any) -> Tensor:
         y = logit_diff(logits, sub.answers) if not callable(metric) else torch.as_tensor(metric(logits, sub))
         if y.shape != (sub.batch,):
             raise ValueError(f"metric must return one value per example, shape ({sub.batch},), got {tuple(y.shape)}")
         return y
 
+    def sender_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
+        """[b, pos, n_senders, d]: every sender's write into the residual stream, ``a`` minus ``b``."""
+        ups = [(a["blocks.0.hook_resid_pre"] - b["blocks.0.hook_resid_pre"])[:, :, None]]
+        for layer in range(n):
+            dz = a[z_names[layer]] - b[z_names[layer]]
+            ups.append(torch.einsum("bphe,hem->bphm", dz, w_o[layer].to(dz.dtype)))
+            ups.append((a[mlp_names[layer]] - b[mlp_names[layer]])[:, :, None])
+        return torch.cat(ups, dim=2).float()
+
     scores = torch.zeros(len(senders), len(receivers), ds.batch)
     y_clean = torch.empty(ds.batch)
     y_corrupt = torch.empty(ds.batch)
     mask = torch.tensor(valid)
-    chunks = list(batches(ds.batch, batch_size))
-    for sl in tqdm(chunks, desc="edge attribution", leave=False, disable=not progress):
+    chunks = batches(ds.batch, batch_size)
+    bar = progress_bar(len(chunks) * len(batches(n_configs * (chunks[0].stop - chunks[0].start), batch_size)),
+                       progress, "edge attribution" if steps == 1 else f"{method} ({steps} steps)")
+    for sl in chunks:
         sub = ds[list(range(sl.start, sl.stop))]
         logits_k, corrupt = cached_run(model, sub.corrupt_tokens, value_names)
-        y_corrupt[sl] = fn(model, sub, logits_k).detach().float().cpu()
+        y_corrupt[sl] = fn(logits_k, sub).detach().float().cpu()
         clean: dict[str, Tensor] = {}
-        grads_at: dict[str, Tensor] = {}
+        if steps > 1:  # the clean values for the differences and the interpolation
+            logits_c, clean = cached_run(model, sub.clean_tokens, value_names)
+            y_clean[sl] = fn(logits_c, sub).detach().float().cpu()
+            up_all = sender_diff(corrupt, clean)
+            if method == "eap-ig-inputs":
+                b_, p_, _, d_ = up_all.shape
+                down_sum = torch.zeros(b_, p_, len(receivers), d_, device=up_all.device)
 
-        def save(name: str, leaf: bool = False, store: dict[str, Tensor] = clean) -> Callable:
-            def hook(act: Tensor, hook: Any) -> Tensor:
-                store[name] = act.detach()
-                if leaf and not act.requires_grad:
-                    return act.detach().requires_grad_(True)  # frozen weights: start the graph here
-                return act
+        def interpolations(configs: Tensor, examples: Tensor, clean: dict[str, Tensor] = clean,
+                           corrupt: dict[str, Tensor] = corrupt) -> list[Hook]:
+            if steps == 1:
+                return []
+            alpha = torch.tensor(alphas)[configs % steps]
+            if method == "eap-ig-inputs":
+                nm = "blocks.0.hook_resid_pre"
+                return [interpolate_hook(nm, clean[nm][examples], corrupt[nm][examples], alpha)]
+            group = configs // steps
+            return [
+                interpolate_hook(nm, clean[nm][examples], corrupt[nm][examples], torch.where(group == g, alpha, 1.0))
+                for g, (nm, _) in enumerate(groups) if bool((group == g).any())
+            ]
 
-            return hook
+        def rows_metric(logits: Tensor, examples: Tensor, sub: Any = sub) -> Tensor:
+            return fn(logits, sub[examples.tolist()])
 
-        def fork(name: str, store: dict[str, Tensor] = grads_at) -> Callable:
-            def hook(act: Tensor, hook: Any) -> Tensor:
-                out = act.clone()  # a node that only this reader uses: its gradient is the reader's
-                store[name] = out
-                return out
-
-            return hook
-
-        hooks = [("blocks.0.hook_resid_pre", save("blocks.0.hook_resid_pre", leaf=True))]
-        hooks += [(nm, save(nm)) for nm in z_names + mlp_names]
-        hooks += [(nm, fork(nm)) for nm, _ in recv_names]
-        with _forks(model), torch.enable_grad(), hooked(model, hooks):
-            logits = model(sub.clean_tokens)
-            y = fn(model, sub, logits)
-            names = [nm for nm, _ in recv_names]
-            missing = [nm for nm in names if nm not in grads_at]
-            if missing:
-                raise NotImplementedError(
-                    f"{missing[:3]} did not fire: this model has no per-head q/k/v or MLP input fork, so "
-                    "edges cannot be told apart"
-                )
-            grads = torch.autograd.grad(y.sum(), [grads_at[nm] for nm in names], allow_unused=True)
-        y_clean[sl] = y.detach().float().cpu()
-        g = {nm: (torch.zeros_like(grads_at[nm]) if gr is None else gr) for nm, gr in zip(names, grads)}
-        # senders: [b, pos, n_senders, d]
-        ups = [corrupt["blocks.0.hook_resid_pre"] - clean["blocks.0.hook_resid_pre"]]
-        for layer in range(n):
-            dz = corrupt[z_names[layer]] - clean[z_names[layer]]
-            ups.append(torch.einsum("bphe,hem->bphm", dz, w_o[layer].to(dz.dtype)))
-            ups.append((corrupt[mlp_names[layer]] - clean[mlp_names[layer]])[:, :, None])
-        ups[0] = ups[0][:, :, None]
-        up = torch.cat(ups, dim=2).float()
-        downs = [g[nm] if kind == "heads" else g[nm][:, :, None] for nm, kind in recv_names]
-        down = torch.cat(downs, dim=2).float()
-        s = torch.einsum("bpud,bprd->urb", up, down)
-        scores[:, :, sl] = (s * mask[:, :, None].to(s.device)).cpu()
-        del up, down, g
+        with _forks(model):
+            for gb in grad_run(model, sub.clean_tokens, rows_metric, save=value_names if steps == 1 else (),
+                               grad_at=names, n_configs=n_configs, hooks=interpolations,
+                               batch_size=batch_size, allow_unused=True):
+                bar.update(1)
+                downs = [gb.grads[nm] if kind == "heads" else gb.grads[nm][:, :, None] for nm, kind in recv_names]
+                down = torch.cat(downs, dim=2).float()
+                if steps == 1:
+                    y_clean[sl] = gb.metric.float().cpu()
+                    up = sender_diff(corrupt, gb.saved)
+                    s = torch.einsum("bpud,bprd->urb", up, down) * mask[:, :, None].to(up.device)
+                    scores[:, :, sl] = s.cpu()
+                elif method == "eap-ig-inputs":  # the differences are fixed: average the gradients first
+                    down_sum.index_add_(0, gb.examples.to(down.device), down)
+                else:  # a row's gradients score only the edges of the group it interpolates
+                    group = gb.configs // steps
+                    for g in group.unique().tolist():
+                        rows = (group == g).nonzero().flatten()
+                        ex = gb.examples[rows]
+                        senders_g = groups[g][1]
+                        s = torch.einsum("bpud,bprd->urb", up_all[ex.to(up_all.device)][:, :, senders_g],
+                                         down[rows.to(down.device)])
+                        s = s * mask[senders_g, :, None].to(s.device)
+                        scores[senders_g].index_add_(2, ex + sl.start, s.cpu() / steps)
+                del down, gb
+            if method == "eap-ig-inputs" and steps > 1:
+                s = torch.einsum("bpud,bprd->urb", up_all, down_sum / steps) * mask[:, :, None].to(up_all.device)
+                scores[:, :, sl] = s.cpu()
+    bar.close()
     assert scores.shape[1] == len(receivers) and h > 0
     return PatchResult(
         per_example=scores, axes=("sender", "receiver"), labels={"sender": senders, "receiver": receivers},
         metric="logit_diff" if not callable(metric) else getattr(metric, "__name__", "custom"),
         site="edges", mode="noise", method="eap", **provenance(model, ds, args=args), baselines={"clean": y_clean, "corrupt": y_corrupt},
-        meta={"valid": valid, "score": "(a_corrupt - a_clean) . dM/d(receiver input), clean run"},
+        meta={"valid": valid, "attribution": method, "ig_steps": steps,
+              "score": "(a_corrupt - a_clean) . dM/d(receiver input)" + (", clean run" if steps == 1 else
+                       f", gradient averaged over {steps} interpolation steps ({method})")},
     )
+
+
+def eap_ig(
+    model: Any,
+    ds: Any,
+    *,
+    interpolate: str = "inputs",
+    ig_steps: int = 5,
+    metric: str | Callable[..., Tensor] = "logit_diff",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PatchResult:
+    """EAP with integrated gradients (Hanna et al. 2024): :func:`edge_attribution_patch` with
+    ``method="eap-ig-" + interpolate`` (``"inputs"`` or ``"activations"``, the two variants of
+    the MIB benchmark) and ``ig_steps`` steps."""
+    if interpolate not in ("inputs", "activations"):
+        raise ValueError(f"interpolate={interpolate!r}: choose 'inputs' (the input embeddings) or 'activations' "
+                         "(each sender group's output)")
+    return edge_attribution_patch(model, ds, metric=metric, method=f"eap-ig-{interpolate}", ig_steps=ig_steps,
+                                  batch_size=batch_size, progress=progress)
 
 
 def eap_faithfulness(
@@ -275,40 +368,21 @@ def eap_faithfulness(
         raise TypeError(f"seed={seed!r} must be an int")
     score = edges.values.abs().masked_fill(~mask, -1.0).flatten()
     order = torch.argsort(score, descending=True, stable=True)
-    n = int(model.cfg.n_layers)
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n)]
-    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n)]
-    _, corrupt = cached_run(model, ds.corrupt_tokens, ["blocks.0.hook_resid_pre", *z_names, *mlp_names])
-    w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
-    corr_up = [corrupt["blocks.0.hook_resid_pre"]]
-    for layer in range(n):
-        zc = corrupt[z_names[layer]]
-        corr_up += list(torch.einsum("bphe,hem->hbpm", zc, w_o[layer].to(zc.dtype)))
-        corr_up.append(corrupt[mlp_names[layer]])
-    r_index = {r: i for i, r in enumerate(receivers)}
     valid_idx = mask.flatten().nonzero().flatten()
 
-    def measure(kept: Tensor) -> Tensor:
+    def pruned_of(kept: Tensor) -> Tensor:
         pruned = mask.clone().flatten()
         pruned[kept] = False
-        pruned = pruned.view(mask.shape).float().to(ds.device)  # [sender, receiver]: 1 = corrupted
-        y = torch.empty(ds.batch)
-        for sl in batches(ds.batch, batch_size):
-            sub = ds[list(range(sl.start, sl.stop))]
-            logits = _run_pruned(model, sub, pruned, [c[sl] for c in corr_up], w_o, r_index)
-            y[sl] = logit_diff(logits, sub.answers).float().cpu()
-        return y
+        return pruned.view(mask.shape)  # [sender, receiver]: True = corrupted
 
-    out = torch.empty(len(ks), ds.batch)
-    draws = torch.zeros(len(ks), n_random)
     g = torch.Generator().manual_seed(seed)
-    runs = [(j, None) for j in range(len(ks))] + [(j, r) for j in range(len(ks)) for r in range(n_random)]
-    for j, r in tqdm(runs, desc="faithfulness", leave=False, disable=not progress):
-        k = ks[j]
-        if r is None:
-            out[j] = measure(order[:k])
-        else:  # a uniformly random set of k real edges
-            draws[j, r] = measure(valid_idx[torch.randperm(len(valid_idx), generator=g)[:k]]).mean()
+    configs = [pruned_of(order[:k]) for k in ks]
+    # a uniformly random set of k real edges per draw
+    configs += [pruned_of(valid_idx[torch.randperm(len(valid_idx), generator=g)[:k]])
+                for k in ks for _ in range(n_random)]
+    ys = pruned_run(model, ds, torch.stack(configs), batch_size=batch_size, progress=progress)
+    out = ys[: len(ks)]
+    draws = ys[len(ks):].view(len(ks), n_random, ds.batch).mean(-1)
     meta: dict[str, Any] = {"n_edges": n_valid, "ranking": "|mean score|"}
     if n_random:
         meta["random"] = {
@@ -323,50 +397,80 @@ def eap_faithfulness(
     )
 
 
-def _run_pruned(
-    model: Any, ds: Any, pruned: Tensor, corr_up: list[Tensor], w_o: list[Tensor], r_index: dict[str, int]
+def pruned_run(
+    model: Any, ds: Any, pruned: Tensor, *, batch_size: int | None = None, progress: bool = False,
+    metric: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """One clean run in which every edge marked in ``pruned`` [sender, receiver] carries the
-    corrupt value: each receiver input gets ``sum_u pruned[u, r] * (a_u^corrupt - a_u)``."""
+    """The metric (default: logit difference) of clean runs in which the edges marked in each
+    configuration of ``pruned`` ``[config, sender, receiver]`` carry the corrupt value,
+    ``[config, batch]``.
+
+    Exact edge patching: each receiver's input gets ``sum_u pruned[u, r] * (a_u^corrupt -
+    a_u)``, ``a_u`` the sender's output in this run. The ``config x example`` grid runs on the
+    engine (:func:`~mechlens.engine.run_grid`), ``batch_size`` rows per pass, so many
+    configurations share a pass.
+    """
+    ds = prepare_dataset(model, ds)
+    senders, receivers, valid = eap_nodes(model)
+    if pruned.shape[1:] != (len(senders), len(receivers)):
+        raise ValueError(f"pruned must be [config, {len(senders)}, {len(receivers)}], got {tuple(pruned.shape)}")
     n = int(model.cfg.n_layers)
     h, kv = int(model.cfg.n_heads), int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
-    # corrupt minus current, in sender order, filled in as the senders run; sender-first, so
-    # that the senders so far are one contiguous block and each receiver's sum is one matmul
-    n_send = len(corr_up)
-    b, p, d_model = corr_up[0].shape
-    diffs = torch.zeros(n_send, b, p, d_model, dtype=corr_up[0].dtype, device=corr_up[0].device)
-    filled = [0]
-
-    def on_embed(act: Tensor, hook: Any) -> None:
-        diffs[0] = corr_up[0] - act
-        filled[0] = 1
-
-    def on_z(act: Tensor, hook: Any, layer: int = 0) -> None:
-        cur = torch.einsum("bphe,hem->hbpm", act, w_o[layer].to(act.dtype))
-        base = filled[0]
-        diffs[base : base + h] = torch.stack(corr_up[base : base + h]) - cur
-        filled[0] = base + h
-
-    def on_mlp(act: Tensor, hook: Any) -> None:
-        diffs[filled[0]] = corr_up[filled[0]] - act
-        filled[0] += 1
-
-    def on_recv(first: int, count: int, per_head: bool) -> Callable:
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            u = filled[0]
-            m = pruned[:u, first : first + count].to(diffs.dtype)  # [u, r]
-            add = (m.T @ diffs[:u].reshape(u, -1)).view(count, b, p, d_model).permute(1, 2, 0, 3)
-            return act + (add if per_head else add[:, :, 0]).to(act.dtype)
-
-        return hook
-
-    hooks: list[tuple[str, Callable]] = [("blocks.0.hook_resid_pre", on_embed)]
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n)]
+    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n)]
+    corrupt, _ = cache_batched(model, ds.corrupt_tokens, ["blocks.0.hook_resid_pre", *z_names, *mlp_names],
+                               batch_size=batch_size)
+    w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
+    corr_up = [corrupt["blocks.0.hook_resid_pre"]]
     for layer in range(n):
-        for w, count in (("q", h), ("k", kv), ("v", kv)):
-            hooks.append((qkv_input_hook(model, layer, w), on_recv(r_index[f"L{layer}H0.{w}"], count, True)))
-        hooks.append((f"blocks.{layer}.attn.hook_z", functools.partial(on_z, layer=layer)))
-        hooks.append((_mlp_input_hook(model, layer), on_recv(r_index[f"L{layer} mlp"], 1, False)))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", on_mlp))
-    hooks.append((f"blocks.{n - 1}.hook_resid_post", on_recv(r_index["logits"], 1, False)))
-    with _forks(model), torch.no_grad(), hooked(model, hooks):
-        return model(ds.clean_tokens)
+        zc = corrupt[z_names[layer]]
+        corr_up += list(torch.einsum("bphe,hem->hbpm", zc, w_o[layer].to(zc.dtype)))
+        corr_up.append(corrupt[mlp_names[layer]])
+    corr = torch.stack(corr_up)  # [sender, batch, pos, d]
+    del corr_up, corrupt
+    r_index = {r: i for i, r in enumerate(receivers)}
+    masks = (pruned.bool() & torch.tensor(valid)).to(ds.device)
+
+    def hooks(configs: Tensor, examples: Tensor) -> list[Hook]:
+        m_rows = masks[configs.to(masks.device)].to(corr.dtype)  # [rows, sender, receiver]
+        c_rows = corr[:, examples.to(corr.device)]  # [sender, rows, pos, d]
+        n_send, b, p, d_model = c_rows.shape
+        # corrupt minus current, in sender order, filled in as the senders run
+        diffs = torch.zeros_like(c_rows)
+        filled = [0]
+
+        def on_embed(act: Tensor, hook: Any) -> None:
+            diffs[0] = c_rows[0] - act
+            filled[0] = 1
+
+        def on_z(act: Tensor, hook: Any, layer: int = 0) -> None:
+            cur = torch.einsum("bphe,hem->hbpm", act, w_o[layer].to(act.dtype))
+            base = filled[0]
+            diffs[base : base + h] = c_rows[base : base + h] - cur
+            filled[0] = base + h
+
+        def on_mlp(act: Tensor, hook: Any) -> None:
+            diffs[filled[0]] = c_rows[filled[0]] - act
+            filled[0] += 1
+
+        def on_recv(first: int, count: int, per_head: bool) -> Callable:
+            def hook(act: Tensor, hook: Any) -> Tensor:
+                u = filled[0]
+                add = torch.einsum("buc,ubpd->bpcd", m_rows[:, :u, first : first + count], diffs[:u])
+                return act + (add if per_head else add[:, :, 0]).to(act.dtype)
+
+            return hook
+
+        hs: list[Hook] = [("blocks.0.hook_resid_pre", on_embed)]
+        for layer in range(n):
+            for w, count in (("q", h), ("k", kv), ("v", kv)):
+                hs.append((qkv_input_hook(model, layer, w), on_recv(r_index[f"L{layer}H0.{w}"], count, True)))
+            hs.append((f"blocks.{layer}.attn.hook_z", functools.partial(on_z, layer=layer)))
+            hs.append((_mlp_input_hook(model, layer), on_recv(r_index[f"L{layer} mlp"], 1, False)))
+            hs.append((f"blocks.{layer}.hook_mlp_out", on_mlp))
+        hs.append((f"blocks.{n - 1}.hook_resid_post", on_recv(r_index["logits"], 1, False)))
+        return hs
+
+    with _forks(model):
+        return run_grid(model, ds.clean_tokens, metric or logit_diff_metric(ds.answers), n_configs=len(pruned),
+                        hooks=hooks, batch_size=batch_size, progress=progress, desc="pruned circuits")

@@ -51,6 +51,7 @@ from mechlens.engine.batching import (
 from mechlens.engine.bridge import split_qkv_input
 from mechlens.engine.fast import BaseRun, SuffixRunner, base_run, overhead_tokens, plan_passes
 from mechlens.engine.generate import generate_batched
+from mechlens.engine.grad import GradBatch, grad_run, ig_alphas, interpolate_hook
 from mechlens.engine.grid import cache_batched, cache_iter, logit_diff_metric, run_grid
 from mechlens.engine.hooks import (
     Hook,
@@ -87,4 +88,5 @@ __all__ = [
     "progress_iter", "resolve_backend", "rows_per_pass", "run_grid", "run_with_patches", "saver",
     "split_qkv_input", "Location", "Intervention", "Replace", "Zero", "Add", "Scale", "ProjectOut",
     "ProjectOnto", "patch", "run_patches", "cache_iter", "HOWS", "MODES", "generate_batched",
+    "GradBatch", "grad_run", "ig_alphas", "interpolate_hook",
 ]

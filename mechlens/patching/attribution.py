@@ -30,12 +30,13 @@ from torch import Tensor
 
 from mechlens.engine import (
     PatchMetric,
+    cached_run,
     check_mode,
     chunks,
+    grad_run,
     prepare_dataset,
     progress_iter,
     rows_per_pass,
-    saver,
 )
 from mechlens.engine.sites import (
     Site,
@@ -45,7 +46,6 @@ from mechlens.engine.sites import (
     resolve_positions,
     sweep_axes,
 )
-from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.model_protocol import check_model
 from mechlens.patching.result import PatchResult
@@ -123,26 +123,14 @@ def attribution_patch(
         base_tok, src_tok = (sub.corrupt_tokens, sub.clean_tokens) if mode == "denoise" else (
             sub.clean_tokens, sub.corrupt_tokens)
         # 1. source run: values only
-        src_vals: dict[str, Tensor] = {}
-        with torch.no_grad(), hooked(model, [(nm, saver(src_vals, nm)) for nm in set(value_names.values())]):
-            src_logits = model(src_tok)
-        # 2. base run with gradients at the sites
-        base_vals: dict[str, Tensor] = {}
-        grad_acts: dict[str, Tensor] = {}
-        hooks = [(nm, saver(base_vals, nm)) for nm in set(value_names.values()) if nm not in grad_names.values()]
-        hooks += [(nm, _grad_catcher(grad_acts, nm)) for nm in set(grad_names.values())]
-        with torch.enable_grad(), hooked(model, hooks):
-            logits = model(base_tok)
-            y = logit_diff(logits, sub.answers) if builtin else torch.as_tensor(metric(logits, sub))
-            if y.shape != (len(chunk),):
-                raise ValueError(f"metric must return one value per example, shape ({len(chunk)},), got {tuple(y.shape)}")
-            names = sorted(grad_acts)
-            grads = dict(zip(names, torch.autograd.grad(y.sum(), [grad_acts[n] for n in names], allow_unused=True)))
-        missing = [n for n, g in grads.items() if g is None]
-        if missing:
-            raise RuntimeError(f"no gradient reached {missing}: the hooked activations are not used by the forward pass")
-        for nm, act in grad_acts.items():
-            base_vals.setdefault(nm, act.detach())
+        src_logits, src_vals = cached_run(model, src_tok, sorted(set(value_names.values())))
+        # 2. base run with gradients at the sites (the engine's gradient mode)
+        def fn(logits: Tensor, examples: Tensor, sub: Any = sub) -> Tensor:
+            return logit_diff(logits, sub.answers) if builtin else metric(logits, sub)
+
+        (gb,) = grad_run(model, base_tok, fn, save=sorted(set(value_names.values())),
+                         grad_at=sorted(set(grad_names.values())), batch_size=len(chunk))
+        grads, base_vals, logits, y = gb.grads, gb.saved, gb.logits, gb.metric
         base_value[chunk.start : chunk.stop] = y.detach().float().cpu()
         lc, lk = (src_logits, logits) if mode == "denoise" else (logits, src_logits)
         keep = slice(None) if not builtin else slice(-1, None)
@@ -180,15 +168,3 @@ def attribution_patch(
         baselines={k: v.float().cpu() for k, v in pm.baselines.items()},
         meta={"positions": pos.description if not pos.has_axis else "per entry", "n_layers": model.cfg.n_layers},
     )
-
-
-
-def _grad_catcher(store: dict[str, Tensor], name: str) -> Callable:
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        if not act.requires_grad:
-            # parameters frozen: start the graph here (same values) so dM/da exists
-            act = act.detach().requires_grad_(True)
-        store[name] = act
-        return act
-
-    return hook

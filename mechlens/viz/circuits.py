@@ -103,3 +103,32 @@ def plot_circuit(r: Any) -> Any:
         ax.set_axis_off()
     fig.suptitle(f"sentiment circuit: {r.model_name} on {r.dataset}")
     return fig
+
+
+def plot_faithfulness(r: Any, title: str | None = None) -> Any:
+    """Faithfulness of each scoring's top edges over circuit sizes (log axis), with CPR and
+    CMD in the legend; random edge sets as their mean and the band of +- one std over draws."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    x = np.asarray(r.fractions) * 100
+    for name, curve in r.faithfulness.items():
+        label = f"{name} (CPR {r.cpr[name]:.2f}, CMD {r.cmd[name]:.2f})"
+        if name == "random" and r.random:
+            curves = np.asarray(r.random["curves"])
+            ax.plot(x, curve, color="grey", ls="--", label=label)
+            if len(curves) > 1:
+                sd = curves.std(0, ddof=1)
+                ax.fill_between(x, np.asarray(curve) - sd, np.asarray(curve) + sd, color="grey", alpha=0.2)
+        else:
+            ax.plot(x, curve, marker="o", ms=3, label=label)
+    ax.axhline(1, color="black", lw=0.5)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"edges kept (% of {r.n_edges})")
+    ax.set_ylabel("faithfulness")
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"faithfulness curves: {r.model_name}")
+    return fig

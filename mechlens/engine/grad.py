@@ -1,0 +1,149 @@
+"""Gradient mode: the one place that runs forward *and backward* passes.
+
+Attribution patching, edge attribution patching (EAP) and its integrated-gradients variants
+(EAP-IG) all need the same thing from a pass: the activations at some hooks, the gradient of
+the summed metric at other hooks, and the metric itself. :func:`grad_run` gives exactly that,
+batched like :func:`~mechlens.engine.run_grid`: the ``n_configs x n`` grid of (configuration,
+example) rows runs in passes of ``batch_size`` sequences, and ``hooks(configs, examples)``
+adds the interventions of each row (an interpolated input for integrated gradients, for
+instance; :func:`interpolate_hook` builds one).
+
+Rows never interact in a pass (a causal model runs every sequence on its own), so the
+gradient of ``metric.sum()`` at a row's activation is the gradient of that row's metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechlens.engine.batching import batches, progress_iter
+from mechlens.engine.hooks import Hook, saver
+from mechlens.hooks import hooked
+from mechlens.models import model_device
+
+__all__ = ["GradBatch", "grad_run", "interpolate_hook", "ig_alphas"]
+
+
+@dataclass
+class GradBatch:
+    """One pass of :func:`grad_run`.
+
+    Attributes:
+        configs: configuration index of each row ``[rows]``.
+        examples: example index (into ``tokens``) of each row ``[rows]``.
+        metric: the metric of each row ``[rows]`` (detached, on the model's device).
+        logits: the pass's logits (detached).
+        saved: activation at every ``save`` hook (detached), ``[rows, ...]``.
+        grads: ``d metric.sum() / d activation`` at every ``grad_at`` hook, ``[rows, ...]``
+            (zeros where the metric does not depend on it and ``allow_unused``).
+    """
+
+    configs: Tensor
+    examples: Tensor
+    metric: Tensor
+    logits: Tensor
+    saved: dict[str, Tensor]
+    grads: dict[str, Tensor]
+
+
+def ig_alphas(steps: int) -> list[float]:
+    """Interpolation points of integrated gradients with ``steps`` steps: ``k / steps`` for
+    ``k = 1..steps`` (the right Riemann sum: one step is the plain gradient at the clean point)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"ig_steps={steps!r} must be an int >= 1 (1 = plain gradients)")
+    return [k / steps for k in range(1, steps + 1)]
+
+
+def interpolate_hook(name: str, clean: Tensor, corrupt: Tensor, alpha: Tensor) -> Hook:
+    """A hook at ``name`` that replaces each row's activation by ``corrupt + alpha * (clean -
+    corrupt)`` (``clean``/``corrupt`` ``[rows, ...]``, ``alpha`` ``[rows]``). Rows with
+    ``alpha == 1`` keep the run's own activation untouched (bit for bit), so one step of
+    integrated gradients is the plain gradient."""
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        a = alpha.to(act.device, act.dtype).view(-1, *([1] * (act.ndim - 1)))
+        mixed = corrupt.to(act.dtype) + a * (clean.to(act.dtype) - corrupt.to(act.dtype))
+        return torch.where(a == 1, act, mixed)
+
+    return (name, hook)
+
+
+def _grad_hook(saved: dict[str, Tensor] | None, leaves: dict[str, Tensor], name: str) -> Callable:
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        if saved is not None:
+            saved[name] = act.detach()
+        # a node that only this reader uses (its gradient is the reader's); with frozen
+        # weights nothing upstream needs a gradient, so the graph starts here
+        out = act.clone() if act.requires_grad else act.detach().requires_grad_(True)
+        leaves[name] = out
+        return out
+
+    return hook
+
+
+def grad_run(
+    model: Any,
+    tokens: Tensor,
+    metric: Callable[[Tensor, Tensor], Tensor],
+    *,
+    save: Sequence[str] = (),
+    grad_at: Sequence[str] = (),
+    n_configs: int = 1,
+    hooks: Callable[[Tensor, Tensor], Sequence[Hook]] | None = None,
+    batch_size: int | None = None,
+    allow_unused: bool = False,
+    progress: bool = False,
+    desc: str = "gradients",
+) -> Iterator[GradBatch]:
+    """Forward and backward passes over the ``n_configs x len(tokens)`` grid, one
+    :class:`GradBatch` per pass.
+
+    Row ``r`` of the grid is configuration ``r // n`` of example ``r % n``; passes hold
+    ``batch_size`` rows (``None``: ``DEFAULT_BATCH_SIZE``), so memory is bounded whatever the
+    grid. In each pass ``hooks(configs, examples)`` (run before the saving and gradient hooks
+    at the same name) adds the rows' interventions, ``metric(logits, examples) -> [rows]`` is
+    differentiated (``metric.sum()``, so each row gets its own gradient), and the activations
+    at ``save`` (detached) and the gradients at ``grad_at`` come back.
+
+    Raises:
+        RuntimeError: a ``grad_at`` hook did not fire, or (without ``allow_unused``) the
+            metric does not depend on it.
+    """
+    n = int(tokens.shape[0])
+    grid_c = torch.arange(n_configs).repeat_interleave(n)
+    grid_e = torch.arange(n).repeat(n_configs)
+    dev = model_device(model)
+    grad_names = list(dict.fromkeys(grad_at))
+    save_only = [nm for nm in dict.fromkeys(save) if nm not in grad_names]
+    for sl in progress_iter(batches(n_configs * n, batch_size), progress, desc):
+        c, e = grid_c[sl], grid_e[sl]
+        saved: dict[str, Tensor] = {}
+        leaves: dict[str, Tensor] = {}
+        hs: list[Hook] = list(hooks(c, e)) if hooks is not None else []
+        hs += [(nm, saver(saved, nm)) for nm in save_only]
+        hs += [(nm, _grad_hook(saved if nm in save else None, leaves, nm)) for nm in grad_names]
+        with torch.enable_grad(), hooked(model, hs):
+            logits = model(tokens[e].to(dev))
+            y = torch.as_tensor(metric(logits, e))
+            if y.shape != (len(e),):
+                raise ValueError(f"metric must return one value per example, shape ({len(e)},), got {tuple(y.shape)}")
+            missing = [nm for nm in grad_names if nm not in leaves]
+            if missing:
+                raise RuntimeError(
+                    f"{missing[:3]} did not fire: this model has no such hook point in its forward pass"
+                )
+            grads = torch.autograd.grad(y.sum(), [leaves[nm] for nm in grad_names], allow_unused=True) if grad_names else ()
+        out: dict[str, Tensor] = {}
+        for nm, g in zip(grad_names, grads):
+            if g is None:
+                if not allow_unused:
+                    raise RuntimeError(f"no gradient reached {nm}: the metric does not depend on that activation")
+                g = torch.zeros_like(leaves[nm])
+            out[nm] = g
+        yield GradBatch(c, e, y.detach(), logits.detach(), saved, out)
+        del leaves, grads, out, saved
