@@ -835,8 +835,10 @@ def run_study(
     Args:
         path: the study file (``.toml``).
         out: the output folder.
-        model: a model to use instead of the file's ``[model]`` (the file's model is then not
-            loaded); its name goes into the markers.
+        model: the model to use instead of the file's ``[model]``, as the command line's
+            ``--model`` takes it: a name (``"smollm2-135m"``, a hub name, a directory, or
+            ``"tiny-gpt2"`` / ``"tiny-neox"`` / ``"tiny-llama"``), loaded here; or a model
+            already loaded (the file's model is then not loaded; its name goes into the markers).
         overrides: dotted keys replacing the file's values (see :func:`load_study`).
         force: rerun analyses already done in ``out``.
         only: run only these analyses (by name); the report still shows every one done.
@@ -848,6 +850,9 @@ def run_study(
     """
     from mechlens.models import model_name
 
+    if isinstance(model, (str, Path)):  # a name, as `mechlens study --model NAME` takes it
+        overrides = {**(overrides or {}), "model": str(model)}
+        model = None
     study = load_study(path, overrides)
     if only is not None:
         unknown = [n for n in only if n not in study.names]
