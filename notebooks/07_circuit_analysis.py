@@ -54,6 +54,7 @@ from mechlens.data import ioi
 from mechlens.metrics import logit_diff
 
 transformers.logging.disable_progress_bar()  # no "Loading weights" bar when the model loads
+plt.rcParams["figure.dpi"] = 120  # figures legible at the width of a page
 model = mechlens.load_model("smollm2-135m")
 ds = ioi(model, n_prompts=8 if FAST else 32, seed=0)
 print(ds)

@@ -119,7 +119,8 @@ def output_problems(nb: nbformat.NotebookNode, name: str = "the notebook") -> li
 
 
 def execute(
-    source: Path, workdir: Path | None = None, timeout: int = TIMEOUT_S, fast: bool = True
+    source: Path, workdir: Path | None = None, timeout: int = TIMEOUT_S, fast: bool = True,
+    log: bool = False,
 ):
     """Run a notebook source top to bottom; return the executed notebook.
 
@@ -136,8 +137,17 @@ def execute(
     env.pop("MPLBACKEND", None)  # the kernel needs the inline backend, not Agg
     with tempfile.TemporaryDirectory() as tmp:
         cwd = str(workdir or tmp)
+        n_code = sum(c.cell_type == "code" for c in nb.cells) - 1  # without the kernel check
+        start = time.perf_counter()
+
+        def done(cell, cell_index, **_):  # a long run shows where it is
+            if log and cell.execution_count and cell.execution_count <= n_code:
+                print(f"  cell {cell.execution_count}/{n_code} done "
+                      f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+
         client = nbclient.NotebookClient(
-            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}}
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}},
+            on_cell_executed=done,
         )
         client.execute(env=env)
     check = nb.cells.pop()
@@ -158,7 +168,7 @@ def save_outputs(source: Path) -> tuple[Path, float]:
     if problems:
         raise RuntimeError("; ".join(problems))
     start = time.perf_counter()
-    nb = execute(source, fast=False)
+    nb = execute(source, fast=False, log=True)
     seconds = time.perf_counter() - start
     paired = nbformat.read(ipynb, as_version=4)
     for cell, done in zip(paired.cells, nb.cells, strict=True):
