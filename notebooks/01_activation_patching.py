@@ -51,8 +51,12 @@
 # Parameters. The test suite sets MECHLENS_NOTEBOOK_FAST=1 to run this notebook on small
 # settings (few prompts, layers and steps); by hand it runs the full analysis.
 import os
+import warnings
 
 FAST = os.environ.get("MECHLENS_NOTEBOOK_FAST", "0") == "1"
+# tqdm's notebook bars need ipywidgets; without it tqdm warns when imported and draws text
+# bars instead, which is all this notebook needs.
+warnings.filterwarnings("ignore", message="IProgress not found")
 # Progress bars on the long steps when you run it by hand; the saved outputs were written
 # with MECHLENS_NOTEBOOK_PROGRESS=0, so the page shows the results only.
 PROGRESS = os.environ.get("MECHLENS_NOTEBOOK_PROGRESS", "1") == "1" and not FAST

@@ -179,10 +179,10 @@ def save_outputs(source: Path) -> tuple[Path, float]:
         "model": "smollm2-135m",
         "written_by": "python scripts/notebooks.py execute",
     }
+    nbformat.write(paired, ipynb)  # saved either way, to look at; `check` fails on problems
     problems = output_problems(paired, ipynb.name)
     if problems:
-        raise RuntimeError(f"{ipynb.name} not saved: " + "; ".join(problems))
-    nbformat.write(paired, ipynb)
+        raise RuntimeError(f"{ipynb.name} was saved with problems: " + "; ".join(problems))
     return ipynb, seconds
 
 
