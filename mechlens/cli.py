@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from mechlens.models import OFFLINE_MODEL
 
@@ -33,6 +34,50 @@ app = typer.Typer(
 
 class ArgumentError(ValueError):
     """A command-line argument that cannot work; the message names the flag."""
+
+
+def _options(command: typer.core.TyperCommand) -> list[str]:
+    return [o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")]
+
+
+def _commands(command: typer.core.TyperCommand, path: str) -> list[tuple[str, typer.core.TyperCommand]]:
+    """(``mechlens reproduce sentiment``, command) for every command under ``command``."""
+    subcommands = getattr(command, "commands", None)  # a group
+    if subcommands is None:
+        return [(path, command)]
+    return [found for name, sub in subcommands.items() for found in _commands(sub, f"{path} {name}")]
+
+
+def _unknown_option(ctx: typer.Context, given: str) -> str:
+    """The message for an option ``ctx.command`` does not have: the command it belongs to, if
+    another has it, and the closest option of this command."""
+    flag = given.split("=", 1)[0]
+    root = ctx.find_root()
+    elsewhere = [path for path, cmd in _commands(root.command, root.info_name or "mechlens")
+                 if cmd is not ctx.command and flag in _options(cmd)]
+    mine = sorted(set(_options(ctx.command)) - {"--help"})
+    close = difflib.get_close_matches(flag, mine, n=1, cutoff=0.6)
+    text = f"No such option: {flag} (`{ctx.command_path}` has {', '.join(o for o in mine if o.startswith('--'))})."
+    if elsewhere:
+        text += f" {flag} is an option of `{'`, `'.join(elsewhere)}`."
+    if close:
+        text += f" The closest option of `{ctx.command_path}` is {close[0]}."
+    return text
+
+
+class _Command(TyperCommand):
+    """A command whose "no such option" error names the closest option it has, and the other
+    command an option belongs to (``mechlens study x.toml --fast``: ``--fast`` is an option of
+    ``mechlens reproduce sentiment``)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as e:
+            # the NoSuchOption of the click that typer runs on (typer vendors its own click)
+            if type(e).__name__ != "NoSuchOption":
+                raise
+            raise type(e)(e.option_name, message=_unknown_option(ctx, e.option_name), ctx=ctx) from None
 
 
 def _did_you_mean(value: str, choices: list[str], flag: str) -> str:
@@ -271,7 +316,7 @@ def _debug() -> bool:
     return os.environ.get("MECHLENS_DEBUG", "") not in ("", "0")
 
 
-@app.command(short_help="Baseline logit differences and accuracies: the task check.")
+@app.command(cls=_Command, short_help="Baseline logit differences and accuracies: the task check.")
 def baseline(
     model: str = ModelOpt,
     out: Path = typer.Option(
@@ -304,7 +349,7 @@ reproduce_app = typer.Typer(
 app.add_typer(reproduce_app, name="reproduce")
 
 
-@reproduce_app.command("sentiment")
+@reproduce_app.command("sentiment", cls=_Command)
 def reproduce_sentiment(
     model: str = ModelOpt,
     out: Path = typer.Option(
@@ -364,7 +409,7 @@ def _set_value(text: str) -> tuple[str, object]:
         raise typer.BadParameter(f"{text!r}: the value is not a TOML value ({exc}); quote strings") from None
 
 
-@app.command(short_help="Run a circuit-analysis study written in a TOML file.")
+@app.command(cls=_Command, short_help="Run a circuit-analysis study written in a TOML file.")
 def study(
     file: Path = typer.Argument(..., metavar="FILE", help="The study file (TOML; see docs/studies.md and examples/)."),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for report.md, figures, tables and JSON."),

@@ -11,6 +11,7 @@ minutes on 2 CPU cores; the full run is what the README links.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import pandas as pd
 from mechlens.fileio import write_text
 from mechlens.models import model_name
 from mechlens.results import markdown_table
-from mechlens.stages import MARKER, run_stages, save_csv, save_fig  # noqa: F401  (MARKER: re-exported)
+from mechlens.stages import MARKER, finished, run_stages, save_csv, save_fig  # noqa: F401  (MARKER: re-exported)
 
 __all__ = ["Settings", "reproduce_sentiment", "STAGES"]
 
@@ -311,6 +312,37 @@ STAGES: dict[str, tuple[str, Callable[[Context, Path], dict[str, Any]]]] = {
 }
 
 
+# A rough time per stage, in minutes, for smollm2-135m on 2 CPU cores: the full run's stage
+# times in the committed report (docs/reproduce/smollm2-135m/<stage>/done.json); --fast takes
+# about 5 minutes in all, in about the same proportions. Printed before a run starts, scaled
+# by the model's size against smollm2-135m's (30 layers x d_model 576).
+FULL_MINUTES = {"baseline": 0.15, "patching": 4.3, "directions": 12.5, "circuit": 8.7,
+                "motif": 6.6, "caa": 0.6, "attention": 0.05}
+FAST_TOTAL_MINUTES = 5.0
+
+
+def plan(model: Any, names: list[str], done: list[str], fast: bool) -> str:
+    """What a run will do: the stages to run with a rough time each, and those already done."""
+    scale = model.cfg.n_layers * model.cfg.d_model ** 2 / (30 * 576**2)
+    share = FAST_TOTAL_MINUTES / sum(FULL_MINUTES.values()) if fast else 1.0
+    todo = [n for n in names if n not in done]
+    minutes = {n: FULL_MINUTES[n] * share * scale for n in todo}
+    total = sum(minutes.values())
+    lines = [f"reproduce sentiment on {model_name(model)} ({'fast' if fast else 'full'} settings): "
+             f"{len(todo)} stage(s) to run, {_minutes(total)} on 2 CPU cores (a rough estimate; "
+             "less with more cores or a GPU)"]
+    lines += [f"  {n:<10} {STAGES[n][0]:<48} {_minutes(minutes[n])}" for n in todo]
+    if done:
+        lines.append(f"  already done in the output folder (skipped; --force reruns them): {', '.join(done)}")
+    if not fast and todo:
+        lines.append(f"  (--fast runs a small version: {_minutes(FAST_TOTAL_MINUTES * scale)})")
+    return "\n".join(lines)
+
+
+def _minutes(m: float) -> str:
+    return "<1 min" if m < 1 else f"~{m:.0f} min"
+
+
 def reproduce_sentiment(
     model: Any,
     out: str | Path,
@@ -366,6 +398,9 @@ def reproduce_sentiment(
         ctx.workers = pool if name == "patching" else None
         return STAGES[name][1](ctx, d)
 
+    if progress:  # what will run and for how long, before the first bar
+        done = [n for n in names if not force and finished(out, key, n, what="reproduce") is not None]
+        print(plan(model, names, done, fast), file=sys.stderr, flush=True)
     run_stages(
         out, names, run_stage, key=lambda name: key,
         write_report=write_report, all_names=list(STAGES), force=force, progress=progress,

@@ -188,9 +188,11 @@ def run_stages(
     def report() -> None:
         write_report({n: done[n] for n in order if n in done})
 
-    for name in tqdm(list(names), desc=desc, disable=not progress):
+    bar = tqdm(list(names), desc=desc, disable=not progress)
+    for name in bar:
         if name in done:
             continue
+        bar.set_description(f"{desc}: {name}" if desc else name)  # the stage running now
         d = out / name
         _fresh_folder(d)
         t = time.perf_counter()

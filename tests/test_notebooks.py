@@ -7,8 +7,9 @@ temporary working directory (``scripts/notebooks.py``). The notebooks assert the
 facts in code cells (patching clean into clean changes nothing, the last layer's path and
 activation patching agree, a direction beats random ones, weights are restored exactly,
 ...), so an execution error is a failed check. The test also checks that each committed
-``.ipynb`` is in sync with its ``.py`` and saved without outputs, and that every notebook
-displays its figures.
+``.ipynb`` is in sync with its ``.py`` and carries the clean outputs of a full run (written by
+``python scripts/notebooks.py execute``: every cell run in order, no error, warning or
+progress bar, its figures), and that every notebook displays its figures.
 
 Select them with ``-m notebooks``; deselect with ``-m "not notebooks"``.
 """
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 # Minimum number of figures each notebook must display (counted as image/png outputs);
 # a notebook not listed must display at least one.
-MIN_FIGURES = {"01": 6, "02": 6, "03": 5, "04": 3, "05": 5, "06": 5}
+MIN_FIGURES = {"01": 6, "02": 6, "03": 5, "04": 3, "05": 5, "06": 5, "07": 4}
 
 # "notebooks" selects these tests; "slow" because they load smollm2-135m.
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
@@ -37,8 +38,8 @@ def test_notebooks_are_numbered_from_01():
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
-def test_notebook_is_paired_and_saved_without_outputs(source, notebook_tools):
-    assert notebook_tools.pairing_problems(source) == []
+def test_notebook_is_paired(source, notebook_tools):
+    assert notebook_tools.pairing_problems(source, require_outputs=False) == []
     nb = notebook_tools.read(source)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, "a notebook without code"
@@ -47,12 +48,36 @@ def test_notebook_is_paired_and_saved_without_outputs(source, notebook_tools):
     assert nb.metadata.kernelspec.name == "python3"
 
 
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_committed_notebook_carries_a_clean_full_run(source, notebook_tools):
+    """What GitHub and the site show: the outputs of a full run, results only."""
+    import nbformat
+
+    nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    assert notebook_tools.output_problems(nb, source.with_suffix(".ipynb").name) == []
+    assert notebook_tools.figures(nb) >= MIN_FIGURES.get(source.name[:2], 1)
+
+
+def test_output_check_sees_warnings_and_fast_runs(notebook_tools):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    assert "no outputs of a full run" in notebook_tools.output_problems(nb)[0]
+    nb.metadata[notebook_tools.OUTPUTS_KEY] = {"settings": "full"}
+    nb.cells[0].execution_count = 1
+    assert notebook_tools.output_problems(nb) == []
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stderr", text="TqdmWarning: IProgress not found")]
+    assert "stderr output" in notebook_tools.output_problems(nb)[0]
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="UserWarning: x")]
+    assert "a warning in the output" in notebook_tools.output_problems(nb)[0]
+
+
 def test_pairing_check_sees_an_edit(notebook_tools, tmp_path):
     source = tmp_path / SOURCES[0].name
     source.write_text(SOURCES[0].read_text().replace("# ## 1.", "# ## One."), encoding="utf-8")
     ipynb = SOURCES[0].with_suffix(".ipynb")
     (tmp_path / ipynb.name).write_bytes(ipynb.read_bytes())
-    (problem,) = notebook_tools.pairing_problems(source)
+    (problem,) = notebook_tools.pairing_problems(source, require_outputs=False)
     assert "differs from" in problem and "## One." in problem
 
 

@@ -67,3 +67,21 @@ def test_cli_stage_help_names_every_stage():
     sentiment = group.commands["reproduce"].commands["sentiment"]
     (opt,) = [p for p in sentiment.params if p.name == "stage"]
     assert all(name in opt.help for name in STAGES)
+
+
+def test_run_prints_its_plan_and_estimate_first(tmp_path, capsys):
+    """Before the first bar: the stages to run with a rough time each, and those skipped."""
+    from mechlens.models import tiny
+    from mechlens.reproduce import FULL_MINUTES, plan, reproduce_sentiment
+
+    model = tiny("gpt2", n_layers=2, seed=1)
+    reproduce_sentiment(model, tmp_path, fast=True, stages=["baseline"], progress=True)
+    err = capsys.readouterr().err
+    assert err.index("1 stage(s) to run") < err.index("Baseline logit differences")
+    reproduce_sentiment(model, tmp_path, fast=True, stages=["baseline", "attention"], progress=True)
+    err = capsys.readouterr().err
+    assert "1 stage(s) to run" in err and "already done in the output folder (skipped; --force reruns them): baseline" in err
+    # smollm2-135m's shape: the full run's estimate is the sum of the stage times
+    model.cfg.n_layers, model.cfg.d_model = 30, 576
+    text = plan(model, list(FULL_MINUTES), [], fast=False)
+    assert f"~{sum(FULL_MINUTES.values()):.0f} min on 2 CPU cores" in text and "--fast runs a small version: ~5 min" in text

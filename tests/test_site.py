@@ -1,7 +1,7 @@
 """The documentation site builds (``mkdocs build --strict``) and its pages work offline.
 
-The site is built once for the module, with the teaching notebooks executed on FAST settings
-(the runs are shared with tests/test_notebooks.py in the same session). Pages are opened from
+The site is built once for the module, as a reader's build is: the teaching notebooks with
+their committed outputs (nothing is executed). Pages are opened from
 ``file://`` in headless Chromium with networking off (``mechlens.viz.browser``); a small
 probe script added to a copy of each page records every resource that failed to load, every
 fetch that failed, every console error and every image that did not decode.
@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from mechlens.viz.browser import find_chromium, headless_render
@@ -29,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 
 # Runs first in <head>: records failed loads (capture phase sees <img>, <script>, <link>
 # errors), failed fetches and console errors, then the images' state once the page loaded.
-_PROBE = """<script>
+_PROBE = r"""<script>
 (function () {
   const seen = {failed: [], fetch: [], console: []};
   window.addEventListener("error", (e) => {
@@ -46,6 +45,10 @@ _PROBE = """<script>
     seen.images = imgs.length;
     seen.inline_png = imgs.filter((i) => i.src.startsWith("data:image/png")).length;
     seen.broken = imgs.filter((i) => !i.complete || i.naturalWidth === 0).map((i) => i.src.slice(0, 80));
+    seen.png_heights = imgs.filter((i) => i.src.startsWith("data:image/png"))
+      .map((i) => Math.round(i.getBoundingClientRect().height));
+    seen.output_warnings = Array.from(document.querySelectorAll(".jp-OutputArea-output"))
+      .map((e) => e.innerText).filter((t) => /Warning|it\/s\]/.test(t)).map((t) => t.slice(0, 120));
     document.documentElement.setAttribute("data-probe", JSON.stringify(seen));
   }, 500));
 })();
@@ -64,13 +67,10 @@ def chromium():
 
 
 @pytest.fixture(scope="module")
-def site(executed_notebook, tmp_path_factory) -> Path:
-    executed = tmp_path_factory.mktemp("executed")
-    for source in SOURCES:
-        nb, _ = executed_notebook(source)
-        nbformat.write(nb, executed / source.with_suffix(".ipynb").name)
+def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "MECHLENS_DOCS_NOTEBOOKS": str(executed), "NO_MKDOCS_2_WARNING": "1"}
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    env.pop("MECHLENS_DOCS_NOTEBOOKS", None)  # the committed notebooks
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(out)],
@@ -123,8 +123,11 @@ def test_the_site_has_every_page(site):
     for name in ["index.html", "patching.html", "api.html", "notebooks.html"]:
         assert name in pages
     for module in ["patching", "engine", "ablation", "lens", "circuits", "directions", "steering",
-                   "dit", "viz", "data", "models", "results"]:
+                   "dit", "viz", "data", "models", "results", "study", "scale", "baseline"]:
         assert f"reference/{module}.html" in pages
+    # a guide named in a docstring is a link to it
+    assert '<a href="../patching.html"><code>docs/patching.md</code></a>' in (
+        site / "reference" / "patching.html").read_text(encoding="utf-8")
     for source in SOURCES:
         assert f"notebooks/{source.stem}.html" in pages
     # README links into docs/ were rewritten for the site
@@ -157,9 +160,13 @@ def test_notebook_pages_show_their_figures_offline(site, chromium):
         want = MIN_FIGURES.get(source.name[:2], 1)
         assert probe["inline_png"] >= want, f"{name} shows {probe['inline_png']} figures, expected {want}"
         assert "Traceback" not in run.dom
+        # the committed outputs hold results only: no warnings, no progress bars
+        assert probe["output_warnings"] == [], f"{name}: {probe['output_warnings']}"
+        # every figure readable at page width
+        assert min(probe["png_heights"]) >= 300, f"{name}: figure heights {probe['png_heights']} px"
 
 
 def test_home_page_images_load_offline(site, chromium):
     probe, run = _open(site / "index.html", chromium)
     _assert_clean("index.html", probe, run)
-    assert probe["images"] >= 2  # the README's directions and circuit figures
+    assert probe["images"] >= 1  # the README's figure from the main job's report

@@ -277,3 +277,70 @@ def test_file_dataset_study_runs(tmp_path):
     text = report.read_text()
     assert "`resid_pre`" in text and "`z`" in text and "## path_patching" in text
     assert (tmp_path / "out" / "activation_patching" / "z.png").is_file()
+
+
+# ----------------------------------------------------------------------------- what the CLI takes
+
+
+def test_run_study_takes_a_model_name_as_the_cli_does(tmp_path):
+    """``run_study(..., model="NAME")`` loads the named model, as ``--model NAME`` does: same
+    markers and numbers as the override, and as the model loaded by hand."""
+    p = _write(tmp_path, GOOD)  # the file names tiny-gpt2
+    by_name = run_study(p, tmp_path / "a", model="tiny-llama", only=["baseline"], progress=False)
+    by_override = run_study(p, tmp_path / "b", overrides={"model": "tiny-llama"}, only=["baseline"], progress=False)
+    loaded = run_study(p, tmp_path / "c", model=load_study_model({"name": "tiny-llama"}), only=["baseline"],
+                       progress=False)
+    markers = [json.loads((r.parent / "baseline" / "done.json").read_text()) for r in (by_name, by_override, loaded)]
+    assert {m["model"] for m in markers} == {"tiny-llama-2l"}  # not the file's tiny-gpt2
+    numbers = [{k: v for k, v in m["numbers"].items() if k != "seconds"} for m in markers]
+    assert numbers[0] == numbers[1] == numbers[2]
+
+
+@pytest.mark.slow
+def test_run_study_loads_smollm2_by_name(tmp_path):
+    report = run_study(EXAMPLES / "ioi.toml", tmp_path / "o", model="smollm2-135m",
+                       overrides={"dataset.n_prompts": 4}, only=["baseline"], progress=False)
+    marker = json.loads((report.parent / "baseline" / "done.json").read_text())
+    assert marker["model"] == "smollm2-135m" and marker["model_spec"] == {"name": "smollm2-135m"}
+
+
+def test_docs_tiny_model_override_runs_as_written(tmp_path):
+    """The ``--set 'model={...}'`` command of docs/studies.md, as written (only its first two
+    analyses, for time): the model and dataset build and the analyses run."""
+    import shlex
+
+    from mechlens.cli import main
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "studies.md").read_text()
+    (command,) = [b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "tiny-gpt2" in b]
+    args = shlex.split(command.replace("\\\n", " "))
+    assert args[:2] == ["mechlens", "study"]
+    args = args[2:]
+    args[args.index("--out") + 1] = str(tmp_path / "tiny")
+    args[0] = str(EXAMPLES.parent / args[0])
+    with pytest.raises(SystemExit) as exc:
+        main(["study", *args, "--only", "baseline", "--only", "mlp_zero_ablation"])
+    assert exc.value.code == 0
+    marker = json.loads((tmp_path / "tiny" / "mlp_zero_ablation" / "done.json").read_text())
+    assert marker["model"] == "tiny-gpt2-30l"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["study", "x.toml", "--out", "o", "--fast"],
+         ["No such option: --fast", "--fast is an option of `mechlens reproduce sentiment`"]),
+        (["study", "x.toml", "--out", "o", "--forse"], ["The closest option of `mechlens study` is --force"]),
+        (["reproduce", "sentiment", "--out", "o", "--only", "x"],
+         ["--only is an option of `mechlens study`", "`mechlens reproduce sentiment` has --address"]),
+    ],
+)
+def test_unknown_flag_names_the_closest_and_its_command(argv, expected, capsys):
+    from mechlens.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    for part in expected:
+        assert part in err, err

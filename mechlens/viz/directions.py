@@ -12,7 +12,7 @@ def plot_directional_patch(r: Any) -> Any:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
     x = range(len(r.ld_clean))
     for name, v, m in (("clean", r.ld_clean, "o"), ("corrupt", r.ld_corrupt, "x"), ("patched", r.ld_patched, "s")):
         ax.plot(x, v.tolist(), m, label=name)
@@ -58,7 +58,7 @@ def plot_direction(r: Any) -> Any:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 2.5))
+    fig, ax = plt.subplots(figsize=(8, 3.4))
     ax.bar(range(r.d_model), r.vector.detach().cpu().numpy(), width=1.0)
     ax.set_xlabel("component")
     ax.set_ylabel("value")
@@ -105,7 +105,7 @@ def plot_direction_evaluation(r: Any, layer: int | None = None) -> Any:
 
     layer = r.best()["layer"] if layer is None else layer
     fig, axes = plt.subplots(
-        1, 3, figsize=(16, 5.5), gridspec_kw={"width_ratios": [1.3, 1.3, 1]}, layout="constrained"
+        1, 3, figsize=(16, 7), gridspec_kw={"width_ratios": [1.3, 1.3, 1]}, layout="constrained"
     )
     for ax, values, rnd, title in (
         (axes[0], r.ld_recovered, r.random_ld_recovered, "% logit difference recovered"),

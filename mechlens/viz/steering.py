@@ -98,7 +98,7 @@ def plot_steering_vector(r: Any) -> Any:
 
     v = r.vector.float()
     order = v.abs().argsort(descending=True)
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.bar(range(len(v)), v[order].numpy(), width=1.0)
     ax.set_xlabel("component (sorted by |value|)")
     ax.set_ylabel("value")
