@@ -685,7 +685,8 @@ def _run_baseline(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str,
     acc = float((clean > 0).float().mean())
     text = (f"Logit difference (correct - incorrect answer) on the clean and corrupt prompts: clean "
             f"{float(clean.mean()):.3f} (min {float(clean.min()):.3f}), corrupt {float(corrupt.mean()):.3f}; "
-            f"{100 * acc:.0f}% of clean prompts have a positive logit difference.\n\n" + markdown_table(df) + "\n")
+            f"{100 * acc:.0f}% of clean prompts have a positive logit difference.\n\n" + markdown_table(df)
+            + f"\n\nTable: [baseline.csv]({rel}/baseline.csv)\n")
     return {"summary": text, "clean_ld": float(clean.mean()), "corrupt_ld": float(corrupt.mean()),
             "clean_correct": acc}
 
@@ -878,7 +879,8 @@ def _run_eap_ig(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, A
             f"(a_corrupt - a_clean) . the gradient at its receiver averaged over {steps} runs interpolating "
             f"{'the input embeddings' if how == 'inputs' else 'the sender group activations'} from corrupt to clean. "
             f"Clean {float(edges.baselines['clean'].mean()):.3f}, corrupt {float(edges.baselines['corrupt'].mean()):.3f}.",
-            "", f"Top {len(table)} edges by |score|:", "", markdown_table(table), ""]
+            "", f"Top {len(table)} edges by |score|:", "", markdown_table(table), "",
+            f"Table: [top_edges.csv]({rel}/top_edges.csv)", ""]
     return {"summary": "\n".join(text), "top_edges": table.to_dict(orient="records")[:10]}
 
 
@@ -918,7 +920,7 @@ def _run_circuit_stability(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> 
             "prompts: mean pairwise Jaccard overlap with a 95% bootstrap interval"
             + (", CPR/CMD of each resample's ranking on all prompts" if st.cpr else "")
             + (", and the overlap between the circuits of each template" if st.templates else "") + ".", "",
-            markdown_table(table), ""]
+            markdown_table(table), "", f"Table: [stability.csv]({rel}/stability.csv)", ""]
     return {"summary": "\n".join(text), "jaccard": st.jaccard_mean, "jaccard_ci": list(st.jaccard_ci)}
 
 

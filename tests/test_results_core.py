@@ -54,6 +54,8 @@ def built():
         patch_heads,
         summarization_motif,
     )
+    from mechlens.circuits.faithfulness import faithfulness_curve
+    from mechlens.circuits.stability import circuit_stability
     from mechlens.directions import ablate, directional_patch, evaluate, fit, project
     from mechlens.steering import (
         WeightVector,
@@ -63,6 +65,9 @@ def built():
         evaluate_steering,
         monitor,
         pca_view,
+        prompt_baseline,
+        side_effects,
+        steerability,
     )
     from mechlens.steering.weights import parameters
     from mechlens.viz import attention
@@ -101,6 +106,12 @@ def built():
         discover_sentiment_circuit(m, train, faithfulness_ds=test, top_k=1, n_movers=1, n_random=2, progress=False),
         summarization_motif(m, filler, n_filler=(), ablation=False, progress=False),
         patch_heads(m, test, [[(0, 0)], [(1, 1)]], position="END"),
+        steerability(m, test, d, [-1.0, 0.0, 1.0], progress=False),
+        side_effects(m, d, [0.0, 1.0], texts=["The sun rose over the quiet town.", "Rain fell all day."],
+                     progress=False),
+        prompt_baseline(m, test, progress=False),
+        faithfulness_curve(m, test, edge_attribution_patch(m, test, progress=False), n_random=1, progress=False),
+        circuit_stability(m, test, k=5, n_resamples=2, faithfulness=False, by_template=False, progress=False),
     ]
     return m, test, out
 

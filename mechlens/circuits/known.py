@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from mechlens.circuits.eap import eap_nodes, edge_attribution_patch
+from mechlens.engine.bridge import hf_model
 
 __all__ = ["KNOWN_CIRCUITS", "known_circuit_model", "known_circuit_prompts", "true_edges", "edge_auroc", "circuit_recovery"]
 
@@ -49,7 +50,7 @@ def known_circuit_model(name: str, *, background: float = 0.02, seed: int = 1) -
     arch, n_layers, heads, mlps = KNOWN_CIRCUITS[name]
     model = tiny(arch, n_layers=n_layers, seed=seed)
     dh, nh = int(model.cfg.d_head), int(model.cfg.n_heads)
-    hf = model.original_model
+    hf = hf_model(model)
     with torch.no_grad():
         for layer in range(n_layers):
             if arch == "llama":
