@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechlens.engine.batching import batches
+from mechlens.engine.batching import batches, chunks, rows_per_pass
 from mechlens.metrics import fraction_recovered, logit_diff
 from mechlens.models import model_device
 from mechlens.validate import check_dataset
@@ -127,6 +127,23 @@ class PatchMetric:
         else:
             pm.baselines = {"clean": pm.from_ld(pm.ld_clean), "corrupt": pm.from_ld(pm.ld_corrupt)}
         return pm
+
+    @classmethod
+    def example_parts(
+        cls, model: Any, ds: Any, metric: str | Callable[..., Tensor], batch_size: int | None
+    ) -> tuple[list[range], tuple[Tensor, Tensor] | None]:
+        """How a sweep whose base run holds the clean *and* the corrupt prompts splits ``ds``
+        so that no pass holds more than ``batch_size`` sequences: ``(chunks of examples,
+        means)``. With one chunk ``means`` is ``None``; with several it is the whole
+        dataset's mean clean and corrupt logit differences, which every chunk's
+        ``PatchMetric(..., means=means)`` divides by, so the numbers equal one big run's."""
+        half = max(1, rows_per_pass(batch_size) // 2)
+        if ds.batch <= half:
+            return [range(ds.batch)], None
+        if callable(metric):
+            cls(metric, ds, None, None)  # checks the metric before any work
+        full = cls.measured(model, ds, "logit_diff", batch_size=batch_size)
+        return chunks(ds.batch, half), (full.ld_clean.mean(), full.ld_corrupt.mean())
 
     def _custom(self, logits: Tensor, sub: Any) -> Tensor:
         assert self.fn is not None

@@ -51,7 +51,6 @@ from mechlens.engine import (
     base_run,
     cached_run,
     check_mode,
-    chunks,
     copies_per_pass,
     overhead_tokens,
     patch_mask,
@@ -60,7 +59,6 @@ from mechlens.engine import (
     prepare_dataset,
     progress_iter,
     resolve_backend,
-    rows_per_pass,
     run_with_patches,
 )
 from mechlens.engine.sites import (
@@ -136,14 +134,7 @@ def activation_patch(
     # The base run holds the clean and the corrupt prompts together: a dataset larger than
     # half a pass runs in chunks of examples, each normalised by the whole dataset's means,
     # so no pass holds more than batch_size sequences and the numbers are the same.
-    half = max(1, rows_per_pass(batch_size) // 2)
-    parts = [range(ds.batch)] if ds.batch <= half else chunks(ds.batch, half)
-    means = None
-    if len(parts) > 1:
-        if callable(metric):
-            PatchMetric(metric, ds, None, None)  # checks the metric before any work
-        full = PatchMetric.measured(model, ds, "logit_diff", batch_size=batch_size)
-        means = (full.ld_clean.mean(), full.ld_corrupt.mean())
+    parts, means = PatchMetric.example_parts(model, ds, metric, batch_size)
     outs, bases = [], []
     for part in progress_iter(parts, progress and len(parts) > 1, f"patching {s.name}, examples"):
         sub = ds if len(parts) == 1 else ds[list(part)]

@@ -72,7 +72,6 @@ from mechlens.engine import (
     prepare_dataset,
     progress_iter,
     resolve_backend,
-    rows_per_pass,
     split_qkv_input,
 )
 from mechlens.engine.sites import resolve_layers
@@ -283,14 +282,7 @@ def path_patch(
         names |= {f"blocks.{lay}.hook_resid_pre" for lay in starts}
     # the base run holds the clean and the corrupt prompts: datasets larger than half a pass
     # run in chunks of examples, normalised by the whole dataset's means (the same numbers)
-    half = max(1, rows_per_pass(batch_size) // 2)
-    parts = [range(b)] if b <= half else chunks(b, half)
-    means = None
-    if len(parts) > 1:
-        if callable(metric):
-            PatchMetric(metric, ds, None, None)  # checks the metric before any work
-        full = PatchMetric.measured(model, ds, "logit_diff", batch_size=batch_size)
-        means = (full.ld_clean.mean(), full.ld_corrupt.mean())
+    parts, means = PatchMetric.example_parts(model, ds, metric, batch_size)
     outs, bases = [], []
     for part in progress_iter(parts, progress and len(parts) > 1, "path patching, examples"):
         one = len(parts) == 1
