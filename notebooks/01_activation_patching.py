@@ -299,7 +299,7 @@ kw = dict(positions=["ADJ", "VRB", "END"], layers=LAYERS, progress=False)
 denoise = activation_patch(model, ds, "resid_pre", mode="denoise", **kw)
 noise = activation_patch(model, ds, "resid_pre", mode="noise", **kw)
 
-fig, axes = plt.subplots(1, 3, figsize=(12, 5), sharey=True)
+fig, axes = plt.subplots(1, 3, figsize=(12, 5.5), sharey=True)
 for i, (ax, name) in enumerate(zip(axes, denoise.labels["pos"])):
     ax.plot(denoise.labels["layer"], denoise.values[:, i], "o-", label="denoise (clean patched in)")
     ax.plot(noise.labels["layer"], noise.values[:, i], "s-", label="noise (corrupt patched in)")

@@ -105,7 +105,9 @@ def _staged_notebook(source: Path) -> tuple[Path, Path]:
     else:
         committed = source.with_suffix(".ipynb")
         problems = notebooks.output_problems(nbformat.read(committed, as_version=4), committed.name)
-        if problems:  # the page would show no or broken outputs
+        if problems and source.stem in notebooks.PENDING:
+            log.info("%s: pending regeneration (%s)", committed.name, notebooks.PENDING[source.stem])
+        elif problems:  # the page would show no or broken outputs
             log.warning("; ".join(problems))
         shutil.copyfile(committed, path)
     return Path(_staged.name), path

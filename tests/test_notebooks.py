@@ -54,6 +54,8 @@ def test_committed_notebook_carries_a_clean_full_run(source, notebook_tools):
     import nbformat
 
     nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    if source.stem in notebook_tools.PENDING:
+        pytest.skip(f"pending regeneration (scripts/notebooks.py PENDING): {notebook_tools.PENDING[source.stem]}")
     assert notebook_tools.output_problems(nb, source.with_suffix(".ipynb").name) == []
     assert notebook_tools.figures(nb) >= MIN_FIGURES.get(source.name[:2], 1)
 

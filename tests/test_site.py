@@ -150,13 +150,16 @@ def test_api_reference_page_renders_the_docstrings_offline(site, chromium):
     assert "md-sidebar" in run.dom  # the theme's JavaScript and CSS loaded
 
 
-def test_notebook_pages_show_their_figures_offline(site, chromium):
+def test_notebook_pages_show_their_figures_offline(site, chromium, notebook_tools):
     from test_notebooks import MIN_FIGURES
 
+    pending = notebook_tools.PENDING
     for source in SOURCES:
         name = f"notebooks/{source.stem}.html"
         probe, run = _open(site / "notebooks" / f"{source.stem}.html", chromium)
         _assert_clean(name, probe, run)
+        if source.stem in pending:  # committed without a current full run: no outputs to check yet
+            continue
         want = MIN_FIGURES.get(source.name[:2], 1)
         assert probe["inline_png"] >= want, f"{name} shows {probe['inline_png']} figures, expected {want}"
         assert "Traceback" not in run.dom
