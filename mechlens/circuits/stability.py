@@ -112,7 +112,8 @@ def circuit_stability(
     """Top-``k`` edge overlap of ``method``'s circuits over bootstrap resamples of ``ds``.
 
     Args:
-        method, ig_steps: the edge scoring (:func:`~mechlens.circuits.edge_attribution_patch`).
+        method: the edge scoring (:func:`~mechlens.circuits.edge_attribution_patch`'s ``method``).
+        ig_steps: its integration steps (:func:`~mechlens.circuits.edge_attribution_patch`).
         k: circuit size compared (edges with the largest ``|score|``).
         n_resamples: bootstrap resamples of the prompts (with replacement; at least 2).
         seed: seeds the resamples.

@@ -491,7 +491,12 @@ def side_effects(
     text's positions (0 at coefficient 0).
 
     Args:
-        vector, coeffs, layers, site, batch_size, progress: as in :func:`steerability`.
+        vector: as in :func:`steerability`.
+        coeffs: as in :func:`steerability`.
+        layers: as in :func:`steerability`.
+        site: as in :func:`steerability`.
+        batch_size: as in :func:`steerability`.
+        progress: as in :func:`steerability`.
         texts: the neutral corpus (a list of strings).
     """
     from mechlens.data.neutral import neutral_texts
@@ -602,7 +607,9 @@ def prompt_baseline(
     Args:
         instruction: the behaviour asked for (``"Answer positively."``).
         task: the request without the behaviour.
-        texts, batch_size, progress: as in :func:`side_effects`.
+        texts: as in :func:`side_effects`.
+        batch_size: as in :func:`side_effects`.
+        progress: as in :func:`side_effects`.
     """
     from mechlens.data.neutral import neutral_texts
 
