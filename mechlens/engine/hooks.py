@@ -44,6 +44,11 @@ class Patch:
     source: Tensor | None
     transform: Callable[[Tensor], Tensor] | None = None
 
+    def apply(self, act: Tensor) -> Tensor:
+        """``act`` (the rows this patch owns) with the patch applied where ``mask`` is true."""
+        new = self.transform(act) if self.transform is not None else self.source.to(act.device, act.dtype)
+        return torch.where(self.mask.to(act.device), new.to(act.dtype), act)
+
 
 def patch_mask(
     pos: Bool[Tensor, "k batch pos"], heads: Bool[Tensor, "k n_heads"] | None, layout: str
@@ -136,8 +141,7 @@ def _hook(patches: list[tuple[int, Patch]], b: int) -> Callable[..., Tensor]:
         act = act.clone()
         for row, p in patches:
             rows = slice(row * b, (row + 1) * b)
-            new = p.transform(act[rows]) if p.transform is not None else p.source.to(act.device, act.dtype)
-            act[rows] = torch.where(p.mask.to(act.device), new.to(act.dtype), act[rows])
+            act[rows] = p.apply(act[rows])
         return act
 
     return hook

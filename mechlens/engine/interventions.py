@@ -219,19 +219,11 @@ def _rows_of(x: Tensor | None, ex: range, n: int) -> Tensor | None:
     return x[ex.start : ex.stop]
 
 
-def _apply(act: Tensor, lo: int, hi: int, p: Patch) -> None:
-    """Apply ``p`` to rows ``lo:hi`` of ``act`` in place (``act`` is a fresh clone)."""
-    seg = act[lo:hi]
-    mask = p.mask.to(act.device)
-    new = p.transform(seg) if p.transform is not None else p.source.to(act.device, act.dtype)
-    act[lo:hi] = torch.where(mask, new.to(act.dtype), seg)
-
-
 def _hook(entries: list[tuple[int, int, Patch]]) -> Callable[..., Tensor]:
     def hook(act: Tensor, hook: Any) -> Tensor:
         act = act.clone()
         for lo, hi, p in entries:
-            _apply(act, lo, hi, p)
+            act[lo:hi] = p.apply(act[lo:hi])
         return act
 
     return hook
