@@ -1,6 +1,7 @@
 """MkDocs hooks for the documentation site (``hooks:`` in mkdocs.yml).
 
-* The home page is README.md, its ``docs/...`` links rewritten to be relative to docs/.
+* The home page is README.md, its ``docs/...`` links rewritten to be relative to docs/;
+  CONTRIBUTING.md is the page contributing.md.
 * Every teaching notebook ``notebooks/NN_name.ipynb`` is added to the site and to the
   "Notebooks" section of the navigation, as committed: with the outputs of its full run
   (written by ``python scripts/notebooks.py execute``), which mkdocs-jupyter renders without
@@ -35,7 +36,9 @@ _staged: tempfile.TemporaryDirectory | None = None  # <tmp>/notebooks/NN_name.ip
 
 
 def readme_as_index(text: str) -> str:
-    """README.md with its links into docs/ made relative to docs/ (the site's root)."""
+    """README.md (or CONTRIBUTING.md) with its links into docs/ made relative to docs/ (the
+    site's root), and its link to CONTRIBUTING.md pointing at the site's copy."""
+    text = re.sub(r"\]\(CONTRIBUTING\.md", "](contributing.md", text)
     return re.sub(r"\]\(docs/", "](", text)
 
 
@@ -132,6 +135,8 @@ def on_config(config, **kwargs):
 def on_files(files, config, **kwargs):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     files.append(File.generated(config, "index.md", content=readme_as_index(readme)))
+    contributing = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    files.append(File.generated(config, "contributing.md", content=readme_as_index(contributing)))
     for source in notebooks.sources():
         folder, path = _staged_notebook(source)
         files.append(

@@ -133,6 +133,7 @@ def test_the_site_has_every_page(site):
     # README links into docs/ were rewritten for the site
     index = (site / "index.html").read_text(encoding="utf-8")
     assert 'href="patching.html"' in index and 'href="docs/' not in index
+    assert 'href="contributing.html"' in index and "contributing.html" in pages
 
 
 def test_api_reference_page_renders_the_docstrings_offline(site, chromium):
