@@ -237,6 +237,31 @@ def test_backends_agree(tiny_model, tiny_ds, freeze_mlps, receivers):
     assert fast.per_example.abs().max() > 0
 
 
+@pytest.mark.parametrize("receivers", ["resid_final", "heads"])
+def test_fast_backend_runs_only_the_positions_read(tiny_model, tiny_ds, receivers, monkeypatch):
+    """With every head frozen, step 2 computes only the positions read afterwards (the last
+    for the final residual, the receivers' from ADJ on), and step 3 starts at the first
+    receiver position: the same numbers as the hooks backend, which runs whole sequences."""
+    from mechlens.engine import SuffixRunner
+
+    model, ds = tiny_model, tiny_ds
+    kw = dict(metric="logit_diff", progress=False)
+    if receivers == "heads":
+        receivers = [(1, 0, "q"), (1, 0, "v")] if model.cfg.n_key_value_heads else [(1, 0, "qv")]
+        kw["receiver_position"] = "ADJ"
+    senders = [(0, 1), (0, "mlp"), [(0, 0), (1, 2)]]
+    hooks = path_patch(model, ds, senders, receivers, backend="hooks", **kw)
+    path_patch(model, ds, senders, receivers, backend="fast", **kw)  # block arguments captured, checked
+    offsets = []
+    run = SuffixRunner.run
+    monkeypatch.setattr(SuffixRunner, "run", lambda self, joins, **k: offsets.append(k.get("offset", 0))
+                        or run(self, joins, **k))
+    fast = path_patch(model, ds, senders, receivers, backend="fast", **kw)
+    torch.testing.assert_close(hooks.per_example, fast.per_example, atol=1e-4, rtol=0)
+    expected = ds.seq_len - 1 if receivers == "resid_final" else int(ds.position_mask("ADJ").any(0).nonzero().min())
+    assert expected > 0 and offsets[0] == 0 and set(offsets[1:]) == {expected}  # offsets[0]: the base run
+
+
 @pytest.mark.parametrize("freeze", [False, True])
 def test_datasets_larger_than_a_pass_give_the_same_numbers(tiny_model, tiny_ds, freeze):
     """batch_size bounds memory: the examples run in chunks (batch_size=2 holds one example's

@@ -248,14 +248,23 @@ def _run_fast(
         half = slice(b, None) if mode == "denoise" else slice(0, b)
         kv = [(k[half], v[half]) for k, v in run.kv]
     runner = SuffixRunner(model, run.block_kwargs, kv)
-    # Positions before a patch's first patched position are unchanged too, so a pass can
-    # start there, with the base run's keys and values for the earlier positions.
-    first = [int(m.any(0).nonzero().min()) if m.any() else 0 for m in pos.masks]
-    if not runner.can_skip_positions:
-        first = [0] * len(first)
+    # Positions before a patch's first changed position (patched, and with source values
+    # unlike the base run's: e.g. "all" positions, before the first token where clean and
+    # corrupt differ) are unchanged too, so a pass can start there, with the base run's keys
+    # and values for the earlier positions.
+    first = dict.fromkeys(todo, 0)
+    if runner.can_skip_positions:
+        for layer in {configs[i][0] for i in todo}:
+            name = s.hook_name(layer)
+            differs = base[name] != source[name]
+            differs = differs.flatten(2).any(-1) if s.layout != "bhqk" else differs.any(-1).any(1)  # [batch, pos]
+            for i in todo:
+                if configs[i][0] == layer:
+                    changed = (pos.masks[configs[i][1]] & differs).any(0).nonzero()
+                    first[i] = int(changed.min()) if len(changed) else 0
     shift = 1 if s.name == "resid_post" else 0
     plan = plan_passes(
-        [first[configs[i][1]] for i in todo],
+        [first[i] for i in todo],
         [configs[i][0] + shift for i in todo],
         n_layers=n, seq_len=ds.seq_len, batch=b, max_configs=k_max, overhead_tokens=overhead_tokens(model),
     )
@@ -263,7 +272,7 @@ def _run_fast(
     with torch.no_grad():
         for chunk in progress_iter(plan, progress, f"patching {s.name}"):
             ids = sorted((todo[i] for i in chunk), key=lambda i: (configs[i][0], i))  # rows join by layer
-            off = min(first[configs[i][1]] for i in ids)
+            off = min(first[i] for i in ids)
             joins: list[tuple[int, Tensor]] = []
             hooks = []
             offset = 0

@@ -328,7 +328,11 @@ def _path_part(
     if resolve_backend(model, backend) == "fast":
         run = base_run(model, tokens, names)
         logits, cache = run.logits, run.cache
-        runner = SuffixRunner(model, run.block_kwargs)
+        kv = None
+        if run.kv is not None:  # the base run's keys and values, for position skipping
+            half = slice(b, None) if mode == "denoise" else slice(0, b)
+            kv = [(k[half], v[half]) for k, v in run.kv]
+        runner = SuffixRunner(model, run.block_kwargs, kv)
     else:
         logits, cache = cached_run(model, tokens, names)
         runner = HooksRunner(model, ds.corrupt_tokens if mode == "denoise" else ds.clean_tokens)
@@ -348,6 +352,18 @@ def _path_part(
     todo = [i for i, ok in enumerate(reach) if ok]
     todo.sort(key=lambda i: groups[i][0].layer)  # rows join the pass at their first sender's layer
     k_max = copies_per_pass(batch_size, b)
+    # Position skipping (fast backend): with every head frozen nothing moves between
+    # positions in step 2, so it needs only the positions read afterwards (the last one for
+    # a metric read there, the receivers' positions); step 3 is causal, so it starts at the
+    # first receiver position. Earlier positions take the base run's keys and values.
+    frozen_from = receive_from = 0
+    if runner.can_skip_positions:
+        first_recv = int(recv_mask.any(0).nonzero().min()) if recv_mask.any() else 0
+        if recv is not None:
+            frozen_from = first_recv
+            receive_from = first_recv if pm.output == "last" else 0
+        elif pm.output == "last":
+            frozen_from = ds.seq_len - 1
 
     def writes(g: list[Node], layer: int) -> Tensor:
         """Freeze-all residual change at the input of ``layer`` (``n`` = final) for group g."""
@@ -385,10 +401,10 @@ def _path_part(
                     out = model.unembed(model.ln_final(x))
             else:
                 out, patched = _frozen_pass(model, runner, gs, base, source, send_mask, b, n, recv_layers,
-                                            recv is None, pm.output)
+                                            recv is None, pm.output, frozen_from)
             # ---- step 3: a normal pass with only the receivers' inputs replaced
             if recv is not None:
-                out = _receiver_pass(model, runner, recv, patched, base, recv_mask, k, b, pm.output)
+                out = _receiver_pass(model, runner, recv, patched, base, recv_mask, k, b, pm.output, receive_from)
             per_example[idx] = pm(out).detach().float().cpu().view(k, b)
 
     return per_example, pm
@@ -412,47 +428,50 @@ def _check_head_writes(model: Any) -> None:
 
 def _frozen_pass(
     model: Any, runner: SuffixRunner | HooksRunner, gs: list[list[Node]], base: dict, source: dict, send_mask: Tensor,
-    b: int, n: int, recv_layers: list[int], to_logits: bool, output: str,
+    b: int, n: int, recv_layers: list[int], to_logits: bool, output: str, offset: int = 0,
 ) -> tuple[Tensor | None, dict[int, Tensor]]:
     """Step 2 as a forward pass: senders from the source run, every other head frozen to the
     base run, MLPs recomputed. Returns logits (final receivers) or the residual entering
-    each receiver layer for every group (base where the group had not started yet)."""
+    each receiver layer for every group (base where the group had not started yet).
+    ``offset``: run positions ``offset..`` only (earlier ones are never read)."""
     starts = [g[0].layer for g in gs]
-    joins = [(s, base[f"blocks.{s}.hook_resid_pre"]) for s in starts]
+    at = slice(offset, None)
+    joins = [(s, base[f"blocks.{s}.hook_resid_pre"][:, at]) for s in starts]
     first = min(starts)
+    mask = send_mask[:, at]
     hooks = []
     for lay in range(first, n):
         members = [j for j, s in enumerate(starts) if s <= lay]  # rows present at this layer, in order
         zname = f"blocks.{lay}.attn.hook_z"
-        target = base[zname].repeat(len(members), 1, 1, 1)
+        z_base, z_src = base[zname][:, at], source[zname][:, at]
+        target = z_base.repeat(len(members), 1, 1, 1)
         for r, j in enumerate(members):
             for x in gs[j]:
                 if x.layer == lay and not x.is_mlp:
                     rows = slice(r * b, (r + 1) * b)
-                    target[rows, :, x.head] = torch.where(
-                        send_mask[..., None], source[zname][:, :, x.head], base[zname][:, :, x.head]
-                    )
+                    target[rows, :, x.head] = torch.where(mask[..., None], z_src[:, :, x.head], z_base[:, :, x.head])
         hooks.append((zname, _replace_with(target)))
         mlp_rows = [(r, j) for r, j in enumerate(members) if any(x.is_mlp and x.layer == lay for x in gs[j])]
         if mlp_rows:
             mname = f"blocks.{lay}.hook_mlp_out"
-            hooks.append((mname, _mlp_sender_hook(mlp_rows, source[mname], send_mask, b)))
+            hooks.append((mname, _mlp_sender_hook(mlp_rows, source[mname][:, at], mask, b)))
     if to_logits:
-        out, _ = runner.run(joins, hooks=hooks, output=output)
+        out, _ = runner.run(joins, hooks=hooks, output=output, offset=offset)
         return out, {}
     stop = max(recv_layers)
-    _, captured = runner.run(joins, hooks=hooks, output="none", capture=recv_layers, stop=stop)
+    _, captured = runner.run(joins, hooks=hooks, output="none", capture=recv_layers, stop=stop, offset=offset)
     patched = {}
     for lay in recv_layers:
         h = captured.get(lay)
+        resid = base[f"blocks.{lay}.hook_resid_pre"]
         parts = []
         present = [j for j, s in enumerate(starts) if s <= lay]
         for j in range(len(gs)):
             if j in present and h is not None:
                 r = present.index(j)
-                parts.append(h[r * b : (r + 1) * b])
+                parts.append(torch.cat([resid[:, :offset], h[r * b : (r + 1) * b]], dim=1))
             else:
-                parts.append(base[f"blocks.{lay}.hook_resid_pre"])
+                parts.append(resid)
         patched[lay] = torch.cat(parts)
     return None, patched
 
@@ -477,22 +496,24 @@ def _mlp_sender_hook(rows: list[tuple[int, int]], src: Tensor, mask: Tensor, b: 
 
 def _receiver_pass(
     model: Any, runner: SuffixRunner | HooksRunner, recv: list[_Receiver], patched: dict[int, Tensor], base: dict,
-    mask: Tensor, k: int, b: int, output: str,
+    mask: Tensor, k: int, b: int, output: str, offset: int = 0,
 ) -> Tensor:
     """Step 3: run the base input from the first receiver layer with the receivers' q/k/v
-    inputs set to their step-2 values; everything else computed normally."""
+    inputs set to their step-2 values; everything else computed normally. ``offset``: run
+    positions ``offset..`` only (nothing before it is patched)."""
     first = min(r.layer for r in recv)
+    at = slice(offset, None)
     hooks = []
     for lay in sorted({r.layer for r in recv}):
         for which in "qkv":
             heads = [r.head for r in recv if r.layer == lay and r.which == which]
             if heads:
-                hooks.append((qkv_input_hook(model, lay, which), _input_hook(heads, patched[lay], mask, k)))
+                hooks.append((qkv_input_hook(model, lay, which), _input_hook(heads, patched[lay][:, at], mask[:, at], k)))
     fired: list[str] = []
     hooks = [(name, _tracking(fn, fired, name)) for name, fn in hooks]
     with split_qkv_input(model):
-        out, _ = runner.run([(first, base[f"blocks.{first}.hook_resid_pre"].repeat(k, 1, 1))], hooks=hooks,
-                            output=output)
+        out, _ = runner.run([(first, base[f"blocks.{first}.hook_resid_pre"][:, at].repeat(k, 1, 1))], hooks=hooks,
+                            output=output, offset=offset)
     missing = {name for name, _ in hooks} - set(fired)
     if missing:
         raise NotImplementedError(
