@@ -56,6 +56,12 @@ if [ "$tier" = full ] && [ -f scripts/install_chromium.sh ]; then
   chromium_pid=$!
 fi
 finish main "$main_pid"; venv=$env
+# Bytecode: a run starts dozens of Python processes (workers, notebook kernels, the command line
+# as a subprocess) that import torch and transformers; setup.sh installs without compiling them,
+# and under PYTHONDONTWRITEBYTECODE each process would compile them again (about 15 s). Compile
+# once, into the environment's folder (nothing is written into the checkout).
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$PWD/$venv/.pycache}
 
 versions() {
   echo "== $1: $("$1/bin/python" -m pip freeze --exclude-editable 2>/dev/null \
