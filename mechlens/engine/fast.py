@@ -51,6 +51,13 @@ class BaseRun:
     block_kwargs: list[dict[str, Any]]
     kv: list[tuple[Tensor, Tensor]] | None  # per layer (keys, values) [batch, kv_heads, pos, d_head]
 
+    def runner(self, model: Any, rows: slice = slice(None)) -> SuffixRunner:
+        """A :class:`SuffixRunner` over this run's block arguments whose position skipping
+        takes the keys and values of the base run's ``rows`` (e.g. the corrupt half of a
+        clean + corrupt run, for rows patched on the corrupt prompts)."""
+        kv = None if self.kv is None else [(k[rows], v[rows]) for k, v in self.kv]
+        return SuffixRunner(model, self.block_kwargs, kv)
+
 
 @dataclass
 class _Prepared:

@@ -47,7 +47,6 @@ from torch import Tensor
 from mechlens.engine import (
     Patch,
     PatchMetric,
-    SuffixRunner,
     base_run,
     cached_run,
     check_mode,
@@ -205,11 +204,11 @@ def _patch_part(
     # A configuration whose source values equal the base values (e.g. positions before the
     # first token where clean and corrupt differ: attention is causal) changes nothing:
     # its result is the base run's, exactly, and it needs no forward pass.
-    noop = _noop_configs(s, configs, layer_list, pos.masks, head_list, base, source)
+    first = _first_changes(s, configs, layer_list, pos.masks, base, source)
     per_example = torch.empty(len(configs), b)
     base_metric = pm(_base_logits(pm, mode)).detach().float().cpu()
-    per_example[noop] = base_metric
-    todo = [i for i in range(len(configs)) if not noop[i]]
+    per_example[[f is None for f in first]] = base_metric
+    todo = [i for i in range(len(configs)) if first[i] is not None]
     if run is None:
         patches = [_patches(s, configs[i], pos.masks, head_onehot, base, source) for i in todo]
         base_tokens = ds.corrupt_tokens if mode == "denoise" else ds.clean_tokens
@@ -217,8 +216,8 @@ def _patch_part(
             model, base_tokens, patches, pm, configs_per_pass=k_max, progress=progress, desc=f"patching {s.name}"
         )
     else:
-        _run_fast(model, run, s, pm, mode, ds, configs, todo, pos, head_onehot, base, source, k_max, progress,
-                  per_example)
+        _run_fast(model, run, s, pm, mode, ds, configs, todo, first, pos, head_onehot, base, source, k_max,
+                  progress, per_example)
     return per_example, pm
 
 
@@ -237,31 +236,16 @@ def _patches(
 
 def _run_fast(
     model: Any, run: Any, s: Site, pm: PatchMetric, mode: str, ds: Any, configs: list[tuple], todo: list[int],
-    pos: Any, head_onehot: Tensor, base: dict[str, Tensor], source: dict[str, Tensor], k_max: int,
-    progress: bool, per_example: Tensor,
+    first_changes: list[int | None], pos: Any, head_onehot: Tensor, base: dict[str, Tensor],
+    source: dict[str, Tensor], k_max: int, progress: bool, per_example: Tensor,
 ) -> None:
     """The fast backend: fills ``per_example[todo]`` running only the blocks and positions
     each configuration can change, many configurations per pass."""
     b, n = ds.batch, model.cfg.n_layers
-    kv = None
-    if run.kv is not None:
-        half = slice(b, None) if mode == "denoise" else slice(0, b)
-        kv = [(k[half], v[half]) for k, v in run.kv]
-    runner = SuffixRunner(model, run.block_kwargs, kv)
-    # Positions before a patch's first changed position (patched, and with source values
-    # unlike the base run's: e.g. "all" positions, before the first token where clean and
-    # corrupt differ) are unchanged too, so a pass can start there, with the base run's keys
-    # and values for the earlier positions.
-    first = dict.fromkeys(todo, 0)
-    if runner.can_skip_positions:
-        for layer in {configs[i][0] for i in todo}:
-            name = s.hook_name(layer)
-            differs = base[name] != source[name]
-            differs = differs.flatten(2).any(-1) if s.layout != "bhqk" else differs.any(-1).any(1)  # [batch, pos]
-            for i in todo:
-                if configs[i][0] == layer:
-                    changed = (pos.masks[configs[i][1]] & differs).any(0).nonzero()
-                    first[i] = int(changed.min()) if len(changed) else 0
+    runner = run.runner(model, slice(b, None) if mode == "denoise" else slice(0, b))
+    # Positions before a configuration's first changed position are unchanged too, so a pass
+    # can start there, with the base run's keys and values for the earlier positions.
+    first = {i: first_changes[i] if runner.can_skip_positions else 0 for i in todo}
     shift = 1 if s.name == "resid_post" else 0
     plan = plan_passes(
         [first[i] for i in todo],
@@ -309,22 +293,27 @@ def _run_fast(
             per_example[ids] = pm(out).detach().float().cpu().view(len(ids), b)
 
 
-def _noop_configs(
-    s: Site, configs: list[tuple], layer_list: list[int], masks: Tensor, heads: list[int],
-    base: dict[str, Tensor], source: dict[str, Tensor],
-) -> list[bool]:
-    """Which configurations patch in values identical to the ones already there."""
-    ok: dict[int, list] = {}
+def _first_changes(
+    s: Site, configs: list[tuple], layer_list: list[int], masks: Tensor, base: dict[str, Tensor],
+    source: dict[str, Tensor],
+) -> list[int | None]:
+    """Per configuration, the first position where it patches in a value unlike the one
+    already there, or ``None`` where it changes nothing."""
+    found: dict[int, list] = {}
     for layer in layer_list:
         name = s.hook_name(layer)
-        same = (base[name] == source[name]).all(-1)  # [batch, pos] / [batch, pos, head] / [batch, head, dest]
+        differs = (base[name] != source[name]).any(-1)  # [batch, pos] / [batch, pos, head] / [batch, head, dest]
         if s.layout == "bhqk":
-            same = same.transpose(1, 2)
-        if s.layout == "bpd":
-            ok[layer] = (same[None] | ~masks).flatten(1).all(1).tolist()  # [entry]
-        else:
-            ok[layer] = (same[None] | ~masks[..., None]).flatten(1, 2).all(1).tolist()  # [entry][head]
-    return [ok[layer][p] if h is None else ok[layer][p][h] for layer, p, h in configs]
+            differs = differs.transpose(1, 2)
+        changed = (masks & differs[None]) if s.layout == "bpd" else (masks[..., None] & differs[None])
+        changed = changed.any(1)  # [entry, pos] / [entry, pos, head]
+        # the first changed position (argmax of an int mask: its first maximum), -1 for none
+        found[layer] = torch.where(changed.any(1), changed.int().argmax(1), -1).tolist()  # [entry] / [entry][head]
+    out = []
+    for layer, p, h in configs:
+        f = found[layer][p] if h is None else found[layer][p][h]
+        out.append(None if f < 0 else f)
+    return out
 
 
 def _base_logits(pm: PatchMetric, mode: str) -> Tensor:

@@ -328,11 +328,7 @@ def _path_part(
     if resolve_backend(model, backend) == "fast":
         run = base_run(model, tokens, names)
         logits, cache = run.logits, run.cache
-        kv = None
-        if run.kv is not None:  # the base run's keys and values, for position skipping
-            half = slice(b, None) if mode == "denoise" else slice(0, b)
-            kv = [(k[half], v[half]) for k, v in run.kv]
-        runner = SuffixRunner(model, run.block_kwargs, kv)
+        runner = run.runner(model, slice(b, None) if mode == "denoise" else slice(0, b))
     else:
         logits, cache = cached_run(model, tokens, names)
         runner = HooksRunner(model, ds.corrupt_tokens if mode == "denoise" else ds.clean_tokens)
