@@ -35,7 +35,7 @@ _spec.loader.exec_module(notebooks)
 _staged: tempfile.TemporaryDirectory | None = None  # <tmp>/notebooks/NN_name.ipynb, this process
 
 
-def readme_as_index(text: str) -> str:
+def as_site_page(text: str) -> str:
     """README.md (or CONTRIBUTING.md) with its links into docs/ made relative to docs/ (the
     site's root), and its link to CONTRIBUTING.md pointing at the site's copy."""
     text = re.sub(r"\]\(CONTRIBUTING\.md", "](contributing.md", text)
@@ -134,9 +134,9 @@ def on_config(config, **kwargs):
 @event_priority(100)  # before mkdocs-jupyter's on_files, which picks up the notebooks
 def on_files(files, config, **kwargs):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    files.append(File.generated(config, "index.md", content=readme_as_index(readme)))
+    files.append(File.generated(config, "index.md", content=as_site_page(readme)))
     contributing = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
-    files.append(File.generated(config, "contributing.md", content=readme_as_index(contributing)))
+    files.append(File.generated(config, "contributing.md", content=as_site_page(contributing)))
     for source in notebooks.sources():
         folder, path = _staged_notebook(source)
         files.append(
