@@ -92,6 +92,7 @@ CHUNK_AXES: dict[str, str] = {
 ADDRESS_ENV = "MECHLENS_RAY_ADDRESS"
 #: seconds to wait for a cluster address to answer before giving up with a message
 CONNECT_TIMEOUT_S = 10.0
+RESERVE_TIMEOUT_S = 10  # seconds a new pool waits for its share (actors killed just before free theirs a moment later)
 
 
 @dataclass(frozen=True)
@@ -378,6 +379,23 @@ def _placement(workers: int, gpus_per_worker: float | None) -> tuple[float, floa
     return cpus_per_worker, gpus_per_worker
 
 
+def _reserve(workers: int, cpus: float, gpus: float) -> Any:
+    """Reserve every worker's share at once (a Ray placement group): the free resources read
+    above are only a snapshot, and actors placed beyond what is free would wait for ever."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    group = placement_group([bundle] * workers, strategy="SPREAD")
+    if not group.wait(timeout_seconds=RESERVE_TIMEOUT_S):
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"the Ray session could not reserve {cpus:g} CPUs{f' and {gpus:g} GPUs' if gpus else ''} for each of "
+            f"{workers} workers within {RESERVE_TIMEOUT_S} s; fewer CPUs free than it reported (another Workers "
+            "pool holds them?): close it (pool.close() or leave its with-block), or give sweep() the pool you have"
+        )
+    return group
+
+
 def _positive_int(value: Any, name: str, *, allow_none: bool = False, minimum: int = 1) -> None:
     if value is None and allow_none:
         return
@@ -413,19 +431,25 @@ class Workers:
         _positive_int(workers, "workers")
         self.n = workers
         self._started = _init_ray(ray_address(address), "address" if address else ADDRESS_ENV)
+        self._group = None
         try:
             self._cpus, self._gpus = _placement(workers, gpus_per_worker)
+            self._group = _reserve(workers, self._cpus, self._gpus)
         except Exception:
             self.close()
             raise
         self._cls = ray.remote(_Worker)
-        self.actors = [self._new_actor() for _ in range(workers)]
+        self.actors = [self._new_actor(slot) for slot in range(workers)]
 
-    def _new_actor(self) -> Any:
+    def _new_actor(self, slot: int) -> Any:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         device = "cuda" if self._gpus > 0 else None
-        return self._cls.options(num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0).remote(
-            self.spec, max(1, int(self._cpus)), device
-        )
+        # each actor lives in its slot's reserved bundle; a replacement takes the same bundle
+        where = PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=slot)
+        return self._cls.options(
+            num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0, scheduling_strategy=where
+        ).remote(self.spec, max(1, int(self._cpus)), device)
 
     def __enter__(self) -> Workers:
         return self
@@ -437,9 +461,14 @@ class Workers:
         """Stop the actors (and Ray, when this pool started it)."""
         import ray
 
+        from ray.util.placement_group import remove_placement_group
+
         for a in getattr(self, "actors", []):
             ray.kill(a, no_restart=True)
         self.actors = []
+        if getattr(self, "_group", None) is not None:
+            remove_placement_group(self._group)
+            self._group = None
         if self._started:
             ray.shutdown()
             self._started = False
@@ -544,7 +573,7 @@ class Workers:
                             f"({type(exc).__name__}); see the Ray logs (e.g. out of memory)"
                         ) from exc
                     ray.kill(self.actors[slot], no_restart=True)
-                    self.actors[slot] = self._new_actor()  # a fresh process loads the model again
+                    self.actors[slot] = self._new_actor(slot)  # a fresh process loads the model again
                     todo.insert(0, i)
                     bar.set_postfix_str(f"retried chunk {i}")
                 else:

@@ -183,7 +183,7 @@ def test_merge_refuses_parts_of_different_sweeps(model_ds):
         merge_results([a, b], "head")
 
 
-def test_reproduce_patching_stage_on_workers_equals_serial(pool, model_ds, tmp_path):
+def test_reproduce_patching_stage_on_workers_equals_serial(pool, model_ds, tmp_path, monkeypatch):
     from mechlens.patching import PatchResult
     from mechlens.reproduce import reproduce_sentiment
 
@@ -199,3 +199,7 @@ def test_reproduce_patching_stage_on_workers_equals_serial(pool, model_ds, tmp_p
     # a second pool while this one holds every CPU: a clear error, not actors waiting for ever
     with pytest.raises(RuntimeError, match="CPUs free"):
         reproduce_sentiment(model, tmp_path / "y", stages=["patching"], workers=2, model_spec=SPEC)
+    # Ray's free-resource count is a snapshot; a stale one must not place actors that wait for ever
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(RuntimeError, match="could not reserve 1 CPUs for each of 2 workers"):
+        Workers(SPEC, workers=2)
