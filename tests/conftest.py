@@ -174,6 +174,9 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             return work_unit(nodeid)
 
+    # the units in the order pytest_collection_modifyitems gives them (longest first); xdist's
+    # default reorder would sort them by their number of tests, one-test documentation pages last
+    config.option.loadscopereorder = False
     return UnitScheduling(config, log)
 
 
