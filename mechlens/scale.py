@@ -460,7 +460,6 @@ class Workers:
     def close(self) -> None:
         """Stop the actors (and Ray, when this pool started it)."""
         import ray
-
         from ray.util.placement_group import remove_placement_group
 
         for a in getattr(self, "actors", []):

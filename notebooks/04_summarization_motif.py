@@ -119,8 +119,8 @@ show(view.figure(view.layers[li], heads=[h]))
 #
 # `summarization_motif` runs the four analyses; the direction for the ablation comes from
 # notebook 03 (mean difference at the adjective, layer 14, fitted on the train split).
-# The FAST setting uses a few prompts, two filler lengths, two layers in the sweep and one
-# SST length group.
+# The FAST setting uses a few prompts, two filler lengths, two layers in the sweep, one
+# random direction and one SST length group.
 
 # %%
 train = toy_movie_review(model, "train")
@@ -128,7 +128,7 @@ d = directions.fit(model, train[:16] if FAST else train, "mean_diff", 14)
 
 if FAST:
     sst_sets = [max(circuits.mini_sst(model), key=len)]  # the largest length group
-    kw = dict(n_filler=(0, 8), layers=[0, 20], ablation_ds=sst_sets, n_random=2,
+    kw = dict(n_filler=(0, 8), layers=[0, 20], ablation_ds=sst_sets, n_random=1,
               filler_dataset=lambda n: toy_movie_review(model, "test", filler=n)[:4])
 else:
     sst_sets = circuits.mini_sst(model)

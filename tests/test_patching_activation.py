@@ -32,6 +32,20 @@ def _clean_cache(model, tokens):
         return model.run_with_cache(tokens)[1]
 
 
+_REFERENCES: dict = {}
+
+
+def _tl_reference(model, ds, fn, mode="denoise"):
+    """TransformerLens's sweep ``fn`` (one forward pass per cell), computed once per model, site
+    and mode for the tests of both backends."""
+    key = (id(model), id(ds), id(fn), mode)
+    if key not in _REFERENCES:
+        run, cached = (ds.corrupt_tokens, ds.clean_tokens) if mode == "denoise" else (ds.clean_tokens, ds.corrupt_tokens)
+        # (the model, dataset and function are kept too, so that their ids stay theirs)
+        _REFERENCES[key] = (model, ds, fn, fn(model, run, _clean_cache(model, cached), _tl_metric(ds), reduce="none").values)
+    return _REFERENCES[key][3]
+
+
 def _no_hooks_left(model) -> bool:
     for hp in model.hook_dict.values():
         if hp._forward_hooks or hp._backward_hooks:
@@ -50,8 +64,7 @@ def _no_hooks_left(model) -> bool:
 @pytest.mark.parametrize("backend", ["fast", "hooks"])
 def test_block_sites_match_transformer_lens(tiny_model, tiny_ds, site, fn, backend):
     ds = tiny_ds
-    ref = fn(tiny_model, ds.corrupt_tokens, _clean_cache(tiny_model, ds.clean_tokens), _tl_metric(ds),
-             reduce="none").values
+    ref = _tl_reference(tiny_model, ds, fn)
     res = activation_patch(tiny_model, ds, site, metric="logit_diff", progress=False, backend=backend)
     assert res.axes == ("layer", "pos")
     assert res.per_example.shape == ref.shape
@@ -61,8 +74,7 @@ def test_block_sites_match_transformer_lens(tiny_model, tiny_ds, site, fn, backe
 @pytest.mark.parametrize("backend", ["fast", "hooks"])
 def test_noise_mode_matches_transformer_lens(tiny_model, tiny_ds, backend):
     ds = tiny_ds
-    corrupt_cache = _clean_cache(tiny_model, ds.corrupt_tokens)
-    ref = tlp.get_act_patch_resid_pre(tiny_model, ds.clean_tokens, corrupt_cache, _tl_metric(ds), reduce="none").values
+    ref = _tl_reference(tiny_model, ds, tlp.get_act_patch_resid_pre, mode="noise")
     res = activation_patch(tiny_model, ds, "resid_pre", metric="logit_diff", mode="noise", progress=False,
                            backend=backend)
     torch.testing.assert_close(res.per_example, ref.float(), atol=ATOL, rtol=0)
@@ -106,8 +118,7 @@ def test_head_sites_by_position_match_transformer_lens(tiny_model, tiny_ds, site
 @pytest.mark.parametrize("backend", ["fast", "hooks"])
 def test_head_sites_all_positions_match_transformer_lens(tiny_model, tiny_ds, site, fn, backend):
     ds = tiny_ds
-    ref = fn(tiny_model, ds.corrupt_tokens, _clean_cache(tiny_model, ds.clean_tokens), _tl_metric(ds),
-             reduce="none").values
+    ref = _tl_reference(tiny_model, ds, fn)
     res = activation_patch(tiny_model, ds, site, metric="logit_diff", positions="all", progress=False,
                            backend=backend)
     assert res.axes == ("layer", "head")

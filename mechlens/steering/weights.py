@@ -369,14 +369,15 @@ def _group_cosines(
     with torch.no_grad():
         for name, b in behaviour.tensors.items():
             if update is not None:
-                u = update[name].double().cpu()
+                u = update[name].detach().cpu().double().flatten()
             else:
-                u = (current[name].detach().double().cpu() - base[name].detach().double().cpu())
-            bd = b.double().cpu()
+                u = current[name].detach().cpu().double().flatten() - base[name].detach().cpu().double().flatten()
+            bd = b.detach().cpu().double().flatten()
             g = layer_group(name)
-            dot[g] += float((u * bd).sum())
-            uu[g] += float((u * u).sum())
-            bb[g] += float((bd * bd).sum())
+            # dot products in float64, without the temporaries of elementwise products
+            dot[g] += float(torch.dot(u, bd))
+            uu[g] += float(torch.dot(u, u))
+            bb[g] += float(torch.dot(bd, bd))
 
     def cos(d: float, a: float, c: float) -> float:
         return d / math.sqrt(a * c) if a > 0 and c > 0 else float("nan")
