@@ -32,35 +32,18 @@ want=$(cat pyproject.toml "$lockfile" scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$latest" = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # --no-compile: byte-compiling every installed file (torch, transformers) took half of a
   # fresh set-up; Python compiles the modules it imports when it first imports them
-  pip="$venv/bin/python -m pip"
-  install="$pip install -q --no-compile"
+  install="$venv/bin/python -m pip install -q --no-compile"
   step "[1/5] pip itself"
   $install --upgrade pip
+  step "[2/5] torch 2.13.0 (CPU build; the largest download)"
+  $install torch==2.13.0
   if [ "$latest" = 1 ]; then
-    step "[2/5] torch 2.13.0 (CPU build; the largest download)"
-    $install torch==2.13.0
     step "[3/5] the newest versions pyproject.toml allows (mechlens[dev])"
     $install --upgrade --upgrade-strategy eager -e ".[dev]"
     step "[4/5] mechlens itself (installed with the step before)"
   else
-    # pip fetches one package at a time, mostly waiting on the index: four fetchers share the
-    # locked list while torch installs (pip wheel: an sdist is built into a wheel here), then
-    # everything installs from the fetched wheels
-    wheels=$(mktemp -d)
-    trap 'rm -rf "$wheels"' EXIT
-    grep '==' "$lockfile" | grep -v '^torch==' | split -n r/4 - "$wheels/list."
-    fetchers=()
-    for list in "$wheels"/list.*; do
-      $pip wheel -q --no-deps -w "$wheels" -r "$list" > "$list.log" 2>&1 &
-      fetchers+=($!)
-    done
-    step "[2/5] torch 2.13.0 (CPU build; the largest download), while the locked packages download"
-    $install torch==2.13.0
-    for pid in "${fetchers[@]}"; do
-      wait "$pid" || { cat "$wheels"/list.*.log >&2; echo "setup: downloading the packages of $lockfile failed" >&2; exit 1; }
-    done
     step "[3/5] the locked packages of $lockfile ($(grep -c '==' "$lockfile") packages: TransformerLens, transformers, the test and docs tools, ...)"
-    $install --no-index --find-links "$wheels" -r "$lockfile"
+    $install -r "$lockfile"
     step "[4/5] mechlens itself (editable: pip install -e .)"
     $install --no-deps -e .
   fi
