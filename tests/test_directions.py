@@ -27,6 +27,7 @@ from mechlens.directions import (
     DirectionEvaluation,
     Projection,
     ablate,
+    ablate_each,
     add,
     collect_activations,
     directional_patch,
@@ -330,6 +331,25 @@ def test_ablating_where_the_direction_is_absent_changes_nothing(planted):
     res = ablate(m, test, u, layers=1, position="COMMA", how="zero", progress=False)
     assert res.position == "COMMA" and res.settings["position"] == "COMMA"
     assert torch.allclose(res.ld_after, res.ld_before, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["mean", "zero", "resample"])
+def test_ablate_each_equals_one_ablation_at_a_time(planted, how):
+    """One clean run for every (direction, position) pair, passes mixing the pairs' rows
+    (batch_size 3 splits them unevenly): each result equals its own ablate() call."""
+    m, u, _, test = planted
+    others = [torch.randn(m.cfg.d_model, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    many = ablate_each(m, test, [u, *others], positions=["all", "COMMA", "ADJ"], layers=[0, 1], how=how, seed=3,
+                       batch_size=3, progress=False)
+    assert len(many) == 9
+    for i, (vec, position) in enumerate((v, p) for v in [u, *others] for p in ["all", "COMMA", "ADJ"]):
+        one = ablate(m, test, vec, position=position, layers=[0, 1], how=how, seed=3, batch_size=3, progress=False)
+        assert many[i].position == one.position and many[i].settings == one.settings
+        torch.testing.assert_close(many[i].ld_before, one.ld_before, atol=1e-5, rtol=0)
+        torch.testing.assert_close(many[i].ld_after, one.ld_after, atol=1e-5, rtol=0)
+    assert not torch.allclose(many[0].ld_after, many[3].ld_after)  # the directions differ
+    with pytest.raises(ValueError, match="at least one direction"):
+        ablate_each(m, test, [], layers=1)
 
 
 def test_resample_ablation(planted):

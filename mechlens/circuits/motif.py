@@ -416,7 +416,7 @@ def summarization_motif(
     Returns:
         :class:`MotifResult`.
     """
-    from mechlens.directions import Direction, ablate, random_directions
+    from mechlens.directions import Direction, ablate_each, random_directions
     from mechlens.patching import activation_patch
 
     check_dataset(ds, need=("COMMA",), binary=False, model=model)
@@ -498,24 +498,22 @@ def summarization_motif(
         dirs: list[tuple[str, Any]] = [("sentiment", d)]
         for r, vec in enumerate(random_directions(model.cfg.d_model, n_random, seed=seed)):
             dirs.append((f"random {r}", Direction(vector=vec, method="random", layer=d.layer, site=d.site, position="all")))
-        for dname, dvec in dirs:
-            for where in ("COMMA", "all"):
-                before_ld, after_ld, labels = [], [], []
-                for a in datasets:
-                    out = ablate(model, a, dvec, position=where, how=ablation_how, layers=ablation_layers,
-                                 seed=seed, batch_size=rows, progress=False)
-                    before_ld.append(out.ld_before)
-                    after_ld.append(out.ld_after)
-                    labels.append(out.class_labels)
-                lb, la, lab = torch.cat(before_ld), torch.cat(after_ld), torch.cat(labels)
-                table.append({
-                    "direction": dname,
-                    "position": where,
-                    "ld_change": float(la.mean() / lb.mean() - 1),
-                    "accuracy_before": accuracy(lb, lab),
-                    "accuracy_after": accuracy(la, lab),
-                    "n_examples": len(lb),
-                })
+        wheres = ("COMMA", "all")
+        # per dataset, one clean run serves every (direction, position) pair
+        runs = [ablate_each(model, a, [dvec for _, dvec in dirs], positions=wheres, how=ablation_how,
+                            layers=ablation_layers, seed=seed, batch_size=rows, progress=False) for a in datasets]
+        for i, (dname, where) in enumerate((dname, where) for dname, _ in dirs for where in wheres):
+            lb = torch.cat([run[i].ld_before for run in runs])
+            la = torch.cat([run[i].ld_after for run in runs])
+            lab = torch.cat([run[i].class_labels for run in runs])
+            table.append({
+                "direction": dname,
+                "position": where,
+                "ld_change": float(la.mean() / lb.mean() - 1),
+                "accuracy_before": accuracy(lb, lab),
+                "accuracy_after": accuracy(la, lab),
+                "n_examples": len(lb),
+            })
         bar.update(1)
     bar.close()
     return MotifResult(

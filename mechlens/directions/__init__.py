@@ -38,6 +38,7 @@ from mechlens.directions.interventions import (
     AblationResult,
     DirectionalPatchResult,
     ablate,
+    ablate_each,
     add,
     directional_patch,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "DirectionalPatchResult",
     "Projection",
     "ablate",
+    "ablate_each",
     "add",
     "collect_activations",
     "directional_patch",

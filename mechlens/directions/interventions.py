@@ -315,12 +315,14 @@ class AblationResult(Measurement):
 
 
 def _ablation_hook(d: Tensor, target: Tensor, mask: Tensor):
-    """h <- h - d (d.h) + d target, where ``mask`` is true (``target`` is [batch, pos])."""
+    """h <- h - d (d.h) + d target, where ``mask`` is true (``target`` is [batch, pos]; ``d``
+    is one unit direction or one per row, ``[batch, d_model]``)."""
 
     def hook(h: Tensor, hook: Any = None) -> Tensor:
         dd = d.to(h.device, h.dtype)
-        coef = (target.to(h.device, h.dtype) - h @ dd) * mask.to(h.device, h.dtype)
-        return h + coef[..., None] * dd
+        dd = dd.expand(h.shape[0], -1) if dd.dim() == 1 else dd
+        coef = (target.to(h.device, h.dtype) - torch.einsum("bpd,bd->bp", h, dd)) * mask.to(h.device, h.dtype)
+        return h + coef[..., None] * dd[:, None, :]
 
     return hook
 
@@ -353,59 +355,97 @@ def ablate(
 
     Returns:
         :class:`AblationResult` with logit differences and centred accuracy before/after.
+        :func:`ablate_each` ablates several directions or positions with one clean run.
+    """
+    return ablate_each(model, ds, [direction], positions=[position], how=how, layers=layers, seed=seed,
+                       batch_size=batch_size, progress=progress)[0]
+
+
+@torch.no_grad()
+def ablate_each(
+    model: Any,
+    ds: ContrastDataset,
+    directions: Sequence[Direction | Float[Tensor, " d_model"]],
+    *,
+    positions: Sequence[PositionSpec] = ("all",),
+    how: str = "mean",
+    layers: int | Sequence[int] | str | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> list[AblationResult]:
+    """:func:`ablate` for every (direction, position) pair, in that order (directions outer):
+    one clean run caches the activations they all read, and the ablated runs share forward
+    passes. The directions must share their layer (or ``layers``) and site.
+
+    Returns:
+        one :class:`AblationResult` per pair, each equal to the one :func:`ablate` gives.
     """
     ds = check_dataset(ds, model)
     check_batch_size(batch_size)
     if how not in ABLATION_MODES:
         raise ValueError(f"how={how!r} is unknown; choose one of {ABLATION_MODES}")
+    if not directions or not positions:
+        raise ValueError("ablate_each needs at least one direction and one position")
     if isinstance(layers, str):
         if layers != "all":
             raise ValueError(f"layers={layers!r}: give an int, a list of ints, None or 'all'")
         layers = list(range(model.cfg.n_layers))
     layer_list = None if layers is None else _layers_arg(model, layers)
-    d = as_direction(direction, layer=layer_list[0] if layer_list else None)
-    _check_model_dir(model, d, own_layer=layer_list is None)
+    dirs = [as_direction(v, layer=layer_list[0] if layer_list else None) for v in directions]
+    for d in dirs:
+        _check_model_dir(model, d, own_layer=layer_list is None)
+    if len({(d.layer if layer_list is None else None, d.site) for d in dirs}) > 1:
+        raise ValueError("ablate_each: the directions differ in layer or site; give layers= or ablate them apart")
     check_binary_labels(ds)
-    layer_list = layer_list or [d.layer]
-    mask, label = ds.position_mask(position).cpu(), ds.position_label(position)
-    names = [hook_name(layer, d.site) for layer in layer_list]
-    unit = d.unit()
+    layer_list = layer_list or [dirs[0].layer]
+    names = [hook_name(layer, dirs[0].site) for layer in layer_list]
     acts, ld_before = cache_batched(model, ds.clean_tokens, names, batch_size=batch_size, answers=ds.answers)
-    targets: dict[str, Tensor] = {}
-    for name in names:
-        proj = (acts[name].float() @ unit.to(acts[name].device)).cpu()  # [batch, pos]
-        if how == "zero":
-            targets[name] = torch.zeros_like(proj)
-        elif how == "mean":
-            # mean over the examples that are ablated at each position
-            m = mask.float()
-            mean = (proj * m).sum(0) / m.sum(0).clamp(min=1)
-            targets[name] = mean.expand_as(proj).clone()
-        else:
-            g = torch.Generator().manual_seed(seed)
-            perm = torch.randperm(ds.batch, generator=g)
-            if ds.batch > 1:  # never resample an example from itself
-                same = perm == torch.arange(ds.batch)
-                perm[same] = (perm[same] + 1) % ds.batch
-            targets[name] = proj[perm]
+    configs = [(d, position) for d in dirs for position in positions]
+    units = torch.stack([d.unit() for d, _ in configs])  # [config, d_model]
+    masks = torch.stack([ds.position_mask(position).cpu() for _, position in configs])  # [config, batch, pos]
+    # targets[name]: [config, batch, pos], the value the component takes where it is ablated
+    targets = {name: torch.stack([_ablation_target(acts[name], unit, mask, how, seed)
+                                  for unit, mask in zip(units, masks)]) for name in names}
 
-    def hooks(_: Tensor, e: Tensor) -> list[tuple[str, Any]]:
-        return [(name, _ablation_hook(unit, targets[name][e], mask[e])) for name in names]
+    def hooks(c: Tensor, e: Tensor) -> list[tuple[str, Any]]:
+        # a pass may hold rows of several configurations: each row its own direction
+        return [(name, _ablation_hook(units[c], targets[name][c, e], masks[c, e])) for name in names]
 
-    ld_after = run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), hooks=hooks, batch_size=batch_size,
-                        progress=progress, desc=f"{how}-ablation")[0]
-    return AblationResult(
-        per_example=ld_after,
-        metric="logit_diff",
-        ld_before=ld_before.float().cpu(),
-        class_labels=ds.labels.cpu(),
-        layers=layer_list,
-        position=label,
-        how=how,
-        method=d.method,
-        **provenance(model, ds, layers=layers, position=label, how=how, seed=seed, batch_size=batch_size),
-    )
+    ld_after = run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), n_configs=len(configs), hooks=hooks,
+                        batch_size=batch_size, progress=progress, desc=f"{how}-ablation")
+    results = []
+    for i, (d, position) in enumerate(configs):
+        label = ds.position_label(position)
+        results.append(AblationResult(
+            per_example=ld_after[i],
+            metric="logit_diff",
+            ld_before=ld_before.float().cpu(),
+            class_labels=ds.labels.cpu(),
+            layers=layer_list,
+            position=label,
+            how=how,
+            method=d.method,
+            **provenance(model, ds, layers=layers, position=label, how=how, seed=seed, batch_size=batch_size),
+        ))
+    return results
 
+
+def _ablation_target(act: Tensor, unit: Tensor, mask: Tensor, how: str, seed: int) -> Tensor:
+    """``[batch, pos]``: what the component along ``unit`` becomes where ``mask`` is true."""
+    proj = (act.float() @ unit.to(act.device)).cpu()  # [batch, pos]
+    if how == "zero":
+        return torch.zeros_like(proj)
+    if how == "mean":
+        # mean over the examples that are ablated at each position
+        m = mask.float()
+        return ((proj * m).sum(0) / m.sum(0).clamp(min=1)).expand_as(proj).clone()
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(proj.shape[0], generator=g)
+    if proj.shape[0] > 1:  # never resample an example from itself
+        same = perm == torch.arange(proj.shape[0])
+        perm[same] = (perm[same] + 1) % proj.shape[0]
+    return proj[perm]
 
 
 # --------------------------------------------------------------------------- activation addition
