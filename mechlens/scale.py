@@ -92,7 +92,12 @@ CHUNK_AXES: dict[str, str] = {
 ADDRESS_ENV = "MECHLENS_RAY_ADDRESS"
 #: seconds to wait for a cluster address to answer before giving up with a message
 CONNECT_TIMEOUT_S = 10.0
-RESERVE_TIMEOUT_S = 10  # seconds a new pool waits for its share (actors killed just before free theirs a moment later)
+#: seconds a new pool waits for its share (actors killed just before free theirs a moment later)
+RESERVE_TIMEOUT_S = 10
+_BUSY_HINT = (
+    "(another Workers pool holds them?): close it (pool.close() or leave its with-block), "
+    "or give sweep() the pool you have"
+)
 
 
 @dataclass(frozen=True)
@@ -362,7 +367,7 @@ def _placement(workers: int, gpus_per_worker: float | None) -> tuple[float, floa
         )
     # what is free now: another Workers pool in this Ray session keeps its share reserved,
     # and actors asking for more than is free would wait for ever
-    deadline = time.monotonic() + 10  # actors killed just before free their share a moment later
+    deadline = time.monotonic() + RESERVE_TIMEOUT_S
     while True:
         cpus = float(ray.available_resources().get("CPU", 0))
         if cpus >= 0.01 * workers or time.monotonic() > deadline:
@@ -370,8 +375,7 @@ def _placement(workers: int, gpus_per_worker: float | None) -> tuple[float, floa
         time.sleep(0.2)
     if cpus < 0.01 * workers:
         raise RuntimeError(
-            f"the Ray session has {cpus:g} CPUs free for {workers} workers (another Workers pool holds them?): "
-            "close it (pool.close() or leave its with-block), or give sweep() the pool you have"
+            f"the Ray session has {cpus:g} CPUs free for {workers} workers {_BUSY_HINT}"
         )
     # share the free CPUs evenly (fractions where there are more workers than CPUs, so that
     # every actor can be placed)
@@ -390,8 +394,7 @@ def _reserve(workers: int, cpus: float, gpus: float) -> Any:
         remove_placement_group(group)
         raise RuntimeError(
             f"the Ray session could not reserve {cpus:g} CPUs{f' and {gpus:g} GPUs' if gpus else ''} for each of "
-            f"{workers} workers within {RESERVE_TIMEOUT_S} s; fewer CPUs free than it reported (another Workers "
-            "pool holds them?): close it (pool.close() or leave its with-block), or give sweep() the pool you have"
+            f"{workers} workers within {RESERVE_TIMEOUT_S} s; fewer CPUs free than it reported {_BUSY_HINT}"
         )
     return group
 

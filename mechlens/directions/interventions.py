@@ -315,12 +315,11 @@ class AblationResult(Measurement):
 
 
 def _ablation_hook(d: Tensor, target: Tensor, mask: Tensor):
-    """h <- h - d (d.h) + d target, where ``mask`` is true (``target`` is [batch, pos]; ``d``
-    is one unit direction or one per row, ``[batch, d_model]``)."""
+    """h <- h - d (d.h) + d target, where ``mask`` is true (``d`` is each row's unit direction,
+    ``[batch, d_model]``; ``target`` and ``mask`` are ``[batch, pos]``)."""
 
     def hook(h: Tensor, hook: Any = None) -> Tensor:
         dd = d.to(h.device, h.dtype)
-        dd = dd.expand(h.shape[0], -1) if dd.dim() == 1 else dd
         coef = (target.to(h.device, h.dtype) - torch.einsum("bpd,bd->bp", h, dd)) * mask.to(h.device, h.dtype)
         return h + coef[..., None] * dd[:, None, :]
 
