@@ -62,8 +62,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from mechlens.engine import progress_bar
 from mechlens.fileio import read_json, write_json
 from mechlens.results import Measurement, concat, load_result
 
@@ -557,7 +557,7 @@ class Workers:
         idle = list(range(self.n))
         running: dict[Any, tuple[int, int]] = {}  # future -> (chunk, actor slot)
         dead = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
-        with tqdm(total=len(values), desc=f"sweep {chunk_axis} on {self.n} workers", disable=not progress) as bar:
+        with progress_bar(len(values), progress, f"sweep {chunk_axis} on {self.n} workers", leave=True) as bar:
             bar.update(sum(len(chunks[i]) for i in results))
             while todo or running:
                 while todo and idle:

@@ -25,8 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from mechlens.engine import progress_iter
 from mechlens.fileio import DamagedFileError, atomic_path, read_json, write_json
 
 __all__ = ["MARKER", "stage_files", "finished", "run_stages", "save_fig", "save_csv"]
@@ -188,11 +187,12 @@ def run_stages(
     def report() -> None:
         write_report({n: done[n] for n in order if n in done})
 
-    bar = tqdm(list(names), desc=desc, disable=not progress)
+    bar = progress_iter(list(names), progress, desc, leave=True)
     for name in bar:
         if name in done:
             continue
-        bar.set_description(f"{desc}: {name}" if desc else name)  # the stage running now
+        if progress:  # the stage running now
+            bar.set_description(f"{desc}: {name}" if desc else name)
         d = out / name
         _fresh_folder(d)
         t = time.perf_counter()

@@ -25,6 +25,7 @@ measurements() {
   for f in examples/*.toml; do
     echo "study-$(basename "$f" .toml)|bash scripts/setup.sh >/dev/null && .venv/bin/mechlens study $f --out \$OUT/study"
   done
+  echo "steering-compare|bash scripts/setup.sh >/dev/null && .venv/bin/python scripts/steering_compare.py --out \$OUT/figures"
   echo "site|bash scripts/setup.sh >/dev/null && .venv/bin/mkdocs build --strict --site-dir \$OUT/site"
 }
 

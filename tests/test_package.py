@@ -125,6 +125,31 @@ def test_bridge_internals_live_in_one_module():
     assert not bad, "TransformerBridge internals outside mechlens/engine/bridge.py:\n" + "\n".join(bad)
 
 
+def _engine_rule_breaks(module: str, tree) -> list[str]:
+    """What ``module`` does that only the engine may do: call the model's hook runners
+    (``run_with_hooks`` / ``run_with_cache``) or draw its own progress bars with tqdm."""
+    import ast
+
+    if module == "mechlens.engine" or module.startswith("mechlens.engine."):
+        return []
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("run_with_hooks", "run_with_cache"):
+            bad.append(f"{node.lineno} .{node.attr}")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            if any(n == "tqdm" or n.startswith("tqdm.") for n in names):
+                bad.append(f"{node.lineno} imports tqdm")
+    return bad
+
+
+def test_model_passes_and_progress_bars_come_from_the_engine():
+    bad = [f"{path.relative_to(_ROOT.parent)}:{b}" for path, module, tree in _modules()
+           for b in _engine_rule_breaks(module, tree)]
+    assert not bad, ("hook runs or progress bars outside mechlens/engine/ (use its cache_iter, "
+                     "padded_iter, run_grid, ... and progress_iter / progress_bar):\n" + "\n".join(bad))
+
+
 def test_layout_rules_catch_a_violation(tmp_path, monkeypatch):
     """The two scans above find what they look for (a test that cannot fail is a defect)."""
     import ast
@@ -135,3 +160,7 @@ def test_layout_rules_catch_a_violation(tmp_path, monkeypatch):
     attrs = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
     assert imports[0].module.split(".")[2].startswith("_") and "original_component" in attrs
     assert _package("mechlens.engine.fast") == "mechlens.engine" and _package("mechlens.lens") == "mechlens.lens"
+    breaks = _engine_rule_breaks("mechlens.lens", ast.parse(
+        "from tqdm.auto import tqdm\n_, cache = model.run_with_cache(toks)\n"))
+    assert breaks == ["1 imports tqdm", "2 .run_with_cache"]
+    assert _engine_rule_breaks("mechlens.engine.grid", ast.parse("model.run_with_hooks(t)")) == []

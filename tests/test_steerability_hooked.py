@@ -54,3 +54,29 @@ def test_generate_batched_equals_one_by_one_hooked(ht):
                 for _ in range(6):
                     t = torch.cat([t, ht(t)[:, -1].argmax(-1, keepdim=True)], 1)
                 assert torch.equal(t[0, -6:], b)
+
+
+def test_cached_runs_equal_run_with_cache_hooked(ht):
+    """Answer activations, direction projections and attention patterns (engine caching runs)
+    equal TransformerLens's own run_with_cache on HookedTransformer."""
+    from mechlens.data import choices
+    from mechlens.directions import project
+    from mechlens.steering import answer_activations
+    from mechlens.viz.attention import attention
+
+    triples = [("the film", "good", "awful and dull"), ("the plot", "lovely , thanks", "bad")]
+    ds = choices(ht, triples, question_template="Q : {question} ?\n(A) {a}\n(B) {b}\nA : (", seed=0)
+    acts = answer_activations(ht, ds, [0, 1], site="resid_post", batch_size=2, progress=False)
+    for i in range(len(ds)):
+        _, cache = ht.run_with_cache(ds.tokens[i][None])
+        for li in (0, 1):
+            torch.testing.assert_close(acts.acts[li, i], cache[f"blocks.{li}.hook_resid_post"][0, -1], atol=1e-5, rtol=1e-5)
+    v = _vec(ht)
+    proj = project(ht, v, PROMPTS[:2], layer=1, skip_bos=False, progress=False)
+    for text, vals in zip(PROMPTS[:2], proj.values):
+        _, cache = ht.run_with_cache(ht.to_tokens(text))
+        want = cache["blocks.1.hook_resid_pre"][0] @ (v / v.norm())
+        torch.testing.assert_close(torch.tensor(vals), want, atol=1e-4, rtol=1e-4)
+    pats = attention(ht, PROMPTS[1], layers=[1], heads=[0])
+    _, cache = ht.run_with_cache(ht.to_tokens(PROMPTS[1]))
+    torch.testing.assert_close(pats.patterns[0, 0], cache["blocks.1.attn.hook_pattern"][0, 0])

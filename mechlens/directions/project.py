@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mechlens.directions.fit import Direction, hook_name
 from mechlens.directions.interventions import _check_model_dir, as_direction
-from mechlens.engine import progress_iter
+from mechlens.engine import padded_iter
 from mechlens.fileio import write_text
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
@@ -144,19 +144,19 @@ def project(
     name = hook_name(where, d.site)
     unit = d.unit()
     bos = getattr(model.tokenizer, "bos_token_id", None) if getattr(model, "tokenizer", None) else None
-    all_tokens, all_values = [], []
-    for i, text in enumerate(progress_iter(texts, progress and len(texts) >= 2, "projecting")):
-        toks = prompt_tokens(model, text, what=f"texts[{i}]")[None]  # refused, not cut, when too long
-        if getattr(model.cfg, "device", None) is not None:
-            toks = toks.to(model.cfg.device)
-        stop = where + 1 if where + 1 < model.cfg.n_layers else None
-        _, cache = model.run_with_cache(toks, names_filter=[name], stop_at_layer=stop)
+    seqs = [prompt_tokens(model, t, what=f"texts[{i}]") for i, t in enumerate(texts)]  # refused, not cut, when too long
+    stop = where + 1 if where + 1 < model.cfg.n_layers else None
+    all_tokens: list[list[str]] = [[] for _ in texts]
+    all_values: list[list[float]] = [[] for _ in texts]
+    # one text per pass: no padding, each text exactly as it runs alone
+    for idx, _, _, cache in padded_iter(model, seqs, [name], batch_size=1, progress=progress and len(texts) >= 2,
+                                        desc="projecting", stop_at_layer=stop):
+        i = idx[0]
         vals = (cache[name][0].float() @ unit.to(cache[name].device)).cpu()
-        strs = model.to_str_tokens(toks[0])
-        if skip_bos and bos is not None and int(toks[0, 0]) == bos:
+        strs = model.to_str_tokens(seqs[i])
+        if skip_bos and bos is not None and int(seqs[i][0]) == bos:
             strs, vals = strs[1:], vals[1:]
-        all_tokens.append(list(strs))
-        all_values.append(vals.tolist())
+        all_tokens[i], all_values[i] = list(strs), vals.tolist()
     return Projection(
         texts=texts,
         tokens=all_tokens,

@@ -26,7 +26,8 @@ The package:
 - :mod:`~mechlens.engine.hooks` and :mod:`~mechlens.engine.fast`: the two backends behind one
   runner interface (``run(joins, hooks=..., output=...)``);
 - :mod:`~mechlens.engine.grid`: grids of hook interventions (:func:`run_grid`) and the one
-  batched caching run (:func:`cache_batched`);
+  batched caching run (:func:`cache_batched`), and runs of sequences of different lengths
+  (:func:`padded_iter`);
 - :mod:`~mechlens.engine.grad`: gradient runs (attribution patching, edge attribution);
 - :mod:`~mechlens.engine.generate`: batched greedy generation (left padding, KV cache);
 - :mod:`~mechlens.engine.metric`: the per-example metric of a patched run, dataset checks;
@@ -52,7 +53,7 @@ from mechlens.engine.bridge import split_qkv_input
 from mechlens.engine.fast import BaseRun, SuffixRunner, base_run, overhead_tokens, plan_passes
 from mechlens.engine.generate import generate_batched
 from mechlens.engine.grad import GradBatch, grad_run, ig_alphas, interpolate_hook
-from mechlens.engine.grid import cache_batched, cache_iter, logit_diff_metric, run_grid
+from mechlens.engine.grid import cache_batched, cache_iter, logit_diff_metric, padded_iter, run_grid
 from mechlens.engine.hooks import (
     Hook,
     HooksRunner,
@@ -84,7 +85,7 @@ __all__ = [
     "BACKENDS", "DEFAULT_BATCH_SIZE", "METRICS", "BaseRun", "Hook", "HooksRunner", "Patch", "PatchMetric",
     "SuffixRunner", "base_run", "batches", "cache_batched", "cached_run", "check_mode", "chunks",
     "copies_per_pass", "hook_layer", "is_bridge", "logit_diff_metric", "overhead_tokens", "pad_id",
-    "padded_batches", "patch_mask", "patch_rows", "plan_passes", "prepare_dataset", "progress_bar",
+    "padded_batches", "padded_iter", "patch_mask", "patch_rows", "plan_passes", "prepare_dataset", "progress_bar",
     "progress_iter", "resolve_backend", "rows_per_pass", "run_grid", "run_with_patches", "saver",
     "split_qkv_input", "Location", "Intervention", "Replace", "Zero", "Add", "Scale", "ProjectOut",
     "ProjectOnto", "patch", "run_patches", "cache_iter", "HOWS", "MODES", "generate_batched",

@@ -4,7 +4,8 @@ Interventions that are not patches from another run (moving along a direction, a
 vector, ablating with a computed value) are hooks built per forward pass: :func:`run_grid`
 runs any number of configurations of them over a dataset, stacked on the batch axis, and
 returns the metric per configuration and example. :func:`cache_batched` caches only the
-activations asked for, ``batch_size`` sequences at a time.
+activations asked for, ``batch_size`` sequences at a time; :func:`padded_iter` runs sequences
+of different lengths in right-padded batches.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlens.engine.batching import batches, progress_iter
+from mechlens.engine.batching import batches, pad_id, padded_batches, progress_iter
 from mechlens.engine.hooks import Hook, saver
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
 
-__all__ = ["logit_diff_metric", "run_grid", "cache_iter", "cache_batched"]
+__all__ = ["logit_diff_metric", "run_grid", "cache_iter", "cache_batched", "padded_iter"]
 
 
 def logit_diff_metric(answers: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -89,6 +90,32 @@ def cache_iter(
         with torch.no_grad(), hooked(model, [(n, saver(cache, n)) for n in names]):
             out = model(tokens[sl].to(dev), **kw)
         yield sl, (None if stop_at_layer is not None else out), cache
+        del cache, out
+
+
+def padded_iter(
+    model: Any,
+    seqs: Sequence[Tensor],
+    names: Sequence[str] = (),
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+    desc: str = "running",
+    stop_at_layer: int | None = None,
+) -> Iterator[tuple[list[int], Tensor, Tensor | None, dict[str, Tensor]]]:
+    """The engine's run of sequences of different lengths, right-padded ``batch_size`` at a
+    time (:func:`~mechlens.engine.batching.padded_batches`, shortest first): ``(indices, last,
+    logits, activations at names)`` per pass, ``last`` the position of each row's last real
+    token. ``logits`` is ``None`` with ``stop_at_layer``."""
+    names = sorted(set(names))
+    dev = model_device(model)
+    kw = {"stop_at_layer": stop_at_layer} if stop_at_layer is not None else {}
+    passes = list(padded_batches(seqs, batch_size, pad_id(model)))
+    for idx, toks, last in progress_iter(passes, progress, desc):
+        cache: dict[str, Tensor] = {}
+        with torch.no_grad(), hooked(model, [(n, saver(cache, n)) for n in names]):
+            out = model(toks.to(dev), **kw)
+        yield idx, last, (None if stop_at_layer is not None else out), cache
         del cache, out
 
 

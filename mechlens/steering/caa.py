@@ -41,13 +41,12 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.data.choices import ChoiceDataset
-from mechlens.engine import pad_id, padded_batches
+from mechlens.engine import padded_iter, progress_iter
 from mechlens.engine.sites import STREAM_SITES
 from mechlens.hooks import hooked
-from mechlens.models import model_device, model_name
+from mechlens.models import model_name
 from mechlens.results import Result
 from mechlens.validate import (
     check_batch_size,
@@ -176,16 +175,13 @@ def answer_activations(
     layers = _layers(model, layers)
     names = [hook_name(x, site) for x in layers]
     out = torch.zeros(len(layers), len(ds), model.cfg.d_model)
-    dev = model_device(model)
-    batches = list(padded_batches(ds.tokens, batch_size, pad_id(model)))
     # No need to run the blocks after the last requested layer.
     stop = max(layers) + 1 if max(layers) + 1 < model.cfg.n_layers else None
-    with torch.no_grad():
-        for idx, toks, last in tqdm(batches, desc="answer activations", disable=not progress):
-            _, cache = model.run_with_cache(toks.to(dev), names_filter=names, stop_at_layer=stop)
-            rows = torch.arange(len(idx))
-            for li, name in enumerate(names):
-                out[li, idx] = cache[name][rows, last.to(cache[name].device)].float().cpu()
+    for idx, last, _, cache in padded_iter(model, ds.tokens, names, batch_size=batch_size, progress=progress,
+                                           desc="answer activations", stop_at_layer=stop):
+        rows = torch.arange(len(idx))
+        for li, name in enumerate(names):
+            out[li, idx] = cache[name][rows, last.to(cache[name].device)].float().cpu()
     return AnswerActivations(
         acts=out,
         layers=layers,
@@ -318,7 +314,7 @@ def pca_view(
     letters = np.array(acts.letters)
     labels = acts.labels.numpy()
     coords, explained, s_let, s_beh, s_within = [], [], [], [], []
-    for li in tqdm(range(len(acts.layers)), desc="pca view", disable=not progress):
+    for li in progress_iter(range(len(acts.layers)), progress, "pca view", leave=True):
         x = acts.acts[li].double().numpy()
         pca = PCA(n_components=2, svd_solver="full", random_state=seed)
         coords.append(torch.from_numpy(pca.fit_transform(x)).float())

@@ -24,12 +24,11 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechlens.data.choices import ChoiceDataset
 from mechlens.data.contrast import ContrastDataset
-from mechlens.engine import logit_diff_metric, pad_id, padded_batches, run_grid
-from mechlens.models import model_device, model_name
+from mechlens.engine import logit_diff_metric, padded_iter, progress_iter, run_grid
+from mechlens.models import model_name
 from mechlens.results import Measurement, settings_of
 from mechlens.steering.caa import SteeringVector, steer
 from mechlens.steering.weights import WeightVector, apply_weights
@@ -77,7 +76,6 @@ def behaviour_logit_diff(
 ) -> Float[Tensor, " batch"]:
     """The raw behaviour logit difference per example (see the module docstring)."""
     check_batch_size(batch_size)
-    dev = model_device(model)
     if isinstance(ds, ContrastDataset):
         check_dataset(ds, model)
     elif isinstance(ds, ChoiceDataset):
@@ -90,8 +88,8 @@ def behaviour_logit_diff(
             out = torch.zeros(ds.n_triples)
             ids = torch.tensor(ds.letter_ids)
             beh = torch.tensor([0 if x == "A" else 1 for x in ds.behaviour_letters])
-            for idx, toks, last in padded_batches(ds.open_tokens, batch_size, pad_id(model)):
-                logits = model(toks.to(dev)).float().cpu()
+            for idx, last, logits, _ in padded_iter(model, ds.open_tokens, batch_size=batch_size):
+                logits = logits.float().cpu()
                 lg = logits[torch.arange(len(idx)), last][:, ids]  # [b, 2] logits of A, B
                 b = beh[idx]
                 out[idx] = lg[torch.arange(len(idx)), b] - lg[torch.arange(len(idx)), 1 - b]
@@ -127,7 +125,7 @@ def evaluate_steering(
         raise TypeError(f"ds must be a ContrastDataset or a ChoiceDataset, not {type(ds).__name__}")
     is_weight = isinstance(vector, WeightVector)
     rows = []
-    for c in tqdm(coeffs, desc="steering sweep", disable=not progress):
+    for c in progress_iter(coeffs, progress, "steering sweep", leave=True):
         ctx = apply_weights(model, vector, c) if is_weight else steer(model, vector, c, layers)
         with ctx:
             rows.append(behaviour_logit_diff(model, ds, batch_size=batch_size))

@@ -42,9 +42,8 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from mechlens.engine import padded_batches
+from mechlens.engine import padded_batches, progress_iter
 from mechlens.engine.bridge import drop_copied_capture_hooks, hf_name
 from mechlens.models import model_name
 from mechlens.results import Result
@@ -334,7 +333,7 @@ def finetune(
     pad = getattr(getattr(tuned, "tokenizer", None), "pad_token_id", None) or 0
     losses = []
     with torch.enable_grad():
-        for step in tqdm(range(1, steps + 1), desc="finetune", disable=not progress):
+        for step in progress_iter(range(1, steps + 1), progress, "finetune", leave=True):
             while len(order) < batch_size:
                 order += torch.randperm(len(texts), generator=gen).tolist()
             batch, order = order[:batch_size], order[batch_size:]
@@ -448,7 +447,7 @@ def monitor(
         raise ValueError(f"behaviour_vector has parameters the base model lacks: {missing[:3]}")
     groups = _group_order([layer_group(n) for n in behaviour_vector.tensors])
     rows, overall, norms = [], [], []
-    for _, ck in tqdm(items, desc="monitor", disable=not progress):
+    for _, ck in progress_iter(items, progress, "monitor", leave=True):
         if isinstance(ck, WeightVector):
             per, o, un = _group_cosines(pb, None, ck.tensors, behaviour_vector, groups)
         else:
@@ -594,7 +593,7 @@ def diff_anatomy(base: Any, tuned: Any | WeightVector, *, progress: bool = True)
         label = f"{model_name(tuned)} - base"
     names, groups, kinds, shapes, fro, rel, erank, maxr = [], [], [], [], [], [], [], []
     with torch.no_grad():
-        for n in tqdm(list(upd or pb), desc="diff anatomy", disable=not progress):
+        for n in progress_iter(list(upd or pb), progress, "diff anatomy", leave=True):
             w = pb[n].detach().float().cpu()
             d = upd[n].float().cpu() if upd is not None else pt[n].detach().float().cpu() - w
             names.append(n)

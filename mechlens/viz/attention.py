@@ -334,12 +334,11 @@ def attention(
     n_pos = tokens.numel()
     a, b = _normalise_crop(crop, n_pos, "crop") if crop is not None else (0, n_pos)
 
-    names = {f"blocks.{layer}.attn.hook_pattern" for layer in layer_list}
-    device = getattr(model.cfg, "device", None)
-    _, cache = model.run_with_cache(
-        tokens[None].to(device) if device is not None else tokens[None],
-        names_filter=lambda name: name in names,
-    )
+    from mechlens.engine import cached_run
+    from mechlens.models import model_device
+
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in layer_list]
+    _, cache = cached_run(model, tokens[None].to(model_device(model)), names)
     patterns = torch.stack(
         [cache[f"blocks.{layer}.attn.hook_pattern"][0, head_list] for layer in layer_list]
     )[:, :, a:b, a:b]
