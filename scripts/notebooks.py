@@ -96,8 +96,6 @@ def pairing_problems(source: Path, require_outputs: bool = True) -> list[str]:
 # (regenerate with `python scripts/notebooks.py execute notebooks/NN_name.py`, then remove the
 # entry). The output and figure checks skip them and say so; every other notebook must pass.
 PENDING: dict[str, str] = {
-    "01_activation_patching": "its denoise/noise figure is drawn below 300 px at page width; execute again",
-    "02_attribution_and_path_patching": "outputs not yet written by `execute`",
     "03_sentiment_directions": "outputs not yet written by `execute`",
     "04_summarization_motif": "outputs not yet written by `execute`",
     "05_steering": "outputs not yet written by `execute`",
