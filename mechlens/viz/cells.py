@@ -49,7 +49,9 @@ def plot_cells(r: Any, ci: bool = False, *, title: str | None = None) -> Any:
         ax.legend(fontsize=8)
         return fig
     if len(r.axes) == 1:
-        fig = Figure(figsize=(max(4.0, 0.35 * len(vals) + 2), 3.5), layout="constrained")
+        # narrow bars, and a height that keeps the figure readable when scaled to a page's width
+        width = max(4.0, 0.22 * len(vals) + 2)
+        fig = Figure(figsize=(width, max(3.5, 0.45 * width)), layout="constrained")
         ax = fig.subplots()
         x = np.arange(len(vals))
         err = None if lo is None else np.stack([vals - lo, hi - vals])
