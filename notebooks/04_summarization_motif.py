@@ -224,7 +224,7 @@ res_stop = circuits.summarization_motif(model, at_stop, direction=d, n_filler=()
 res_stop.splits_table().round(3)
 
 # %% [markdown]
-# On the full run, *full stop only* removes about 10% of the logit difference, and freezing
+# On the full run, *full stop only* removes about 13% of the logit difference, and freezing
 # the full stop shrinks the effect of the review before it by about as much: a small share of
 # the sentiment reaches the answer through the full stop, most of it goes there directly.
 # The paper's larger effects were measured on Pythia-2.8b and on longer stories; with

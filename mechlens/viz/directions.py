@@ -68,7 +68,8 @@ def plot_direction(r: Any) -> Any:
 
 
 def plot_projection(r: Any) -> Any:
-    """Matplotlib version of the coloured tokens: one row per text."""
+    """Matplotlib version of the coloured tokens (one row per text) above a line per text of
+    the projection by token position, so the values read off an axis too."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -78,17 +79,31 @@ def plot_projection(r: Any) -> Any:
     m = r._scale()
     norm, cmap = Normalize(-m, m), plt.get_cmap("RdBu")
     width = max((sum(len(t) + 1 for t in toks) for toks in r.tokens), default=10)
-    fig, ax = plt.subplots(figsize=(min(20, 2 + 0.12 * width), 0.6 + 0.5 * len(r.texts)))
+    top = 0.6 + 0.5 * len(r.texts)
+    fig, (ax, lines) = plt.subplots(
+        2, 1, figsize=(min(20, 2 + 0.12 * width), top + 3.0), gridspec_kw={"height_ratios": [top, 3.0]},
+        layout="constrained",
+    )
     for i, (toks, vals) in enumerate(zip(r.tokens, r.values)):
         x = 0.0
         for tok, v in zip(toks, vals):
             ax.text(x, -i, tok.replace("\n", "\\n"), family="monospace", fontsize=9, va="center",
                     bbox={"facecolor": cmap(norm(v)), "edgecolor": "none", "pad": 1.5})
             x += len(tok) + 1
+        label = " ".join(t.strip() for t in toks)
+        lines.plot(range(len(vals)), vals, marker="o", ms=3, label=label if len(label) <= 40 else label[:37] + "...")
     ax.set_xlim(-1, width + 1)
     ax.set_ylim(-len(r.texts) + 0.5, 0.5)
     ax.axis("off")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.02, label="projection")
+    lines.axhline(0, color="black", lw=0.5)
+    lines.set_ylabel("projection h·d")
+    if len({len(t) for t in r.tokens}) == 1:  # same tokens count: label the axis with the first text's
+        lines.set_xticks(range(len(r.tokens[0])), [t.replace("\n", "\\n") for t in r.tokens[0]], rotation=90, fontsize=8)
+    else:
+        lines.set_xlabel("token position")
+    if len(r.texts) <= 8:
+        lines.legend(fontsize=7)
     from mechlens.directions.fit import hook_name
 
     ax.set_title(f"projection on the {r.method} direction, {hook_name(r.layer, r.site)}")
