@@ -228,3 +228,14 @@ def test_evaluate_on_another_family(model, family):
     other = dit.make_diffs(model, 2, cache=False, seed=1, **{**FAST, "topics": ["space", "chess"]})
     res = dit.evaluate(model, other, ad, [0, 1], methods=["dit"], max_new_tokens=1, progress=False)
     assert res.topics == other.topics[:2] and res.n_topics == 2
+
+
+def test_adapter_training_shows_no_upstream_deprecation_warning(model, family):
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``; a user's notebook
+    should not show that FutureWarning on every adapter."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        dit.train_adapter(model, family, [0], steps=1, batch_size=1, progress=False)
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]

@@ -50,6 +50,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -519,7 +520,10 @@ class DITAdapter(Result):
 def _peft_model(hf: torch.nn.Module, config: dict[str, Any], seed: int) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning
+        # from transformers 5); the adapter is the same either way
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         torch.manual_seed(seed)
         pm = get_peft_model(hf, LoraConfig(**config))
     pm.eval()
