@@ -54,9 +54,13 @@ def test_committed_notebook_carries_a_clean_full_run(source, notebook_tools):
     import nbformat
 
     nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    problems = notebook_tools.output_problems(nb, source.with_suffix(".ipynb").name)
     if source.stem in notebook_tools.PENDING:
+        # a pending notebook must still need its run: once it is clean, it leaves the list
+        assert problems or notebook_tools.figures(nb) < MIN_FIGURES.get(source.name[:2], 1), (
+            f"{source.stem} carries a clean full run: remove it from PENDING in scripts/notebooks.py")
         pytest.skip(f"pending regeneration (scripts/notebooks.py PENDING): {notebook_tools.PENDING[source.stem]}")
-    assert notebook_tools.output_problems(nb, source.with_suffix(".ipynb").name) == []
+    assert problems == []
     assert notebook_tools.figures(nb) >= MIN_FIGURES.get(source.name[:2], 1)
 
 

@@ -49,9 +49,9 @@ def plot_cells(r: Any, ci: bool = False, *, title: str | None = None) -> Any:
         ax.legend(fontsize=8)
         return fig
     if len(r.axes) == 1:
-        # narrow bars, and a height that keeps the figure readable when scaled to a page's width
+        # narrow bars, and about half as high as wide: readable when scaled to a page's width
         width = max(4.0, 0.22 * len(vals) + 2)
-        fig = Figure(figsize=(width, max(3.5, 0.45 * width)), layout="constrained")
+        fig = Figure(figsize=(width, max(3.5, 0.55 * width)), layout="constrained")
         ax = fig.subplots()
         x = np.arange(len(vals))
         err = None if lo is None else np.stack([vals - lo, hi - vals])

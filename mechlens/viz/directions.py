@@ -12,7 +12,7 @@ def plot_directional_patch(r: Any) -> Any:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     x = range(len(r.ld_clean))
     for name, v, m in (("clean", r.ld_clean, "o"), ("corrupt", r.ld_corrupt, "x"), ("patched", r.ld_patched, "s")):
         ax.plot(x, v.tolist(), m, label=name)
@@ -58,7 +58,7 @@ def plot_direction(r: Any) -> Any:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     ax.bar(range(r.d_model), r.vector.detach().cpu().numpy(), width=1.0)
     ax.set_xlabel("component")
     ax.set_ylabel("value")
@@ -80,8 +80,10 @@ def plot_projection(r: Any) -> Any:
     norm, cmap = Normalize(-m, m), plt.get_cmap("RdBu")
     width = max((sum(len(t) + 1 for t in toks) for toks in r.tokens), default=10)
     top = 0.6 + 0.5 * len(r.texts)
+    fig_width = min(20, 2 + 0.12 * width)
+    below = max(3.0, 0.55 * fig_width - top)  # the whole figure about half as high as wide
     fig, (ax, lines) = plt.subplots(
-        2, 1, figsize=(min(20, 2 + 0.12 * width), top + 3.0), gridspec_kw={"height_ratios": [top, 3.0]},
+        2, 1, figsize=(fig_width, top + below), gridspec_kw={"height_ratios": [top, below]},
         layout="constrained",
     )
     for i, (toks, vals) in enumerate(zip(r.tokens, r.values)):
@@ -120,7 +122,7 @@ def plot_direction_evaluation(r: Any, layer: int | None = None) -> Any:
 
     layer = r.best()["layer"] if layer is None else layer
     fig, axes = plt.subplots(
-        1, 3, figsize=(16, 7), gridspec_kw={"width_ratios": [1.3, 1.3, 1]}, layout="constrained"
+        1, 3, figsize=(16, 8.8), gridspec_kw={"width_ratios": [1.3, 1.3, 1]}, layout="constrained"
     )
     for ax, values, rnd, title in (
         (axes[0], r.ld_recovered, r.random_ld_recovered, "% logit difference recovered"),

@@ -14,7 +14,7 @@ def plot_dit(r: Any) -> Any:
 
     df = r.to_dataframe()
     df = df[df["method"] != "chance"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 5))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 6.1))
     x = range(len(df))
     a.bar([i - 0.2 for i in x], df["exact"], 0.4, yerr=df["exact_se"], label="exact")
     a.bar([i + 0.2 for i in x], df["fuzzy"], 0.4, yerr=df["fuzzy_se"], label="fuzzy")

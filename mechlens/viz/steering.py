@@ -98,7 +98,7 @@ def plot_steering_vector(r: Any) -> Any:
 
     v = r.vector.float()
     order = v.abs().argsort(descending=True)
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(7, 3.9))
     ax.bar(range(len(v)), v[order].numpy(), width=1.0)
     ax.set_xlabel("component (sorted by |value|)")
     ax.set_ylabel("value")
@@ -131,7 +131,8 @@ def plot_weight_vector(r: Any) -> Any:
     import matplotlib.pyplot as plt
 
     norms = r.group_norms()
-    fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(norms) + 2), 3))
+    width = max(5, 0.25 * len(norms) + 2)
+    fig, ax = plt.subplots(figsize=(width, max(3, 0.55 * width)))
     ax.bar(list(norms), list(norms.values()))
     ax.set_ylabel("L2 norm")
     ax.set_title(f"{r.name}: norm per layer (total {r.norm():.3g})", fontsize=9)
@@ -147,7 +148,7 @@ def plot_monitor(r: Any) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1, 2.2]})
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 6.6), gridspec_kw={"width_ratios": [1, 2.2]})
     a.plot(r.steps, r.overall.numpy(), marker="o")
     a.axhline(0, color="grey", lw=0.8)
     a.set_xlabel("training step")
@@ -175,7 +176,7 @@ def plot_diff_anatomy(r: Any) -> Any:
     df = r.to_dataframe()
     df = df[df["group"].str.startswith("L")].copy()
     df["layer"] = df["group"].str[1:].astype(int)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 6.6))
     cmap = plt.get_cmap("tab20")
     for i, (kind, sub) in enumerate(df.groupby("kind", sort=True)):
         sub = sub.sort_values("layer")
@@ -234,7 +235,7 @@ def plot_side_effects(r: Any) -> Any:
 
     order = np.argsort(r.coeffs)
     c = np.asarray(r.coeffs)[order]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 4.4))
     a.errorbar(c, r.values.numpy()[order], yerr=r.stderr().numpy()[order], marker="o", capsize=3)
     a.set_ylabel("KL(unsteered || steered), nats")
     b.plot(c, r.perplexity().numpy()[order], marker="o")
