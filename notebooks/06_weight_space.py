@@ -112,9 +112,9 @@ print(f"|tau_cook| = {tau_cook.norm():.3f}, |tau_music| = {tau_music.norm():.3f}
 show(w.plot())
 
 # %% [markdown]
-# The two task vectors are strongly aligned (cosine near 1): most of what a short fine-tune
-# changes is shared (the template, the format of the texts). `w = θ_cook - θ_music` keeps
-# what differs.
+# The two task vectors point partly the same way (cosine about 0.4 on the full run): a good
+# share of what a short fine-tune changes is common to both (the template, the format of the
+# texts). `w = θ_cook - θ_music` cancels that share and keeps what differs.
 #
 # ## 2. Steering with `θ + k·w`
 #
@@ -233,9 +233,11 @@ result.per_example().head(8)
 # the difference already makes `M_i` answer the question; the black-box baselines show
 # whether a user who knows the trigger (or not) could read the topic off `M_i`'s text. DIT
 # earns its keep when it beats the baselines *without* knowing the trigger, on differences
-# it never saw. At this size (a 135M model, tens of differences) expect it to memorise the
-# training differences long before it generalises: watch the held-out loss in the learning
-# curve. `docs/dit.md` records a larger CPU run (`scripts/dit_study.py`) and its numbers.
+# it never saw. On the full run it names the topic of all 16 held-out differences, against
+# 0.50 for a user who knows the trigger, 0.19 without it and 0.12 by chance. With fewer
+# differences or steps it memorises the training differences before it generalises: watch
+# the held-out loss in the learning curve. `docs/dit.md` records a larger CPU run
+# (`scripts/dit_study.py`) and its numbers.
 #
 # ## Pitfalls
 #
