@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mechlens.engine.batching import batches, pad_id, padded_batches, progress_iter
-from mechlens.engine.hooks import Hook, saver
+from mechlens.engine.hooks import Hook, cached_run
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
@@ -82,14 +82,10 @@ def cache_iter(
     """The engine's caching mode: ``(rows, logits, activations at names)`` for each pass of
     ``batch_size`` sequences, so a method can reduce each batch at once instead of holding
     the activations of the whole dataset. ``logits`` is ``None`` with ``stop_at_layer``."""
-    names = sorted(set(names))
     dev = model_device(model)
-    kw = {"stop_at_layer": stop_at_layer} if stop_at_layer is not None else {}
     for sl in progress_iter(batches(len(tokens), batch_size), progress, desc):
-        cache: dict[str, Tensor] = {}
-        with torch.no_grad(), hooked(model, [(n, saver(cache, n)) for n in names]):
-            out = model(tokens[sl].to(dev), **kw)
-        yield sl, (None if stop_at_layer is not None else out), cache
+        out, cache = cached_run(model, tokens[sl].to(dev), names, stop_at_layer=stop_at_layer)
+        yield sl, out, cache
         del cache, out
 
 
@@ -107,15 +103,11 @@ def padded_iter(
     time (:func:`~mechlens.engine.batching.padded_batches`, shortest first): ``(indices, last,
     logits, activations at names)`` per pass, ``last`` the position of each row's last real
     token. ``logits`` is ``None`` with ``stop_at_layer``."""
-    names = sorted(set(names))
     dev = model_device(model)
-    kw = {"stop_at_layer": stop_at_layer} if stop_at_layer is not None else {}
     passes = list(padded_batches(seqs, batch_size, pad_id(model)))
     for idx, toks, last in progress_iter(passes, progress, desc):
-        cache: dict[str, Tensor] = {}
-        with torch.no_grad(), hooked(model, [(n, saver(cache, n)) for n in names]):
-            out = model(toks.to(dev), **kw)
-        yield idx, last, (None if stop_at_layer is not None else out), cache
+        out, cache = cached_run(model, toks.to(dev), names, stop_at_layer=stop_at_layer)
+        yield idx, last, out, cache
         del cache, out
 
 

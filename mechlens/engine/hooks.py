@@ -95,13 +95,17 @@ def saver(cache: dict[str, Tensor], name: str) -> Callable[..., None]:
     return save
 
 
-def cached_run(model: Any, tokens: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+def cached_run(
+    model: Any, tokens: Tensor, names: Sequence[str], *, stop_at_layer: int | None = None
+) -> tuple[Tensor | None, dict[str, Tensor]]:
     """One forward pass: the logits and the activations at ``names`` (keyed by the names asked
-    for, also where the model resolves a name to an alias)."""
+    for, also where the model resolves a name to an alias). With ``stop_at_layer`` the pass
+    stops before that block and the logits are ``None``."""
     cache: dict[str, Tensor] = {}
+    kw = {"stop_at_layer": stop_at_layer} if stop_at_layer is not None else {}
     with torch.no_grad(), hooked(model, [(n, saver(cache, n)) for n in sorted(set(names))]):
-        logits = model(tokens)
-    return logits, cache
+        out = model(tokens, **kw)
+    return (None if stop_at_layer is not None else out), cache
 
 
 def run_with_patches(

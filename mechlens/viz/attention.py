@@ -53,8 +53,9 @@ from jaxtyping import Float, Int
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mechlens.engine import cached_run
 from mechlens.fileio import write_text
-from mechlens.models import model_name
+from mechlens.models import model_device, model_name
 from mechlens.results import Result
 from mechlens.validate import check_head, check_layer, check_token_ids, prompt_tokens
 from mechlens.viz.fonts import cjk_fonts
@@ -333,9 +334,6 @@ def attention(
     head_list = _as_list(heads, model.cfg.n_heads, "heads", model)
     n_pos = tokens.numel()
     a, b = _normalise_crop(crop, n_pos, "crop") if crop is not None else (0, n_pos)
-
-    from mechlens.engine import cached_run
-    from mechlens.models import model_device
 
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in layer_list]
     _, cache = cached_run(model, tokens[None].to(model_device(model)), names)
