@@ -144,6 +144,7 @@ ANALYSES: dict[str, dict[str, Arg]] = {
         "ig_steps": Arg("int", None, "integration steps of the EAP-IG scorings (default 5)"),
         "fractions": Arg("list", None, "circuit sizes as fractions of all edges (default: MIB's grid)"),
         "n_random": Arg("int", None, "random edge sets per size (default 5)"), "seed": Arg("int"),
+        "level": Arg("str", ("edges", "nodes"), "circuits of edges (default) or of nodes (heads, MLPs)"),
     },
     "circuit_stability": {
         "method": Arg("str", ("eap", "eap-ig-inputs", "eap-ig-activations")), "ig_steps": Arg("int"),
@@ -656,12 +657,25 @@ class _Run:
     study: Study
     out: Path
     progress: bool = False  # inner bars for each analysis's sweep, under the bar over analyses
+    _edges: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def batch(self, a: Mapping[str, Any]) -> int | None:
         return a.get("batch_size", self.study.doc.get("batch_size"))
 
     def seed(self, a: Mapping[str, Any]) -> int:
         return a.get("seed", self.study.doc.get("seed", 0))
+
+    def edges(self, method: str, ig_steps: int | None, a: Mapping[str, Any]) -> Any:
+        """Edge scores of ``method``, computed once per study (the EAP-IG and faithfulness
+        analyses of one study share them)."""
+        from mechlens.circuits.eap import edge_attribution_patch
+
+        steps = None if method == "eap" else ig_steps
+        key = (method, steps, self.batch(a))
+        if key not in self._edges:
+            self._edges[key] = edge_attribution_patch(self.model, self.ds, method=method, ig_steps=steps,
+                                                      batch_size=self.batch(a), progress=False)
+        return self._edges[key]
 
 
 def _kw(a: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -868,10 +882,8 @@ def _edge_table(edges: Any, top: int) -> Any:
 
 
 def _run_eap_ig(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
-    from mechlens.circuits.eap import eap_ig
-
     how, steps = a.get("interpolate", "inputs"), a.get("ig_steps", 5)
-    edges = eap_ig(r.model, r.ds, interpolate=how, ig_steps=steps, batch_size=r.batch(a), progress=False)
+    edges = r.edges(f"eap-ig-{how}", steps, a)
     edges.save(d / "edges")
     table = _edge_table(edges, a.get("top", 20))
     save_csv(table, d / "top_edges.csv")
@@ -885,22 +897,22 @@ def _run_eap_ig(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, A
 
 
 def _run_faithfulness_curve(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
-    from mechlens.circuits.eap import edge_attribution_patch
     from mechlens.circuits.faithfulness import MIB_FRACTIONS, faithfulness_curve
 
     methods = a.get("methods", ["eap", "eap-ig-inputs", "eap-ig-activations"])
-    steps = a.get("ig_steps", 5)
-    scores = {m: edge_attribution_patch(r.model, r.ds, method=m, ig_steps=None if m == "eap" else steps,
-                                        batch_size=r.batch(a), progress=False) for m in methods}
+    scores = {m: r.edges(m, a.get("ig_steps", 5), a) for m in methods}
     fc = faithfulness_curve(r.model, r.ds, scores, fractions=a.get("fractions", MIB_FRACTIONS),
-                            n_random=a.get("n_random", 5), seed=r.seed(a), batch_size=r.batch(a), progress=False)
+                            n_random=a.get("n_random", 5), seed=r.seed(a), level=a.get("level", "edges"),
+                            batch_size=r.batch(a), progress=False)
     fc.save(d / "result")
     table = fc.table()
     save_csv(table, d / "cpr_cmd.csv")
     png = _save_fig(fc.plot(), d / "faithfulness.png")
-    text = [f"Faithfulness curves (MIB, Mueller et al. 2025): keep each scoring's top edges (fractions "
-            f"{', '.join(f'{x:g}' for x in fc.fractions)} of {fc.n_edges} edges), patch every other edge from the "
-            "corrupt run exactly; faithfulness = (LD - LD(empty)) / (LD(full) - LD(empty)). CPR = area under the "
+    text = [f"Faithfulness curves (MIB, Mueller et al. 2025): keep each scoring's top {fc.level} (fractions "
+            f"{', '.join(f'{x:g}' for x in fc.fractions)} of "
+            + (f"{fc.n_nodes} nodes), patch every other node's output" if fc.level == "nodes" else
+               f"{fc.n_edges} edges), patch every other edge")
+            + " from the corrupt run exactly; faithfulness = (LD - LD(empty)) / (LD(full) - LD(empty)). CPR = area under the "
             "curve (higher is better), CMD = area between the curve and 1 (lower is better).", "",
             f"![faithfulness]({rel}/{png})", "", markdown_table(table), ""]
     return {"summary": "\n".join(text), "cpr": fc.cpr, "cmd": fc.cmd}

@@ -4,7 +4,8 @@
    embeddings interpolated, EAP-IG with each sender group's activations interpolated
    (``--ig-steps`` steps).
 2. Faithfulness curves over MIB's circuit sizes, CPR and CMD of each scoring and of
-   ``--n-random`` random edge sets (one figure: ``faithfulness.png``).
+   ``--n-random`` random edge sets (one figure: ``faithfulness.png``); the same for circuits
+   of nodes (``faithfulness_nodes.png``).
 3. Stability: the top-20 edges of ``--stability-methods`` over ``--n-resamples`` bootstrap
    resamples of the prompts (Jaccard with a 95% interval), and per template.
 4. Recovery AUROC of each method on the known-circuit tiny models.
@@ -54,8 +55,8 @@ def main() -> None:
     p.add_argument("--methods", default="eap,eap-ig-inputs,eap-ig-activations")
     p.add_argument("--stability-methods", default="eap,eap-ig-inputs", help="scorings whose stability is measured "
                    "('' for none)")
-    p.add_argument("--stages", default="recovery,faithfulness,stability", help="which of recovery, faithfulness, "
-                   "stability to run (results merge into an existing summary.json)")
+    p.add_argument("--stages", default="recovery,faithfulness,nodes,stability", help="which of recovery, "
+                   "faithfulness, nodes, stability to run (results merge into an existing summary.json)")
     p.add_argument("--no-stability-cpr", action="store_true", help="stability: only the top-k overlap, not the "
                    "CPR/CMD of every resample")
     p.add_argument("--out", type=Path, required=True)
@@ -85,7 +86,7 @@ def main() -> None:
     names = ["John", "Mary", "Anna", "Tom", "Question"] if a.model == "tiny" else None
     ds = ioi(model, n_prompts=a.n_prompts, seed=a.seed, **({"names": names} if names else {}))
     scores = {}
-    for method in a.methods.split(",") if "faithfulness" in stages else []:
+    for method in a.methods.split(",") if {"faithfulness", "nodes"} & set(stages) else []:
         t = time.time()
         scores[method] = edge_attribution_patch(model, ds, method=method, batch_size=a.batch_size,
                                                 ig_steps=None if method == "eap" else a.ig_steps, progress=False)
@@ -94,8 +95,12 @@ def main() -> None:
     if scores:
         e = next(iter(scores.values()))
         summary["clean_ld"], summary["corrupt_ld"] = float(e.baselines["clean"].mean()), float(e.baselines["corrupt"].mean())
-        faithfulness_stage(a, model, ds, scores, summary, md)
-        save()
+        if "faithfulness" in stages:
+            faithfulness_stage(a, model, ds, scores, summary, md)
+            save()
+        if "nodes" in stages:
+            nodes_stage(a, model, ds, scores, summary, md)
+            save()
     if "stability" in stages and a.stability_methods:
         stability_stage(a, model, ds, summary, md, save)
     summary["time_total_s"] = round(time.time() - t0, 1)
@@ -114,6 +119,20 @@ def faithfulness_stage(a, model, ds, scores, summary, md) -> None:
     summary["cpr"], summary["cmd"], summary["n_edges"], summary["ks"] = fc.cpr, fc.cmd, fc.n_edges, fc.ks
     summary["faithfulness"] = fc.faithfulness
     md += ["## CPR and CMD", "", markdown_table(fc.table()), ""]
+
+
+def nodes_stage(a, model, ds, scores, summary, md) -> None:
+    """The node-level curves: circuits of components (embedding, heads, MLPs) ranked by each
+    scoring's node scores (edge scores summed over each sender's outgoing edges)."""
+    t = time.time()
+    fc = faithfulness_curve(model, ds, scores, level="nodes", n_random=a.n_random, seed=a.seed,
+                            batch_size=a.batch_size, progress=False)
+    fc.save(a.out / "faithfulness_nodes")
+    fc.plot(title=f"IOI node-level faithfulness ({a.model}, {a.n_prompts} prompts)").savefig(
+        a.out / "faithfulness_nodes.png", dpi=110)
+    summary["nodes"] = {"cpr": fc.cpr, "cmd": fc.cmd, "n_nodes": fc.n_nodes, "ks": fc.ks,
+                        "faithfulness": fc.faithfulness, "time_s": round(time.time() - t, 1)}
+    md += ["## Node-level CPR and CMD", "", markdown_table(fc.table()), ""]
 
 
 def stability_stage(a, model, ds, summary, md, save) -> None:

@@ -88,3 +88,30 @@ def test_errors(tiny_gpt2):
         list(grad_run(tiny_gpt2, ds.clean_tokens, lambda logits, e: logits.sum(), grad_at=["blocks.0.hook_resid_pre"]))
     with pytest.raises(ValueError, match="ig_steps"):
         ig_alphas(0)
+
+
+def test_fast_backend_with_start_layers(tiny_gpt2):
+    """On the fast backend a configuration that starts at block 1 runs (forward and backward)
+    from the clean residual there: its gradients at block 1 are those of a full hooked pass,
+    and hooks before block 1 do not fire; output="last" gives the same metric."""
+    model = tiny_gpt2
+    ds = toy_movie_review(model, "test")[:4]
+    names = ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]
+
+    def metric(logits, examples):
+        assert logits.shape[1] == 1
+        return logit_diff(logits, ds.answers[examples])
+
+    ref = list(grad_run(model, ds.clean_tokens, metric, grad_at=names, output="last"))[0]
+    rows = list(grad_run(model, ds.clean_tokens, metric, grad_at=names, n_configs=2, start_layer=[0, 1],
+                         batch_size=4, backend="fast", output="last"))
+    assert [r.configs.unique().tolist() for r in rows] == [[0], [1]]
+    assert set(rows[0].grads) == set(names) and set(rows[1].grads) == set(names[1:])
+    for r in rows:
+        torch.testing.assert_close(r.metric, ref.metric, atol=1e-5, rtol=1e-5)
+        for n in r.grads:
+            torch.testing.assert_close(r.grads[n], ref.grads[n], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="start_layer"):
+        list(grad_run(model, ds.clean_tokens, metric, n_configs=2, start_layer=[0], backend="fast"))
+    with pytest.raises(ValueError, match="output"):
+        list(grad_run(model, ds.clean_tokens, metric, output="first"))

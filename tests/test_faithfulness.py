@@ -10,8 +10,9 @@ from mechlens.circuits import (
     edge_attribution_patch,
     faithfulness_curve,
 )
-from mechlens.circuits.faithfulness import MIB_FRACTIONS
+from mechlens.circuits.faithfulness import MIB_FRACTIONS, node_ranking
 from mechlens.data import toy_movie_review
+from mechlens.metrics import logit_diff
 
 
 def test_cpr_cmd_by_hand():
@@ -30,7 +31,8 @@ def test_curve_matches_exact_pruning_and_endpoints(tiny_model):
     fc = faithfulness_curve(tiny_model, ds, {"eap": edges, "as tensor": edges.values}, n_random=2, batch_size=7,
                             progress=False)
     assert isinstance(fc, FaithfulnessCurve) and fc.labels["scoring"] == ["eap", "as tensor", "random"]
-    assert fc.faithfulness["eap"] == fc.faithfulness["as tensor"]  # a tensor of scores ranks the same
+    # a tensor of scores ranks the same (rows in other passes may sum the edges in another order)
+    assert fc.faithfulness["eap"] == pytest.approx(fc.faithfulness["as tensor"], abs=1e-5)
     assert fc.faithfulness["eap"][-1] == pytest.approx(1.0, abs=1e-4)  # every edge kept: the clean run
     assert fc.clean == pytest.approx(float(edges.baselines["clean"].mean()), abs=1e-4)
     assert fc.corrupt == pytest.approx(float(edges.baselines["corrupt"].mean()), abs=1e-4)
@@ -59,3 +61,62 @@ def test_save_load_and_bad_input(tiny_gpt2, tmp_path):
         faithfulness_curve(tiny_gpt2, ds, torch.zeros(3, 3), progress=False)
     with pytest.raises(ValueError, match="n_random"):
         faithfulness_curve(tiny_gpt2, ds, edges, n_random=-1, progress=False)
+
+
+def test_node_curve_equals_replacing_component_outputs(tiny_model):
+    """A node outside the circuit has every outgoing edge patched: the same as replacing its
+    output (a head's z, an MLP's output, the embedding) by the corrupt run's, written with
+    plain run_with_hooks; node scores from edges are the senders' sums."""
+    model = tiny_model
+    ds = toy_movie_review(model, "test")[:5]
+    edges = edge_attribution_patch(model, ds, progress=False)
+    fracs = [0.2, 0.5, 1.0]
+    fc = faithfulness_curve(model, ds, {"eap": edges}, fractions=fracs, level="nodes", n_random=1, progress=False)
+    senders = edges.labels["sender"]
+    assert fc.level == "nodes" and fc.n_nodes == len(senders)
+    assert fc.ks == [int(f * len(senders)) for f in fracs]
+    assert fc.faithfulness["eap"][-1] == pytest.approx(1.0, abs=1e-4)
+    node = (edges.values * torch.tensor(edges.meta["valid"])).sum(1)
+    order = torch.argsort(node.abs(), descending=True, stable=True)
+    assert torch.equal(node_ranking(model, edges), order)
+    _, corrupt = model.run_with_cache(ds.corrupt_tokens)
+    h = model.cfg.n_heads
+    for j, k in enumerate(fc.ks):
+        kept = {senders[i] for i in order[:k].tolist()}
+        hooks = []
+        if "embed" not in kept:
+            hooks.append(("blocks.0.hook_resid_pre", lambda a, hook: corrupt["blocks.0.hook_resid_pre"]))
+        for layer in range(model.cfg.n_layers):
+            heads = [i for i in range(h) if f"L{layer}H{i}" not in kept]
+
+            def z_hook(a, hook, heads=heads, name=f"blocks.{layer}.attn.hook_z"):
+                a = a.clone()
+                a[:, :, heads] = corrupt[name][:, :, heads]
+                return a
+
+            if heads:
+                hooks.append((f"blocks.{layer}.attn.hook_z", z_hook))
+            if f"L{layer} mlp" not in kept:
+                name = f"blocks.{layer}.hook_mlp_out"
+                hooks.append((name, lambda a, hook, name=name: corrupt[name]))
+        with torch.no_grad():
+            want = logit_diff(model.run_with_hooks(ds.clean_tokens, fwd_hooks=hooks), ds.answers)
+        torch.testing.assert_close(fc.per_example[0, j], want, atol=1e-4, rtol=1e-4)
+    assert 0 < fc.ks[0] < len(senders)
+    with pytest.raises(ValueError, match="level"):
+        faithfulness_curve(model, ds, edges, level="heads", progress=False)
+    with pytest.raises(ValueError, match="node scores"):
+        faithfulness_curve(model, ds, torch.zeros(3), level="nodes", progress=False)
+
+
+def test_fast_backend_equals_hooks(tiny_model):
+    """Pruned runs on the fast backend (blocks run on their own, only the final position
+    unembedded) give the hooked passes' numbers, for circuits of edges and of nodes."""
+    ds = toy_movie_review(tiny_model, "test")[:5]
+    edges = edge_attribution_patch(tiny_model, ds, progress=False)
+    for level in ("edges", "nodes"):
+        kw = dict(fractions=[0.05, 0.3, 1.0], n_random=1, level=level, batch_size=4, progress=False)
+        fast = faithfulness_curve(tiny_model, ds, edges, backend="fast", **kw)
+        hooks = faithfulness_curve(tiny_model, ds, edges, backend="hooks", **kw)
+        assert fast.per_example.abs().max() > 1e-3
+        torch.testing.assert_close(fast.per_example, hooks.per_example, atol=1e-5, rtol=1e-4)

@@ -127,6 +127,7 @@ def edge_attribution_patch(
     method: str = "eap",
     ig_steps: int | None = None,
     batch_size: int | None = None,
+    backend: str = "auto",
     progress: bool = True,
 ) -> PatchResult:
     """Score every edge ``sender -> receiver`` by ``(a_corrupt - a_clean) . dM/d(receiver input)``.
@@ -160,6 +161,10 @@ def edge_attribution_patch(
         batch_size: sequences per forward/backward pass (default
             ``mechlens.engine.DEFAULT_BATCH_SIZE``); integration steps are stacked on the
             batch axis up to this bound.
+        backend: ``"auto"``, ``"fast"`` or ``"hooks"`` (:mod:`mechlens.engine`). On the fast
+            backend the runs of ``"eap-ig-activations"`` start at the block of the group they
+            interpolate (everything before it is the clean run), and with the logit
+            difference only the final position is unembedded; the scores are the same.
         progress: show a progress bar over passes.
 
     Returns:
@@ -185,11 +190,12 @@ def edge_attribution_patch(
     z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n)]
     mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n)]
     value_names = ["blocks.0.hook_resid_pre", *z_names, *mlp_names]
-    recv_names: list[tuple[str, str]] = []  # (hook, kind) in receiver order, grouped per layer
+    kv = int(getattr(model.cfg, "n_key_value_heads", None) or h)
+    recv_names: list[tuple[str, int]] = []  # (hook, heads; 0 = one receiver) in receiver order, per layer
     for layer in range(n):
-        recv_names += [(qkv_input_hook(model, layer, w), "heads") for w in "qkv"]
-        recv_names.append((_mlp_input_hook(model, layer), "one"))
-    recv_names.append((f"blocks.{n - 1}.hook_resid_post", "one"))
+        recv_names += [(qkv_input_hook(model, layer, w), h if w == "q" else kv) for w in "qkv"]
+        recv_names.append((_mlp_input_hook(model, layer), 0))
+    recv_names.append((f"blocks.{n - 1}.hook_resid_post", 0))
     names = [nm for nm, _ in recv_names]
     w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
     # sender groups (what "eap-ig-activations" interpolates together): output hook, senders
@@ -197,7 +203,16 @@ def edge_attribution_patch(
     for layer in range(n):
         first = 1 + layer * (h + 1)
         groups += [(z_names[layer], slice(first, first + h)), (mlp_names[layer], slice(first + h, first + h + 1))]
-    n_configs = 1 if steps == 1 else (steps if method == "eap-ig-inputs" else steps * len(groups))
+    # eap-ig-activations: every group's last step (alpha = 1) is the clean run, so configuration 0
+    # is that one shared run and configuration 1 + g (steps - 1) + j is step j of group g
+    n_configs = 1 if steps == 1 else (steps if method == "eap-ig-inputs" else 1 + (steps - 1) * len(groups))
+    # the first block each configuration changes: a group's runs are the clean run before it
+    start = [0] * n_configs if method != "eap-ig-activations" or steps == 1 else [0] + [
+        max(0, (g - 1) // 2) for g in range(len(groups)) for _ in range(steps - 1)]
+
+    def group_of(configs: Tensor) -> Tensor:
+        """eap-ig-activations: the group each configuration interpolates (-1: the clean run)."""
+        return torch.div(configs - 1, steps - 1, rounding_mode="floor")
 
     def fn(logits: Tensor, sub: Any) -> Tensor:
         y = logit_diff(logits, sub.answers) if not callable(metric) else torch.as_tensor(metric(logits, sub))
@@ -206,18 +221,42 @@ def edge_attribution_patch(
         return y
 
     def sender_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
-        """[b, pos, n_senders, d]: every sender's write into the residual stream, ``a`` minus ``b``."""
-        ups = [(a["blocks.0.hook_resid_pre"] - b["blocks.0.hook_resid_pre"])[:, :, None]]
+        """[b, n_senders, pos, d]: every sender's write into the residual stream, ``a`` minus
+        ``b`` (senders before positions, so a run of senders is a view)."""
+        ups = [(a["blocks.0.hook_resid_pre"] - b["blocks.0.hook_resid_pre"])[:, None]]
         for layer in range(n):
             dz = a[z_names[layer]] - b[z_names[layer]]
-            ups.append(torch.einsum("bphe,hem->bphm", dz, w_o[layer].to(dz.dtype)))
-            ups.append((a[mlp_names[layer]] - b[mlp_names[layer]])[:, :, None])
-        return torch.cat(ups, dim=2).float()
+            ups.append(torch.einsum("bphe,hem->bhpm", dz, w_o[layer].to(dz.dtype)))
+            ups.append((a[mlp_names[layer]] - b[mlp_names[layer]])[:, None])
+        return torch.cat(ups, dim=1).float()
+
+    def edge_scores(up: Tensor, g: Tensor) -> Tensor:
+        """``[senders, receivers, b]``: ``up`` ``[b, senders, pos, d]`` dotted with the
+        gradients ``g`` ``[b, pos, receivers, d]`` over positions and the model dimension."""
+        b_, u_, p_, d_ = up.shape
+        gt = g.permute(0, 2, 1, 3).reshape(b_, g.shape[2], p_ * d_)
+        return torch.bmm(up.reshape(b_, u_, p_ * d_), gt.transpose(1, 2)).permute(1, 2, 0)
 
     scores = torch.zeros(len(senders), len(receivers), ds.batch)
     y_clean = torch.empty(ds.batch)
     y_corrupt = torch.empty(ds.batch)
     mask = torch.tensor(valid)
+    # each receiver hook reads a prefix of the senders (they are in layer order): score only those
+    spans: list[tuple[str, int, int, int]] = []  # (hook, first receiver, receivers, senders it reads)
+    first_r = 0
+    for nm, heads in recv_names:
+        count = max(heads, 1)
+        u = int(mask[:, first_r].sum())
+        assert bool(mask[:u, first_r : first_r + count].all()) and not bool(mask[u:, first_r : first_r + count].any())
+        spans.append((nm, first_r, count, u))
+        first_r += count
+    assert first_r == len(receivers)
+
+    def grad_of(gb: Any, nm: str, heads: int) -> Tensor | None:
+        """[rows, pos, receivers, d] at one hook (None where no block of the pass reached it)."""
+        g = gb.grads.get(nm)
+        return None if g is None else (g if heads else g[:, :, None]).float()
+
     chunks = batches(ds.batch, batch_size)
     bar = progress_bar(len(chunks) * len(batches(n_configs * (chunks[0].stop - chunks[0].start), batch_size)),
                        progress, "edge attribution" if steps == 1 else f"{method} ({steps} steps)")
@@ -226,23 +265,22 @@ def edge_attribution_patch(
         logits_k, corrupt = cached_run(model, sub.corrupt_tokens, value_names)
         y_corrupt[sl] = fn(logits_k, sub).detach().float().cpu()
         clean: dict[str, Tensor] = {}
+        grad_sum: dict[str, Tensor] = {}
         if steps > 1:  # the clean values for the differences and the interpolation
             logits_c, clean = cached_run(model, sub.clean_tokens, value_names)
             y_clean[sl] = fn(logits_c, sub).detach().float().cpu()
             up_all = sender_diff(corrupt, clean)
-            if method == "eap-ig-inputs":
-                b_, p_, _, d_ = up_all.shape
-                down_sum = torch.zeros(b_, p_, len(receivers), d_, device=up_all.device)
 
         def interpolations(configs: Tensor, examples: Tensor, clean: dict[str, Tensor] = clean,
                            corrupt: dict[str, Tensor] = corrupt) -> list[Hook]:
             if steps == 1:
                 return []
-            alpha = torch.tensor(alphas)[configs % steps]
             if method == "eap-ig-inputs":
                 nm = "blocks.0.hook_resid_pre"
+                alpha = torch.tensor(alphas)[configs % steps]
                 return [interpolate_hook(nm, clean[nm][examples], corrupt[nm][examples], alpha)]
-            group = configs // steps
+            group = group_of(configs)
+            alpha = torch.tensor(alphas)[(configs - 1).clamp(min=0) % (steps - 1)]
             return [
                 interpolate_hook(nm, clean[nm][examples], corrupt[nm][examples], torch.where(group == g, alpha, 1.0))
                 for g, (nm, _) in enumerate(groups) if bool((group == g).any())
@@ -254,31 +292,44 @@ def edge_attribution_patch(
         with _forks(model):
             for gb in grad_run(model, sub.clean_tokens, rows_metric, save=value_names if steps == 1 else (),
                                grad_at=names, n_configs=n_configs, hooks=interpolations,
-                               batch_size=batch_size, allow_unused=True):
+                               batch_size=batch_size, allow_unused=True, backend=backend, start_layer=start,
+                               output="all" if callable(metric) else "last"):
                 bar.update(1)
-                downs = [gb.grads[nm] if kind == "heads" else gb.grads[nm][:, :, None] for nm, kind in recv_names]
-                down = torch.cat(downs, dim=2).float()
                 if steps == 1:
                     y_clean[sl] = gb.metric.float().cpu()
                     up = sender_diff(corrupt, gb.saved)
-                    s = torch.einsum("bpud,bprd->urb", up, down) * mask[:, :, None].to(up.device)
-                    scores[:, :, sl] = s.cpu()
+                    for (nm, heads), (_, r0, count, u) in zip(recv_names, spans):
+                        g = grad_of(gb, nm, heads)
+                        assert g is not None
+                        scores[:u, r0 : r0 + count, sl] = edge_scores(up[:, :u], g).cpu()
                 elif method == "eap-ig-inputs":  # the differences are fixed: average the gradients first
-                    down_sum.index_add_(0, gb.examples.to(down.device), down)
-                else:  # a row's gradients score only the edges of the group it interpolates
-                    group = gb.configs // steps
-                    for g in group.unique().tolist():
-                        rows = (group == g).nonzero().flatten()
+                    for nm, heads in recv_names:
+                        g = grad_of(gb, nm, heads)
+                        assert g is not None
+                        if nm not in grad_sum:
+                            grad_sum[nm] = torch.zeros((sl.stop - sl.start, *g.shape[1:]), device=g.device)
+                        grad_sum[nm].index_add_(0, gb.examples.to(g.device), g)
+                else:  # a row's gradients score only the edges out of the group it interpolates
+                    group = group_of(gb.configs)
+                    # the shared clean run (-1) scores every group's edges
+                    pairs = [(c, groups[g][1]) for c in group.unique().tolist()
+                             for g in (range(len(groups)) if c < 0 else [c])]
+                    for gi, sg in pairs:
+                        rows = (group == gi).nonzero().flatten()
                         ex = gb.examples[rows]
-                        senders_g = groups[g][1]
-                        s = torch.einsum("bpud,bprd->urb", up_all[ex.to(up_all.device)][:, :, senders_g],
-                                         down[rows.to(down.device)])
-                        s = s * mask[senders_g, :, None].to(s.device)
-                        scores[senders_g].index_add_(2, ex + sl.start, s.cpu() / steps)
-                del down, gb
+                        up_g = up_all[:, sg][ex.to(up_all.device)]
+                        for (nm, heads), (_, r0, count, u) in zip(recv_names, spans):
+                            hi = min(sg.stop, u)
+                            g = grad_of(gb, nm, heads)
+                            if hi <= sg.start or g is None:  # the group cannot reach this receiver
+                                continue
+                            s_ = edge_scores(up_g[:, : hi - sg.start], g[rows.to(g.device)])
+                            scores[sg.start : hi, r0 : r0 + count].index_add_(2, ex + sl.start, s_.cpu() / steps)
+                del gb
             if method == "eap-ig-inputs" and steps > 1:
-                s = torch.einsum("bpud,bprd->urb", up_all, down_sum / steps) * mask[:, :, None].to(up_all.device)
-                scores[:, :, sl] = s.cpu()
+                for nm, r0, count, u in spans:
+                    s_ = edge_scores(up_all[:, :u], grad_sum[nm] / steps)
+                    scores[:u, r0 : r0 + count, sl] = s_.cpu()
     bar.close()
     assert scores.shape[1] == len(receivers) and h > 0
     return PatchResult(
@@ -299,6 +350,7 @@ def eap_ig(
     ig_steps: int = 5,
     metric: str | Callable[..., Tensor] = "logit_diff",
     batch_size: int | None = None,
+    backend: str = "auto",
     progress: bool = True,
 ) -> PatchResult:
     """EAP with integrated gradients (Hanna et al. 2024): :func:`edge_attribution_patch` with
@@ -308,7 +360,7 @@ def eap_ig(
         raise ValueError(f"interpolate={interpolate!r}: choose 'inputs' (the input embeddings) or 'activations' "
                          "(each sender group's output)")
     return edge_attribution_patch(model, ds, metric=metric, method=f"eap-ig-{interpolate}", ig_steps=ig_steps,
-                                  batch_size=batch_size, progress=progress)
+                                  batch_size=batch_size, backend=backend, progress=progress)
 
 
 def eap_faithfulness(
@@ -399,7 +451,7 @@ def eap_faithfulness(
 
 def pruned_run(
     model: Any, ds: Any, pruned: Tensor, *, batch_size: int | None = None, progress: bool = False,
-    metric: Callable[[Tensor, Tensor], Tensor] | None = None,
+    metric: Callable[[Tensor, Tensor], Tensor] | None = None, backend: str = "auto",
 ) -> Tensor:
     """The metric (default: logit difference) of clean runs in which the edges marked in each
     configuration of ``pruned`` ``[config, sender, receiver]`` carry the corrupt value,
@@ -408,7 +460,9 @@ def pruned_run(
     Exact edge patching: each receiver's input gets ``sum_u pruned[u, r] * (a_u^corrupt -
     a_u)``, ``a_u`` the sender's output in this run. The ``config x example`` grid runs on the
     engine (:func:`~mechlens.engine.run_grid`), ``batch_size`` rows per pass, so many
-    configurations share a pass.
+    configurations share a pass; on the fast backend (``backend="auto"`` on a
+    TransformerBridge) the blocks run on their own and, with the default metric, only the
+    final position is unembedded.
     """
     ds = prepare_dataset(model, ds)
     senders, receivers, valid = eap_nodes(model)
@@ -421,42 +475,62 @@ def pruned_run(
     corrupt, _ = cache_batched(model, ds.corrupt_tokens, ["blocks.0.hook_resid_pre", *z_names, *mlp_names],
                                batch_size=batch_size)
     w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
-    corr_up = [corrupt["blocks.0.hook_resid_pre"]]
+    corr_up = [corrupt["blocks.0.hook_resid_pre"][:, None]]
     for layer in range(n):
         zc = corrupt[z_names[layer]]
-        corr_up += list(torch.einsum("bphe,hem->hbpm", zc, w_o[layer].to(zc.dtype)))
-        corr_up.append(corrupt[mlp_names[layer]])
-    corr = torch.stack(corr_up)  # [sender, batch, pos, d]
+        corr_up.append(torch.einsum("bphe,hem->bhpm", zc, w_o[layer].to(zc.dtype)))
+        corr_up.append(corrupt[mlp_names[layer]][:, None])
+    # [batch, sender, pos, d]: a row's senders side by side, so each receiver's sum over
+    # the pruned senders is one batched matrix product without a copy
+    corr = torch.cat(corr_up, dim=1)
     del corr_up, corrupt
     r_index = {r: i for i, r in enumerate(receivers)}
-    masks = (pruned.bool() & torch.tensor(valid)).to(ds.device)
+    valid_t = torch.tensor(valid)
+    masks = (pruned.bool() & valid_t).to(ds.device)
+    valid_d = valid_t.to(ds.device)
+    prefix = valid_t.sum(0).tolist()  # a receiver reads the senders [:prefix] (they are in layer order)
 
     def hooks(configs: Tensor, examples: Tensor) -> list[Hook]:
-        m_rows = masks[configs.to(masks.device)].to(corr.dtype)  # [rows, sender, receiver]
-        c_rows = corr[:, examples.to(corr.device)]  # [sender, rows, pos, d]
-        n_send, b, p, d_model = c_rows.shape
-        # corrupt minus current, in sender order, filled in as the senders run
-        diffs = torch.zeros_like(c_rows)
+        m_rows = masks[configs.to(masks.device)]  # [rows, sender, receiver]: True = corrupted
+        ex = examples.to(corr.device)
+        b, n_send, p, d_model = len(examples), corr.shape[1], corr.shape[2], corr.shape[3]
+        # corrupt minus current, in sender order, filled in as the senders run, and their running sum
+        diffs = torch.empty(b, n_send, p, d_model, dtype=corr.dtype, device=corr.device)
+        total = torch.zeros(b, p, d_model, dtype=corr.dtype, device=corr.device)
         filled = [0]
 
+        def fill(lo: int, hi: int, cur: Tensor) -> None:
+            diffs[:, lo:hi] = corr[ex, lo:hi] - cur
+            total.add_(diffs[:, lo:hi].sum(1))
+            filled[0] = hi
+
         def on_embed(act: Tensor, hook: Any) -> None:
-            diffs[0] = c_rows[0] - act
-            filled[0] = 1
+            fill(0, 1, act[:, None])
 
         def on_z(act: Tensor, hook: Any, layer: int = 0) -> None:
-            cur = torch.einsum("bphe,hem->hbpm", act, w_o[layer].to(act.dtype))
-            base = filled[0]
-            diffs[base : base + h] = c_rows[base : base + h] - cur
-            filled[0] = base + h
+            fill(filled[0], filled[0] + h, torch.einsum("bphe,hem->bhpm", act, w_o[layer].to(act.dtype)))
 
         def on_mlp(act: Tensor, hook: Any) -> None:
-            diffs[filled[0]] = c_rows[filled[0]] - act
-            filled[0] += 1
+            fill(filled[0], filled[0] + 1, act[:, None])
 
         def on_recv(first: int, count: int, per_head: bool) -> Callable:
             def hook(act: Tensor, hook: Any) -> Tensor:
                 u = filled[0]
-                add = torch.einsum("buc,ubpd->bpcd", m_rows[:, :u, first : first + count], diffs[:u])
+                pr = m_rows[:, :u, first : first + count]  # [rows, u, c]
+                sel, on, from_total = pr, pr.any(2).any(0), False
+                if u == prefix[first]:  # every sender this receiver reads has run: `total` sums them
+                    kept = valid_d[:u, first : first + count] & ~pr
+                    on_k = kept.any(2).any(0)
+                    if int(on_k.sum()) < int(on.sum()):  # small circuits: subtract the few kept senders
+                        sel, on, from_total = kept, on_k, True
+                idx = on.nonzero().flatten()
+                if not len(idx) and not from_total:
+                    return act
+                # the span of senders involved, as views (indexing would copy the differences)
+                lo, hi = (int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, 0)
+                add = torch.einsum("buc,bupd->bpcd", sel[:, lo:hi].to(diffs.dtype), diffs[:, lo:hi])
+                if from_total:
+                    add = total[:, :, None] - add
                 return act + (add if per_head else add[:, :, 0]).to(act.dtype)
 
             return hook
@@ -473,4 +547,5 @@ def pruned_run(
 
     with _forks(model):
         return run_grid(model, ds.clean_tokens, metric or logit_diff_metric(ds.answers), n_configs=len(pruned),
-                        hooks=hooks, batch_size=batch_size, progress=progress, desc="pruned circuits")
+                        hooks=hooks, batch_size=batch_size, progress=progress, desc="pruned circuits",
+                        backend=backend, output="all" if metric is not None else "last")

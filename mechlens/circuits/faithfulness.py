@@ -48,7 +48,9 @@ from mechlens.patching.result import PatchResult
 from mechlens.results import Measurement, provenance
 from mechlens.validate import check_batch_size
 
-__all__ = ["MIB_FRACTIONS", "FaithfulnessCurve", "faithfulness_curve", "cpr_cmd", "edge_ranking"]
+__all__ = ["MIB_FRACTIONS", "FaithfulnessCurve", "faithfulness_curve", "cpr_cmd", "edge_ranking", "node_ranking"]
+
+LEVELS = ("edges", "nodes")
 
 #: The circuit sizes of the MIB circuit track, as fractions of all edges.
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -78,12 +80,29 @@ def edge_ranking(model: Any, scores: PatchResult | Tensor) -> Tensor:
     return order[: int(mask.sum())]
 
 
+def node_ranking(model: Any, scores: PatchResult | Tensor) -> Tensor:
+    """Sender (node) indices by ``|score|`` descending (ties in index order). ``scores`` is a
+    ``[sender]`` tensor, or edge scores ``[sender, receiver]`` summed over each sender's
+    outgoing edges (for EAP that sum is the node's attribution-patching score)."""
+    senders, _, valid = eap_nodes(model)
+    vals = scores.values if isinstance(scores, PatchResult) else torch.as_tensor(scores)
+    vals = vals.detach().float().cpu()
+    if vals.ndim == 2:
+        edge_ranking(model, vals)  # checks the shape
+        vals = (vals * torch.tensor(valid)).sum(1)
+    if tuple(vals.shape) != (len(senders),):
+        raise ValueError(f"node scores must be [sender] = ({len(senders)},) or edge scores [sender, receiver] for "
+                         f"this model, got {tuple(vals.shape)}")
+    return torch.argsort(vals.abs(), descending=True, stable=True)
+
+
 @dataclass(kw_only=True)
 class FaithfulnessCurve(Measurement):
     """Faithfulness of the top edges of each scoring over circuit sizes (MIB's CPR and CMD).
 
     ``per_example`` ``[scoring, fraction, batch]`` is the metric (logit difference) of the
     pruned runs; ``faithfulness[scoring]`` the normalised curve (means over prompts);
+    ``level`` says whether the circuits were sets of edges or of nodes (``n_nodes`` of them);
     ``cpr`` / ``cmd`` per scoring; ``random`` holds, per random draw, the curve, CPR and CMD
     (scoring ``"random"`` in ``per_example`` is the mean over draws).
     """
@@ -91,6 +110,8 @@ class FaithfulnessCurve(Measurement):
     fractions: list[float] = field(default_factory=list)
     ks: list[int] = field(default_factory=list)
     n_edges: int = 0
+    level: str = "edges"
+    n_nodes: int = 0
     clean: float = 0.0
     corrupt: float = 0.0
     faithfulness: dict[str, list[float]] = field(default_factory=dict)
@@ -116,7 +137,8 @@ class FaithfulnessCurve(Measurement):
         return plot_faithfulness(self, title=title)
 
     def _summary_lines(self) -> list[str]:
-        return [f"faithfulness over {len(self.fractions)} circuit sizes of {self.n_edges} edges"] + [
+        size = f"{self.n_nodes} nodes" if self.level == "nodes" else f"{self.n_edges} edges"
+        return [f"faithfulness over {len(self.fractions)} circuit sizes of {size}"] + [
             f"{s}: CPR {self.cpr[s]:.3f}, CMD {self.cmd[s]:.3f}" for s in self.cpr
         ]
 
@@ -129,7 +151,9 @@ def faithfulness_curve(
     fractions: Sequence[float] = MIB_FRACTIONS,
     n_random: int = 5,
     seed: int = 0,
+    level: str = "edges",
     batch_size: int | None = None,
+    backend: str = "auto",
     progress: bool = True,
 ) -> FaithfulnessCurve:
     """Faithfulness curve, CPR and CMD of one or several edge scorings (MIB's definitions).
@@ -142,14 +166,23 @@ def faithfulness_curve(
         fractions: circuit sizes as fractions of all edges, increasing, in (0, 1] (default:
             MIB's grid).
         n_random: random edge sets per size (seeded by ``seed``); 0 for none.
+        level: ``"edges"`` (MIB's circuits of edges) or ``"nodes"``: circuits of components
+            (the senders: the embedding, every head, every MLP), ranked by node scores
+            (``[sender]``, or edge scores summed over each sender's outgoing edges); a node
+            outside the circuit has every outgoing edge patched, i.e. its output replaced by
+            its corrupt output for every reader; ``fractions`` are then of the nodes.
         batch_size: sequences per forward pass; all (scoring, size) configurations run on
             the engine's grid, stacked on the batch axis.
+        backend: ``"auto"``, ``"fast"`` or ``"hooks"`` (:mod:`mechlens.engine`); the same numbers.
         progress: progress bar over passes.
 
     Returns:
         A :class:`FaithfulnessCurve` (``.table()``, ``.plot()``).
     """
-    args = {"fractions": list(fractions), "n_random": n_random, "seed": seed, "batch_size": batch_size}
+    args = {"fractions": list(fractions), "n_random": n_random, "seed": seed, "level": level,
+            "batch_size": batch_size}
+    if level not in LEVELS:
+        raise ValueError(f"level={level!r}: choose one of {list(LEVELS)}")
     check_model(model)
     check_batch_size(batch_size)
     ds = prepare_dataset(model, ds)
@@ -163,26 +196,33 @@ def faithfulness_curve(
     named = dict(scores) if isinstance(scores, Mapping) else {"scores": scores}
     if not named or "random" in named:
         raise ValueError("scores: give one scoring or a non-empty mapping name -> scores (the name 'random' is taken)")
-    _, _, valid = eap_nodes(model)
+    senders, _, valid = eap_nodes(model)
     mask = torch.tensor(valid)
     n_edges = int(mask.sum())
-    ks = [int(f * n_edges) for f in fracs]
-    valid_idx = mask.flatten().nonzero().flatten()
+    n_items = n_edges if level == "edges" else len(senders)
+    ks = [int(f * n_items) for f in fracs]
+    # what a circuit is made of: real edges (flat indices) or senders
+    items = mask.flatten().nonzero().flatten() if level == "edges" else torch.arange(len(senders))
+    ranking = edge_ranking if level == "edges" else node_ranking
 
     def pruned_of(kept: Tensor) -> Tensor:
+        if level == "nodes":
+            pruned = mask.clone()
+            pruned[kept] = False  # a kept node's outgoing edges stay clean
+            return pruned
         pruned = mask.clone().flatten()
         pruned[kept] = False
         return pruned.view(mask.shape)
 
     configs = [torch.ones_like(mask), torch.zeros_like(mask)]  # empty circuit, full model
     for sc in named.values():
-        order = edge_ranking(model, sc)
+        order = ranking(model, sc)
         configs += [pruned_of(order[:k]) for k in ks]
     g = torch.Generator().manual_seed(seed)
     for _ in range(n_random):
-        perm = valid_idx[torch.randperm(n_edges, generator=g)]  # nested sets: one draw grows with k
+        perm = items[torch.randperm(n_items, generator=g)]  # nested sets: one draw grows with k
         configs += [pruned_of(perm[:k]) for k in ks]
-    ys = pruned_run(model, ds, torch.stack(configs), batch_size=batch_size, progress=progress)
+    ys = pruned_run(model, ds, torch.stack(configs), batch_size=batch_size, progress=progress, backend=backend)
     empty, full = ys[0], ys[1]
     m_empty, m_full = float(empty.mean()), float(full.mean())
     if abs(m_full - m_empty) < 1e-8:
@@ -218,6 +258,6 @@ def faithfulness_curve(
     return FaithfulnessCurve(
         per_example=per_example, axes=("scoring", "fraction"), labels={"scoring": names, "fraction": fracs},
         metric="logit_diff", **provenance(model, ds, args=args),
-        fractions=fracs, ks=ks, n_edges=n_edges, clean=m_full, corrupt=m_empty, faithfulness=out, cpr=cpr, cmd=cmd,
+        fractions=fracs, ks=ks, n_edges=n_edges, level=level, n_nodes=len(senders), clean=m_full, corrupt=m_empty, faithfulness=out, cpr=cpr, cmd=cmd,
         random=random,
     )

@@ -50,7 +50,14 @@ from mechlens.engine.batching import (
     rows_per_pass,
 )
 from mechlens.engine.bridge import split_qkv_input
-from mechlens.engine.fast import BaseRun, SuffixRunner, base_run, overhead_tokens, plan_passes
+from mechlens.engine.fast import (
+    BaseRun,
+    SuffixRunner,
+    base_run,
+    block_runner,
+    overhead_tokens,
+    plan_passes,
+)
 from mechlens.engine.generate import generate_batched
 from mechlens.engine.grad import GradBatch, grad_run, ig_alphas, interpolate_hook
 from mechlens.engine.grid import cache_batched, cache_iter, logit_diff_metric, padded_iter, run_grid
@@ -83,7 +90,7 @@ from mechlens.model_protocol import is_bridge
 
 __all__ = [
     "BACKENDS", "DEFAULT_BATCH_SIZE", "METRICS", "BaseRun", "Hook", "HooksRunner", "Patch", "PatchMetric",
-    "SuffixRunner", "base_run", "batches", "cache_batched", "cached_run", "check_mode", "chunks",
+    "SuffixRunner", "base_run", "batches", "block_runner", "cache_batched", "cached_run", "check_mode", "chunks",
     "copies_per_pass", "hook_layer", "is_bridge", "logit_diff_metric", "overhead_tokens", "pad_id",
     "padded_batches", "padded_iter", "patch_mask", "patch_rows", "plan_passes", "prepare_dataset", "progress_bar",
     "progress_iter", "resolve_backend", "rows_per_pass", "run_grid", "run_with_patches", "saver",

@@ -39,7 +39,7 @@ from mechlens.engine.bridge import (
 from mechlens.engine.hooks import Hook, saver
 from mechlens.hooks import hooked
 
-__all__ = ["base_run", "BaseRun", "SuffixRunner", "plan_passes", "overhead_tokens"]
+__all__ = ["base_run", "BaseRun", "SuffixRunner", "block_runner", "plan_passes", "overhead_tokens"]
 
 
 @dataclass
@@ -114,6 +114,16 @@ def base_run(model: Any, tokens: Int[Tensor, "batch pos"], names: Iterable[str])
     if not prep.skip_positions:
         run.kv = None
     return run
+
+
+def block_runner(model: Any, tokens: Int[Tensor, "batch pos"]) -> SuffixRunner:
+    """A :class:`SuffixRunner` (whole sequences, no position skipping) for prompts of this
+    length; the block arguments are captured and verified on first use (:func:`base_run` on
+    the first prompt)."""
+    key = (int(tokens.shape[1]), str(tokens.device), str(next(model.parameters()).dtype))
+    if key not in _PREPARED.get(model, {}):
+        base_run(model, tokens[:1], ())
+    return SuffixRunner(model, _PREPARED[model][key].block_kwargs)
 
 
 def _verify(model: Any, run: BaseRun) -> _Prepared:

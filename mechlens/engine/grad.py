@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechlens.engine.backend import resolve_backend
 from mechlens.engine.batching import batches, progress_iter
-from mechlens.engine.hooks import Hook, saver
+from mechlens.engine.fast import block_runner
+from mechlens.engine.hooks import Hook, hook_layer, saver
 from mechlens.hooks import hooked
 from mechlens.models import model_device
 
@@ -99,6 +101,9 @@ def grad_run(
     allow_unused: bool = False,
     progress: bool = False,
     desc: str = "gradients",
+    backend: str = "hooks",
+    start_layer: Sequence[int] | None = None,
+    output: str = "all",
 ) -> Iterator[GradBatch]:
     """Forward and backward passes over the ``n_configs x len(tokens)`` grid, one
     :class:`GradBatch` per pass.
@@ -110,36 +115,77 @@ def grad_run(
     differentiated (``metric.sum()``, so each row gets its own gradient), and the activations
     at ``save`` (detached) and the gradients at ``grad_at`` come back.
 
+    Backends (:func:`~mechlens.engine.resolve_backend` picks ``"auto"``):
+
+    - ``"hooks"``: full forward passes of the model.
+    - ``"fast"`` (TransformerBridge): the blocks run on their own
+      (:func:`~mechlens.engine.fast.block_runner`). With ``start_layer`` (per configuration,
+      the first block it changes) a pass starts at its rows' earliest block from the clean
+      residual there (cached once per call, so call it per chunk of examples to bound
+      memory), and the backward pass stops there too; list configurations in block order so
+      that passes do not mix early and late starts. Hooks and gradients before a pass's
+      first block do not fire: ``grads`` lacks them (their gradient is zero for every row
+      that starts later).
+
+    ``output="last"`` hands ``metric`` the logits of the final position only (``[rows, 1,
+    vocab]``; the fast backend then skips the unembedding of every other position).
+
     Raises:
         RuntimeError: a ``grad_at`` hook did not fire, or (without ``allow_unused``) the
             metric does not depend on it.
     """
+    if output not in ("all", "last"):
+        raise ValueError(f"output={output!r}: choose 'all' or 'last'")
+    backend = resolve_backend(model, backend)
     n = int(tokens.shape[0])
     grid_c = torch.arange(n_configs).repeat_interleave(n)
     grid_e = torch.arange(n).repeat(n_configs)
     dev = model_device(model)
+    n_layers = int(model.cfg.n_layers)
+    starts = torch.zeros(n_configs, dtype=torch.long) if start_layer is None else torch.as_tensor(start_layer)
+    if starts.shape != (n_configs,) or bool((starts < 0).any()) or bool((starts >= n_layers).any()):
+        raise ValueError(f"start_layer must give one block in 0..{n_layers - 1} per configuration ({n_configs})")
+    runner = None
+    base: dict[int, Tensor] = {}
+    if backend == "fast":
+        runner = block_runner(model, tokens.to(dev))
+        later = sorted(set(starts.tolist()) - {0})
+        if later:  # the clean residual where later configurations start, from the runner itself
+            with torch.no_grad():
+                emb = model(tokens.to(dev), stop_at_layer=0)
+                _, base = runner.run([(0, emb)], output="none", capture=later, stop=later[-1])
     grad_names = list(dict.fromkeys(grad_at))
     save_only = [nm for nm in dict.fromkeys(save) if nm not in grad_names]
     for sl in progress_iter(batches(n_configs * n, batch_size), progress, desc):
         c, e = grid_c[sl], grid_e[sl]
+        first = int(starts[c].min())
         saved: dict[str, Tensor] = {}
         leaves: dict[str, Tensor] = {}
         hs: list[Hook] = list(hooks(c, e)) if hooks is not None else []
         hs += [(nm, saver(saved, nm)) for nm in save_only]
         hs += [(nm, _grad_hook(saved if nm in save else None, leaves, nm)) for nm in grad_names]
-        with torch.enable_grad(), hooked(model, hs):
-            logits = model(tokens[e].to(dev))
+        with torch.enable_grad():
+            if runner is None:
+                with hooked(model, hs):
+                    logits = model(tokens[e].to(dev))
+                if output == "last":
+                    logits = logits[:, -1:]
+            else:
+                x = model(tokens[e].to(dev), stop_at_layer=0).detach() if first == 0 else base[first][e.to(dev)]
+                logits, _ = runner.run([(first, x)], hooks=hs, output=output)
+                assert logits is not None
             y = torch.as_tensor(metric(logits, e))
             if y.shape != (len(e),):
                 raise ValueError(f"metric must return one value per example, shape ({len(e)},), got {tuple(y.shape)}")
-            missing = [nm for nm in grad_names if nm not in leaves]
+            missing = [nm for nm in grad_names if nm not in leaves and (runner is None or hook_layer(nm, n_layers) >= first)]
             if missing:
                 raise RuntimeError(
                     f"{missing[:3]} did not fire: this model has no such hook point in its forward pass"
                 )
-            grads = torch.autograd.grad(y.sum(), [leaves[nm] for nm in grad_names], allow_unused=True) if grad_names else ()
+            fired = [nm for nm in grad_names if nm in leaves]
+            grads = torch.autograd.grad(y.sum(), [leaves[nm] for nm in fired], allow_unused=True) if fired else ()
         out: dict[str, Tensor] = {}
-        for nm, g in zip(grad_names, grads):
+        for nm, g in zip(fired, grads):
             if g is None:
                 if not allow_unused:
                     raise RuntimeError(f"no gradient reached {nm}: the metric does not depend on that activation")

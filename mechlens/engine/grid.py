@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechlens.engine.backend import resolve_backend
 from mechlens.engine.batching import batches, pad_id, padded_batches, progress_iter
+from mechlens.engine.fast import block_runner
 from mechlens.engine.hooks import Hook, cached_run
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
@@ -46,6 +48,8 @@ def run_grid(
     batch_size: int | None = None,
     progress: bool = False,
     desc: str = "running",
+    backend: str = "hooks",
+    output: str = "all",
 ) -> Tensor:
     """``metric`` of every (configuration, example) run, ``[n_configs, batch]`` (float32, CPU).
 
@@ -55,16 +59,32 @@ def run_grid(
     that implement the interventions for those rows; ``metric(logits, examples)`` maps the
     pass's logits to one value per row (:func:`logit_diff_metric`). Without ``hooks`` this is
     the plain batched run of the dataset.
+
+    ``backend="fast"`` (TransformerBridge) runs the blocks on their own
+    (:func:`~mechlens.engine.fast.block_runner`; hooks on the embeddings do not fire, hooks in
+    and after the blocks do); ``output="last"`` hands ``metric`` the final position's logits
+    only (``[rows, 1, vocab]``; the fast backend then unembeds only that position).
     """
+    if output not in ("all", "last"):
+        raise ValueError(f"output={output!r}: choose 'all' or 'last'")
+    backend = resolve_backend(model, backend)
     n = tokens.shape[0]
     grid_c = torch.arange(n_configs).repeat_interleave(n)
     grid_e = torch.arange(n).repeat(n_configs)
     out = torch.empty(n_configs * n)
     dev = model_device(model)
+    runner = block_runner(model, tokens.to(dev)) if backend == "fast" else None
     for sl in progress_iter(batches(n_configs * n, batch_size), progress, desc):
         c, e = grid_c[sl], grid_e[sl]
-        with hooked(model, list(hooks(c, e)) if hooks is not None else []):
-            logits = model(tokens[e].to(dev))
+        hs = list(hooks(c, e)) if hooks is not None else []
+        if runner is not None:
+            logits, _ = runner.run([(0, model(tokens[e].to(dev), stop_at_layer=0))], hooks=hs, output=output)
+            assert logits is not None
+        else:
+            with hooked(model, hs):
+                logits = model(tokens[e].to(dev))
+            if output == "last":
+                logits = logits[:, -1:]
         out[sl] = metric(logits, e).detach().float().cpu()
     return out.view(n_configs, n)
 

@@ -127,7 +127,8 @@ def plot_faithfulness(r: Any, title: str | None = None) -> Any:
     ax.axhline(1, color="black", lw=0.5)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xscale("log")
-    ax.set_xlabel(f"edges kept (% of {r.n_edges})")
+    nodes = getattr(r, "level", "edges") == "nodes"
+    ax.set_xlabel(f"nodes kept (% of {r.n_nodes})" if nodes else f"edges kept (% of {r.n_edges})")
     ax.set_ylabel("faithfulness")
     ax.legend(fontsize=8)
     ax.set_title(title or f"faithfulness curves: {r.model_name}")
