@@ -111,7 +111,8 @@ def test_node_curve_equals_replacing_component_outputs(tiny_model):
 
 def test_fast_backend_equals_hooks(tiny_model):
     """Pruned runs on the fast backend (blocks run on their own, only the final position
-    unembedded) give the hooked passes' numbers, for circuits of edges and of nodes."""
+    unembedded) give the hooked passes' numbers, for circuits of edges and of nodes, whatever
+    the chunking of the examples."""
     ds = toy_movie_review(tiny_model, "test")[:5]
     edges = edge_attribution_patch(tiny_model, ds, progress=False)
     for level in ("edges", "nodes"):
@@ -120,3 +121,6 @@ def test_fast_backend_equals_hooks(tiny_model):
         hooks = faithfulness_curve(tiny_model, ds, edges, backend="hooks", **kw)
         assert fast.per_example.abs().max() > 1e-3
         torch.testing.assert_close(fast.per_example, hooks.per_example, atol=1e-5, rtol=1e-4)
+        # batch_size=4 ran the 5 examples in two chunks; all at once gives the same
+        whole = faithfulness_curve(tiny_model, ds, edges, backend="hooks", **{**kw, "batch_size": None})
+        torch.testing.assert_close(whole.per_example, hooks.per_example, atol=1e-5, rtol=1e-4)

@@ -54,7 +54,6 @@ from torch import Tensor
 from mechlens.engine import (
     Hook,
     batches,
-    cache_batched,
     cached_run,
     grad_run,
     ig_alphas,
@@ -460,7 +459,8 @@ def pruned_run(
     Exact edge patching: each receiver's input gets ``sum_u pruned[u, r] * (a_u^corrupt -
     a_u)``, ``a_u`` the sender's output in this run. The ``config x example`` grid runs on the
     engine (:func:`~mechlens.engine.run_grid`), ``batch_size`` rows per pass, so many
-    configurations share a pass; on the fast backend (``backend="auto"`` on a
+    configurations share a pass; examples go in chunks of ``batch_size`` (with their corrupt
+    run's activations), so memory is bounded whatever the dataset; on the fast backend (``backend="auto"`` on a
     TransformerBridge) the blocks run on their own and, with the default metric, only the
     final position is unembedded.
     """
@@ -472,18 +472,21 @@ def pruned_run(
     h, kv = int(model.cfg.n_heads), int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
     z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n)]
     mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n)]
-    corrupt, _ = cache_batched(model, ds.corrupt_tokens, ["blocks.0.hook_resid_pre", *z_names, *mlp_names],
-                               batch_size=batch_size)
     w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
-    corr_up = [corrupt["blocks.0.hook_resid_pre"][:, None]]
-    for layer in range(n):
-        zc = corrupt[z_names[layer]]
-        corr_up.append(torch.einsum("bphe,hem->bhpm", zc, w_o[layer].to(zc.dtype)))
-        corr_up.append(corrupt[mlp_names[layer]][:, None])
-    # [batch, sender, pos, d]: a row's senders side by side, so each receiver's sum over
-    # the pruned senders is one batched matrix product without a copy
-    corr = torch.cat(corr_up, dim=1)
-    del corr_up, corrupt
+
+    def corrupt_writes(tokens: Tensor) -> Tensor:
+        """[batch, sender, pos, d]: every sender's write into the residual stream in the corrupt
+        run; a row's senders side by side, so each receiver's sum over senders is one batched
+        matrix product over a view."""
+        _, corrupt = cached_run(model, tokens, ["blocks.0.hook_resid_pre", *z_names, *mlp_names])
+        ups = [corrupt["blocks.0.hook_resid_pre"][:, None]]
+        for layer in range(n):
+            zc = corrupt[z_names[layer]]
+            ups.append(torch.einsum("bphe,hem->bhpm", zc, w_o[layer].to(zc.dtype)))
+            ups.append(corrupt[mlp_names[layer]][:, None])
+        return torch.cat(ups, dim=1)
+
+    chunk: dict[str, Tensor] = {}  # the corrupt writes of the examples being run
     r_index = {r: i for i, r in enumerate(receivers)}
     valid_t = torch.tensor(valid)
     masks = (pruned.bool() & valid_t).to(ds.device)
@@ -491,6 +494,7 @@ def pruned_run(
     prefix = valid_t.sum(0).tolist()  # a receiver reads the senders [:prefix] (they are in layer order)
 
     def hooks(configs: Tensor, examples: Tensor) -> list[Hook]:
+        corr = chunk["corr"]
         m_rows = masks[configs.to(masks.device)]  # [rows, sender, receiver]: True = corrupted
         ex = examples.to(corr.device)
         b, n_send, p, d_model = len(examples), corr.shape[1], corr.shape[2], corr.shape[3]
@@ -545,7 +549,15 @@ def pruned_run(
         hs.append((f"blocks.{n - 1}.hook_resid_post", on_recv(r_index["logits"], 1, False)))
         return hs
 
-    with _forks(model):
-        return run_grid(model, ds.clean_tokens, metric or logit_diff_metric(ds.answers), n_configs=len(pruned),
-                        hooks=hooks, batch_size=batch_size, progress=progress, desc="pruned circuits",
-                        backend=backend, output="all" if metric is not None else "last")
+    # examples in chunks of batch_size, so that the corrupt writes held are bounded too
+    out = []
+    for sl in batches(ds.batch, batch_size):
+        sub = ds[list(range(sl.start, sl.stop))]
+        chunk["corr"] = corrupt_writes(sub.corrupt_tokens)
+        fn = logit_diff_metric(sub.answers) if metric is None else (
+            lambda logits, e, o=sl.start: metric(logits, e + o))
+        with _forks(model):
+            out.append(run_grid(model, sub.clean_tokens, fn, n_configs=len(pruned), hooks=hooks,
+                                batch_size=batch_size, progress=progress, desc="pruned circuits", backend=backend,
+                                output="all" if metric is not None else "last"))
+    return torch.cat(out, dim=1)
