@@ -99,6 +99,19 @@ def eap_nodes(model: Any) -> tuple[list[str], list[str], list[list[bool]]]:
     return [s[0] for s in senders], [r[0] for r in receivers], valid
 
 
+def sender_writes(acts: dict[str, Tensor], w_o: Sequence[Tensor]) -> Tensor:
+    """``[batch, sender, pos, d]``: each sender's write into the residual stream (the
+    embedding, every head's ``z @ W_O``, every MLP's output) from the activations at
+    ``blocks.0.hook_resid_pre``, ``hook_z`` and ``hook_mlp_out``; senders before positions, so
+    a run of senders is a view and a sum over them one batched matrix product."""
+    ups = [acts["blocks.0.hook_resid_pre"][:, None]]
+    for layer, w in enumerate(w_o):
+        z = acts[f"blocks.{layer}.attn.hook_z"]
+        ups.append(torch.einsum("bphe,hem->bhpm", z, w.to(z.dtype)))
+        ups.append(acts[f"blocks.{layer}.hook_mlp_out"][:, None])
+    return torch.cat(ups, dim=1)
+
+
 def _mlp_input_hook(model: Any, layer: int) -> str:
     return f"blocks.{layer}.ln2.hook_in" if is_bridge(model) else f"blocks.{layer}.hook_mlp_in"
 
@@ -220,14 +233,8 @@ def edge_attribution_patch(
         return y
 
     def sender_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
-        """[b, n_senders, pos, d]: every sender's write into the residual stream, ``a`` minus
-        ``b`` (senders before positions, so a run of senders is a view)."""
-        ups = [(a["blocks.0.hook_resid_pre"] - b["blocks.0.hook_resid_pre"])[:, None]]
-        for layer in range(n):
-            dz = a[z_names[layer]] - b[z_names[layer]]
-            ups.append(torch.einsum("bphe,hem->bhpm", dz, w_o[layer].to(dz.dtype)))
-            ups.append((a[mlp_names[layer]] - b[mlp_names[layer]])[:, None])
-        return torch.cat(ups, dim=1).float()
+        """[b, n_senders, pos, d]: every sender's write into the residual stream, ``a`` minus ``b``."""
+        return sender_writes({nm: a[nm] - b[nm] for nm in value_names}, w_o).float()
 
     def edge_scores(up: Tensor, g: Tensor) -> Tensor:
         """``[senders, receivers, b]``: ``up`` ``[b, senders, pos, d]`` dotted with the
@@ -475,16 +482,8 @@ def pruned_run(
     w_o = [model.blocks[layer].attn.W_O.detach() for layer in range(n)]
 
     def corrupt_writes(tokens: Tensor) -> Tensor:
-        """[batch, sender, pos, d]: every sender's write into the residual stream in the corrupt
-        run; a row's senders side by side, so each receiver's sum over senders is one batched
-        matrix product over a view."""
-        _, corrupt = cached_run(model, tokens, ["blocks.0.hook_resid_pre", *z_names, *mlp_names])
-        ups = [corrupt["blocks.0.hook_resid_pre"][:, None]]
-        for layer in range(n):
-            zc = corrupt[z_names[layer]]
-            ups.append(torch.einsum("bphe,hem->bhpm", zc, w_o[layer].to(zc.dtype)))
-            ups.append(corrupt[mlp_names[layer]][:, None])
-        return torch.cat(ups, dim=1)
+        """[batch, sender, pos, d]: every sender's write in the corrupt run."""
+        return sender_writes(cached_run(model, tokens, ["blocks.0.hook_resid_pre", *z_names, *mlp_names])[1], w_o)
 
     chunk: dict[str, Tensor] = {}  # the corrupt writes of the examples being run
     r_index = {r: i for i, r in enumerate(receivers)}

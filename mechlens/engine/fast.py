@@ -70,6 +70,11 @@ class _Prepared:
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _prep_key(model: Any, tokens: Tensor) -> tuple[int, str, str]:
+    """What the captured block arguments depend on: prompt length, device, dtype."""
+    return int(tokens.shape[1]), str(tokens.device), str(next(model.parameters()).dtype)
+
+
 def base_run(model: Any, tokens: Int[Tensor, "batch pos"], names: Iterable[str]) -> BaseRun:
     """One forward pass caching only ``names``, with the keyword arguments of every block
     (batch 1, broadcastable: ``block_kwargs[l]`` calls ``model.blocks[l]``) and, where the
@@ -81,7 +86,7 @@ def base_run(model: Any, tokens: Int[Tensor, "batch pos"], names: Iterable[str])
     directly from the embeddings, which skips the Hugging Face wrapper's overhead.
     """
     names = sorted(set(names) | {"blocks.0.hook_resid_pre"})
-    key = (int(tokens.shape[1]), str(tokens.device), str(next(model.parameters()).dtype))
+    key = _prep_key(model, tokens)
     per_model = _PREPARED.setdefault(model, {})
     prep = per_model.get(key)
     cache: dict[str, Tensor] = {}
@@ -120,7 +125,7 @@ def block_runner(model: Any, tokens: Int[Tensor, "batch pos"]) -> SuffixRunner:
     """A :class:`SuffixRunner` (whole sequences, no position skipping) for prompts of this
     length; the block arguments are captured and verified on first use (:func:`base_run` on
     the first prompt)."""
-    key = (int(tokens.shape[1]), str(tokens.device), str(next(model.parameters()).dtype))
+    key = _prep_key(model, tokens)
     if key not in _PREPARED.get(model, {}):
         base_run(model, tokens[:1], ())
     return SuffixRunner(model, _PREPARED[model][key].block_kwargs)
