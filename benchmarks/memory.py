@@ -1,8 +1,8 @@
 """Benchmark: ``batch_size`` bounds memory. Peak memory of a sweep on N and on 4N prompts.
 
-Each case runs in a fresh process (so the operating system's peak resident set size belongs
-to that case alone); the figure is the peak minus the resident size once the model and the
-dataset are loaded: what the method itself holds. With ``batch_size`` fixed, no pass holds
+Each case runs in a fresh process; once the model and the dataset are loaded, the process's
+peak resident size is reset (Linux ``/proc/self/clear_refs``), and the figure is the peak
+during the method minus the resident size before it: what the method itself holds. With ``batch_size`` fixed, no pass holds
 more than ``batch_size`` sequences, so 4x the prompts should cost about the same memory
 (only the per-example results grow, ``[cells, N]`` floats).
 
@@ -18,9 +18,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -32,9 +32,21 @@ CASES = ("activation", "ablation", "eap", "lens")
 TINY_NAMES = ["John", "Mary", "Anna", "Tom", "Question"]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(key: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def _reset_peak() -> None:
+    # loading a GGUF model peaks far above what it keeps: start the peak afresh after it
+    # (Linux: writing 5 to clear_refs resets VmHWM to the current resident size)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def child(model_name: str, case: str, n: int, batch_size: int) -> dict:
@@ -49,8 +61,8 @@ def child(model_name: str, case: str, n: int, batch_size: int) -> dict:
     torch.set_grad_enabled(True)
     model = tiny("gpt2", n_layers=4, seed=0) if model_name == "tiny" else load_model(model_name)
     ds = ioi(model, n, names=TINY_NAMES) if model_name == "tiny" else ioi(model, n)
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    base = max(loaded, _rss_mb())
+    _reset_peak()
+    base = _status_mb("VmRSS")
     t = time.perf_counter()
     if case == "activation":
         from mechlens.patching import activation_patch
@@ -69,7 +81,7 @@ def child(model_name: str, case: str, n: int, batch_size: int) -> dict:
 
         logit_lens(model, ds, positions=None, batch_size=batch_size, progress=False)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     return {"case": case, "n": ds.batch, "peak_mb": peak, "base_mb": base, "method_mb": max(0.0, peak - base),
             "seconds": seconds}
 

@@ -19,7 +19,7 @@ scrubbing; Nanda's and ARENA's tutorials):
   reference dataset (seeded by ``seed``).
 
 **How to read the result.** :func:`ablate_sweep` ablates one component at a time and
-returns a :class:`~mechlens.patching.PatchResult` whose value per component and example is
+returns an :class:`AblationSweepResult` whose value per component and example is
 ``metric(ablated) - metric(unablated)`` (negative = the component helps); ``.stderr()`` gives
 its standard error over examples and ``baselines["clean"]`` the unablated metric.
 :func:`knockout` ablates any set of components for arbitrary code (a context manager; the
@@ -51,10 +51,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from mechlens.engine import (
@@ -75,14 +76,73 @@ from mechlens.engine import (
 from mechlens.engine.sites import resolve_layers, resolve_positions
 from mechlens.hooks import hooked
 from mechlens.model_protocol import check_model
-from mechlens.patching.result import PatchResult
-from mechlens.results import provenance
+from mechlens.results import Measurement, provenance
 from mechlens.validate import check_batch_size
 
-__all__ = ["COMPONENTS", "HOWS", "RANKED_COMPONENTS", "Component", "ablate_sweep", "knockout", "knockout_curve", "parse_component"]
+__all__ = [
+    "COMPONENTS", "HOWS", "RANKED_COMPONENTS", "AblationSweepResult", "Component", "KnockoutCurve", "ablate_sweep",
+    "knockout", "knockout_curve", "parse_component",
+]
 
 COMPONENTS = ("heads", "heads_pos", "mlp", "layer", "neurons")
 RANKED_COMPONENTS = ("heads", "mlp", "layer")  # what knockout_curve can rank by its own sweep
+
+
+@dataclass(kw_only=True, repr=False)
+class AblationSweepResult(Measurement):
+    """What :func:`ablate_sweep` measures: ``metric(ablated) - metric(unablated)`` per ablated
+    component (and position) and example.
+
+    ``component`` is what was ablated one at a time (``"heads"``, ``"heads_pos"``, ``"mlp"``,
+    ``"layer"``, ``"neurons"``), ``how`` the replacement value (``"zero"``, ``"mean"``,
+    ``"resample"``), ``reference`` where means and resamples came from (``"ds"``: the
+    dataset's own prompts, else the reference dataset's name), ``positions`` where it was
+    ablated, ``seed`` the resampling seed, ``baselines["clean"]`` the unablated metric.
+    """
+
+    LEGACY = ("PatchResult", "ablation", {"component": "site", "how": "mode", "reference": "meta.reference",
+                                          "positions": "meta.positions", "seed": "meta.seed"})
+
+    component: str
+    how: str
+    reference: str = "ds"
+    positions: str = "all"
+    seed: int = 0
+    baselines: dict[str, Float[Tensor, " batch"]] = field(default_factory=dict)
+
+    def _title(self) -> str:
+        return f"{self.how} ablation of {self.component}: change in {self.metric} on {self.dataset or 'dataset'}"
+
+    def _summary_lines(self) -> list[str]:
+        return [f"{self.how} ablation of each of the {self.component} (change in {self.metric})",
+                *super()._summary_lines()]
+
+
+@dataclass(kw_only=True, repr=False)
+class KnockoutCurve(Measurement):
+    """What :func:`knockout_curve` measures: the metric per example with the first ``k``
+    components of ``order`` ablated together (axis ``"k"``; entry 0 is the unablated run).
+
+    ``component`` is the kind ranked (``"custom"`` when the order was given), ``how``, ``reference``
+    and ``seed`` as in :class:`AblationSweepResult`, ``baselines["clean"]`` the unablated metric.
+    """
+
+    LEGACY = ("PatchResult", "knockout", {"order": "meta.order", "component": "site", "how": "mode",
+                                          "reference": "meta.reference", "seed": "meta.seed"})
+
+    order: list[str]
+    component: str
+    how: str
+    reference: str = "ds"
+    seed: int = 0
+    baselines: dict[str, Float[Tensor, " batch"]] = field(default_factory=dict)
+
+    def _title(self) -> str:
+        return f"{self.how} knock-out of {self.component}, cumulative, on {self.dataset or 'dataset'}"
+
+    def _summary_lines(self) -> list[str]:
+        return [f"{self.how} knock-out of up to {len(self.order)} {self.component} components",
+                *super()._summary_lines()]
 
 
 @dataclass(frozen=True)
@@ -257,7 +317,7 @@ def ablate_sweep(
     batch_size: int | None = None,
     progress: bool = True,
     backend: str = "auto",
-) -> PatchResult:
+) -> AblationSweepResult:
     """Ablate one component at a time on the clean prompts; the change in the metric.
 
     Args:
@@ -287,8 +347,8 @@ def ablate_sweep(
             it applies). Both give the same numbers.
 
     Returns:
-        A :class:`PatchResult` (``method="ablation"``, ``site=component``, ``mode=how``)
-        holding ``metric(ablated) - metric(unablated)`` per cell and example.
+        An :class:`AblationSweepResult` holding ``metric(ablated) - metric(unablated)`` per
+        cell and example.
     """
     args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
@@ -334,11 +394,10 @@ def ablate_sweep(
         labels["pos"] = pos.labels
     if idx_name:
         labels[idx_name] = idx_list
-    return PatchResult(
+    return AblationSweepResult(
         per_example=change.view(*shape, ds.batch), axes=axes, labels=labels, metric=pm.name,
-        site=component, mode=how, method="ablation", **provenance(model, ds, args=args), baselines={"clean": base},
-        meta={"positions": pos.description, "reference": "ds" if reference is None else reference.name,
-              "seed": seed, "value": "metric(ablated) - metric(unablated)"},
+        component=component, how=how, reference="ds" if reference is None else reference.name,
+        positions=pos.description, seed=seed, baselines={"clean": base}, **provenance(model, ds, args=args),
     )
 
 
@@ -428,7 +487,7 @@ def knockout_curve(
     batch_size: int | None = None,
     progress: bool = True,
     backend: str = "auto",
-) -> PatchResult:
+) -> KnockoutCurve:
     """Remove components cumulatively and report the metric after each removal.
 
     ``order``: the components to remove, first first (``"L3H2"``, ...). Default: an
@@ -438,9 +497,9 @@ def knockout_curve(
     ``backend``: as in :func:`ablate_sweep` (the same numbers on both).
 
     Returns:
-        A :class:`PatchResult` with axis ``("k",)``: entry 0 is the unablated metric, entry
+        A :class:`KnockoutCurve` with axis ``("k",)``: entry 0 is the unablated metric, entry
         ``k`` the metric with the first ``k`` components removed together (labels ``"none"``,
-        ``"+L9H6"``, ...); ``meta["order"]`` lists the components.
+        ``"+L9H6"``, ...); ``order`` lists the components.
     """
     args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
@@ -477,10 +536,9 @@ def knockout_curve(
                       batch_size=batch_size, progress=progress, desc="knockout curve")
     per_example = torch.cat([pm.baselines["clean"].float().cpu()[None], out])
     names = [str(c) for c in comps]
-    return PatchResult(
+    return KnockoutCurve(
         per_example=per_example, axes=("k",), labels={"k": ["none"] + [f"+{n}" for n in names]},
-        metric=pm.name, site=component if order is None else "custom", mode=how, method="knockout",
-        **provenance(model, ds, args=args),
-        baselines={"clean": pm.baselines["clean"].float().cpu()},
-        meta={"order": names, "reference": "ds" if reference is None else reference.name, "seed": seed},
+        metric=pm.name, order=names, component=component if order is None else "custom", how=how,
+        reference="ds" if reference is None else reference.name, seed=seed,
+        baselines={"clean": pm.baselines["clean"].float().cpu()}, **provenance(model, ds, args=args),
     )

@@ -21,9 +21,10 @@ biases, sum *exactly* to the logit difference of the run. A component's direct e
 only part of its total effect: its output also changes later components (see activation
 patching and ablation for total effects).
 
-Both return a :class:`~mechlens.patching.PatchResult` (``method="logit_lens"`` / ``"dla"``,
-``metric="logit_diff"``) with per-example values, so ``.values``, ``.stderr()``, ``.plot()``,
-``.to_dataframe()`` and ``save`` / ``load`` work as for patching sweeps.
+They return a :class:`LogitLensResult` and a :class:`DLAResult`: the result core
+(:class:`~mechlens.results.Measurement`, ``metric="logit_diff"``, per-example values, so
+``.values``, ``.stderr()``, ``.plot()``, ``.to_dataframe()`` and ``save`` / ``load`` work as
+for every sweep) with fields named for what each holds.
 
 Example::
 
@@ -41,22 +42,78 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from mechlens.engine import cache_iter, cached_run, prepare_dataset
 from mechlens.engine.sites import resolve_layers, resolve_positions
 from mechlens.model_protocol import check_model
-from mechlens.patching.result import PatchResult
-from mechlens.results import provenance
+from mechlens.results import Measurement, provenance
 from mechlens.validate import check_batch_size
 
-__all__ = ["logit_lens", "top_tokens", "direct_logit_attribution", "answer_direction", "final_norm_params"]
+__all__ = [
+    "LogitLensResult", "DLAResult", "logit_lens", "top_tokens", "direct_logit_attribution", "answer_direction",
+    "final_norm_params",
+]
 
 GROUPS = ("components", "heads", "layers")
+
+
+@dataclass(kw_only=True, repr=False)
+class LogitLensResult(Measurement):
+    """What :func:`logit_lens` reads: the logit difference per layer (and position) and example.
+
+    ``site`` is the residual stream read (``"resid_post"``: after each block), ``positions``
+    describes the positions asked for, ``n_layers`` the model's depth, ``baselines["clean"]``
+    the model's own logit difference per example.
+    """
+
+    LEGACY = ("PatchResult", "logit_lens", {"positions": "meta.positions", "n_layers": "meta.n_layers"})
+
+    site: str = "resid_post"
+    positions: str = ""
+    n_layers: int = 0
+    baselines: dict[str, Float[Tensor, " batch"]] = field(default_factory=dict)
+
+    def _title(self) -> str:
+        return f"logit lens ({self.site}) on {self.dataset or 'dataset'}"
+
+    def _summary_lines(self) -> list[str]:
+        return [f"logit lens after each of {len(self.labels['layer'])} layers ({self.site})",
+                *super()._summary_lines()]
+
+
+@dataclass(kw_only=True, repr=False)
+class DLAResult(Measurement):
+    """What :func:`direct_logit_attribution` measures: each component's direct contribution to
+    the logit difference at ``position`` (``"END"``), per example.
+
+    ``group`` is how components were grouped (axes ``("component",)``, ``("layer", "head")``
+    or ``("layer", "sublayer")``), ``final_norm`` the final norm's kind (``"LN"`` or
+    ``"RMS"``), ``n_layers`` the model's depth, ``baselines["clean"]`` the run's logit
+    difference per example (with ``group="components"`` and every layer, the components sum
+    to it exactly).
+    """
+
+    LEGACY = ("PatchResult", "dla", {"group": "meta.group", "final_norm": "meta.final_norm",
+                                     "n_layers": "meta.n_layers", "position": "site"})
+
+    group: str = "components"
+    position: str = "END"
+    final_norm: str = ""
+    n_layers: int = 0
+    baselines: dict[str, Float[Tensor, " batch"]] = field(default_factory=dict)
+
+    def _title(self) -> str:
+        return f"direct logit attribution ({self.group}, {self.position}) on {self.dataset or 'dataset'}"
+
+    def _summary_lines(self) -> list[str]:
+        return [f"direct logit attribution of {self.group} at {self.position}", *super()._summary_lines()]
 
 
 def answer_direction(model: Any, answers: Tensor) -> tuple[Tensor, Tensor]:
@@ -105,7 +162,7 @@ def logit_lens(
     layers: int | Iterable[int] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
-) -> PatchResult:
+) -> LogitLensResult:
     """The answer logit difference read from the residual stream after each layer.
 
     The residual after block ``L`` (``blocks.L.hook_resid_post``) of the *clean* prompts is
@@ -122,9 +179,9 @@ def logit_lens(
         progress: show a progress bar over batches.
 
     Returns:
-        A :class:`PatchResult` with axes ``("layer", "pos")`` or ``("layer",)``,
-        ``method="logit_lens"``, ``metric="logit_diff"``; ``baselines["clean"]`` is the model's
-        own logit difference, equal to the lens after the last layer at ``"END"``.
+        A :class:`LogitLensResult` with axes ``("layer", "pos")`` or ``("layer",)``,
+        ``metric="logit_diff"``; ``baselines["clean"]`` is the model's own logit difference,
+        equal to the lens after the last layer at ``"END"``.
     """
     args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
@@ -155,10 +212,10 @@ def logit_lens(
     labels: dict[str, list] = {"layer": layer_list}
     if pos.has_axis:
         labels["pos"] = pos.labels
-    return PatchResult(
+    return LogitLensResult(
         per_example=per_example.contiguous(), axes=axes, labels=labels, metric="logit_diff",
-        site="resid_post", mode="clean", method="logit_lens", **provenance(model, ds, args=args), baselines={"clean": real},
-        meta={"positions": pos.description, "n_layers": int(model.cfg.n_layers)},
+        positions=pos.description, n_layers=int(model.cfg.n_layers), baselines={"clean": real},
+        **provenance(model, ds, args=args),
     )
 
 
@@ -214,7 +271,7 @@ def direct_logit_attribution(
     layers: int | Iterable[int] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
-) -> PatchResult:
+) -> DLAResult:
     """The direct contribution of each component to the logit difference at the final position.
 
     Each component's output at the final position is normed with the run's own final-norm
@@ -237,8 +294,8 @@ def direct_logit_attribution(
         progress: show a progress bar over batches.
 
     Returns:
-        A :class:`PatchResult` with ``method="dla"``, ``metric="logit_diff"``;
-        ``baselines["clean"]`` is the run's logit difference.
+        A :class:`DLAResult` with ``metric="logit_diff"``; ``baselines["clean"]`` is the
+        run's logit difference.
     """
     args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
@@ -322,8 +379,8 @@ def direct_logit_attribution(
             rows_out.append(torch.stack([comps[attn_rows].sum(0), comps[idx[f"L{layer} mlp"]]]))
         per_example = torch.stack(rows_out)
         axes, labels_out = ("layer", "sublayer"), {"layer": layer_list, "sublayer": ["attn", "mlp"]}
-    return PatchResult(
-        per_example=per_example.contiguous(), axes=axes, labels=labels_out, metric="logit_diff",
-        site="END", mode="clean", method="dla", **provenance(model, ds, args=args), baselines={"clean": real},
-        meta={"group": group, "n_layers": int(model.cfg.n_layers), "final_norm": "LN" if centre else "RMS"},
+    return DLAResult(
+        per_example=per_example.contiguous(), axes=axes, labels=labels_out, metric="logit_diff", group=group,
+        final_norm="LN" if centre else "RMS", n_layers=int(model.cfg.n_layers), baselines={"clean": real},
+        **provenance(model, ds, args=args),
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import html
+import importlib
 import math
 import re
 import warnings
@@ -26,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -265,6 +266,29 @@ class Result:
 
     # fields left out of the one-line repr (provenance has its own line)
     _PROVENANCE = ("model_name", "dataset", "fingerprint", "settings", "version")
+    #: the older layout this class replaces, which ``load`` converts: (class name, the value of
+    #: its ``method`` field, this class's field -> the old field or ``"meta.<key>"``)
+    LEGACY: ClassVar[tuple[str, str, dict[str, str]] | None] = None
+
+    @classmethod
+    def _legacy_fields(cls, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """The saved fields of an older layout (:attr:`LEGACY`) as this class's, else None."""
+        if cls.LEGACY is None:
+            return None
+        old_class, method, where = cls.LEGACY
+        old = doc["fields"]
+        if doc["class"] != old_class or old.get("method") != method:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        out = {k: v for k, v in old.items() if k in names and k not in where}
+        meta = old.get("meta") if isinstance(old.get("meta"), dict) else {}
+        for new, src in where.items():
+            if src.startswith("meta."):
+                if src[5:] in meta:
+                    out[new] = meta[src[5:]]
+            elif src in old:
+                out[new] = old[src]
+        return out
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -336,7 +360,10 @@ class Result:
         if not isinstance(doc, dict) or not isinstance(doc.get("class"), str) or not isinstance(doc.get("fields"), dict):
             raise DamagedFileError(jpath, "it has no 'class' and 'fields' entries", fix)
         if doc["class"] != cls.__name__:
-            raise ValueError(f"{path} holds a {doc['class']}, not a {cls.__name__}; load it with {doc['class']}.load")
+            legacy = cls._legacy_fields(doc)
+            if legacy is None:
+                raise ValueError(f"{path} holds a {doc['class']}, not a {cls.__name__}; load it with {doc['class']}.load")
+            doc = {**doc, "fields": legacy}
         if not tpath.exists():
             raise FileNotFoundError(f"{tpath} does not exist; {fix}")
         try:
@@ -529,6 +556,23 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _tensor_dims(cls: type) -> dict[str, list[str]]:
+    """Field -> its dimension names, from the jaxtyping annotation (``Float[Tensor, "method
+    layer"]`` -> ``["method", "layer"]``)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        m = re.search(r"\[Tensor,\s*[\"']([^\"']*)[\"']\]", str(f.type))
+        if m and not str(f.type).startswith("dict"):
+            out[f.name] = m.group(1).split()
+    return out
+
+
+def _sum_numbers(values: list[Any]) -> Any:
+    if all(isinstance(v, dict) for v in values):
+        return {k: _sum_numbers([v[k] for v in values if k in v]) for k in values[0]}
+    return sum(values)
+
+
 def concat(parts: Sequence[M], axis: str, **override: Any) -> M:
     """One result from parts of one sweep, put back together along ``axis``.
 
@@ -539,27 +583,40 @@ def concat(parts: Sequence[M], axis: str, **override: Any) -> M:
     ValueError names it), except ``settings`` (the first part's, with ``merged`` recording
     the axis and the number of parts) and the fields given in ``override`` (e.g. the full
     dataset's ``dataset`` and ``fingerprint`` when the parts ran on subsets). Works for any
-    :class:`Measurement` subclass: this is how :mod:`mechlens.scale` merges any sweep.
+    :class:`Measurement` subclass: this is how :mod:`mechlens.scale` merges any sweep. A
+    result of tables (e.g. :class:`~mechlens.directions.DirectionEvaluation`, ``[method,
+    layer]`` tensors) merges along an axis it declares (``LABEL_FIELDS``): every tensor
+    field whose annotated dimensions hold the axis is concatenated along it.
     """
     if not parts:
         raise ValueError("concat: no results to merge")
     first = parts[0]
     cls = type(first)
-    if not isinstance(first, Measurement) or any(type(p) is not cls for p in parts):
-        raise TypeError(f"concat needs Measurements of one class, got {sorted({type(p).__name__ for p in parts})}")
+    if not isinstance(first, Result) or any(type(p) is not cls for p in parts):
+        raise TypeError(f"concat needs results of one class, got {sorted({type(p).__name__ for p in parts})}")
+    measured = isinstance(first, Measurement)
     by_example = axis == "example"
-    if not by_example and axis not in first.axes:
+    # a result of tables (not a Measurement) declares its axes: the field listing each
+    # axis's labels, and its tensors' jaxtyping dimension names
+    label_field = None if measured else getattr(cls, "LABEL_FIELDS", {}).get(axis)
+    if measured and not by_example and axis not in first.axes:
         raise ValueError(f"the results have axes {first.axes}; they cannot be merged along {axis!r}")
-    dim = first.per_example.ndim - 1 if by_example else first.axes.index(axis)
+    if not measured and label_field is None:
+        raise TypeError(f"a {cls.__name__} cannot be merged along {axis!r}: it declares the axes "
+                        f"{sorted(getattr(cls, 'LABEL_FIELDS', {}))}")
+    dims = {"per_example": [*first.axes, "example"]} if measured else _tensor_dims(cls)
+    summed = set(getattr(cls, "SUMMED_META", ()))  # meta entries (timings) that add up over parts
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(first):
         name = f.name
         values = [getattr(p, name) for p in parts]
         if name in override:
             kwargs[name] = override[name]
-        elif name == "per_example":
-            kwargs[name] = torch.cat(values, dim=dim)
-        elif name == "labels" and not by_example:
+        elif name in dims and axis in dims[name]:
+            kwargs[name] = torch.cat(values, dim=dims[name].index(axis))
+        elif name == label_field:
+            kwargs[name] = [x for v in values for x in v]
+        elif name == "labels" and measured and not by_example:
             kwargs[name] = {**first.labels, axis: [x for p in parts for x in p.labels[axis]]}
             for i, p in enumerate(parts[1:], 1):
                 other = [a for a in first.axes if a != axis and p.labels.get(a) != first.labels.get(a)]
@@ -575,10 +632,15 @@ def concat(parts: Sequence[M], axis: str, **override: Any) -> M:
                 raise ValueError(f"the parts differ in the keys of {name!r}; they are not parts of one sweep")
             kwargs[name] = {k: torch.cat([v[k] for v in values], dim=-1) for k in values[0]}
         else:
+            if name == "meta" and summed:
+                values = [{k: x for k, x in v.items() if k not in summed} for v in values]
             for i, v in enumerate(values[1:], 1):
                 if not _same(v, values[0]):
                     raise ValueError(f"part {i} differs from part 0 in {name!r}; the parts are not one sweep")
             kwargs[name] = values[0]
+            if name == "meta" and summed:
+                kwargs[name] = {**first.meta, **{k: _sum_numbers([getattr(p, name)[k] for p in parts])
+                                                 for k in summed if k in first.meta}}
     return cls(**kwargs)
 
 
@@ -600,4 +662,10 @@ def load_result(path: str | Path) -> Result:
     classes = result_classes()
     if name not in classes:
         raise ValueError(f"{path}: unknown result class {name!r}; import the module that defines it first")
-    return classes[name].load(path)
+    cls = classes[name]
+    # a result saved in an older layout loads as the class that replaced it
+    moved = getattr(cls, "MOVED", {}).get((doc.get("fields") or {}).get("method"))
+    if moved:
+        module, _, qual = moved.partition(":")
+        cls = getattr(importlib.import_module(module), qual)
+    return cls.load(path)

@@ -44,7 +44,8 @@ the sweep's settings; running the same sweep with the same ``out`` loads the sav
 instead of recomputing them, and refuses to mix chunks of a sweep with other settings.
 
 Any function ``fn(model, ds, **kwargs) -> Measurement`` whose result has the chunked axis
-can be swept: pass it (a module-level function Ray can pickle) or its ``"module:function"``
+(or a result of tables that declares it, as :class:`~mechlens.directions.DirectionEvaluation`
+declares ``layer``: ``sweep(spec, "evaluate_directions", train, test_ds=test)``) can be swept: pass it (a module-level function Ray can pickle) or its ``"module:function"``
 path as ``method``.
 """
 
@@ -65,7 +66,7 @@ import torch
 
 from mechlens.engine import progress_bar
 from mechlens.fileio import read_json, write_json
-from mechlens.results import Measurement, concat, load_result
+from mechlens.results import Result, concat, load_result
 
 __all__ = [
     "ModelSpec", "Workers", "METHODS", "CHUNK_AXES", "sweep", "merge_results", "ray_address", "check_address",
@@ -81,6 +82,8 @@ METHODS: dict[str, str] = {
     "logit_lens": "mechlens.lens:logit_lens",
     "direct_logit_attribution": "mechlens.lens:direct_logit_attribution",
     "edge_attribution_patch": "mechlens.circuits.eap:edge_attribution_patch",
+    # ds is the training split; give test_ds=... (a DirectionEvaluation, split along layers)
+    "evaluate_directions": "mechlens.directions.evaluate:evaluate",
 }
 
 #: the argument a chunk restricts -> the result axis it produces; ``"examples"`` splits the
@@ -230,7 +233,7 @@ def full_axis(model: Any, ds: Any, chunk_axis: str, kwargs: dict[str, Any]) -> l
 # --------------------------------------------------------------------------- merging
 
 
-def merge_results(parts: Sequence[Measurement], axis: str, ds: Any = None) -> Measurement:
+def merge_results(parts: Sequence[Result], axis: str, ds: Any = None) -> Result:
     """Put chunk results back together along the result's own ``axis``
     (:func:`mechlens.results.concat`); with ``axis="example"`` the chunks ran on subsets of
     ``ds``, whose name and fingerprint the merged result takes."""
@@ -265,10 +268,10 @@ class _Worker:
     def axis(self, ds: Any, chunk_axis: str, kwargs: dict[str, Any]) -> list[Any]:
         return full_axis(self.model, ds, chunk_axis, kwargs)
 
-    def run(self, method: Any, ds: Any, kwargs: dict[str, Any]) -> Measurement:
+    def run(self, method: Any, ds: Any, kwargs: dict[str, Any]) -> Result:
         res = _resolve_method(method)(self.model, ds, **kwargs)
-        if not isinstance(res, Measurement):
-            raise TypeError(f"method {_method_name(method)} returned {type(res).__name__}, not a Measurement")
+        if not isinstance(res, Result):
+            raise TypeError(f"method {_method_name(method)} returned {type(res).__name__}, not a mechlens Result")
         return res
 
 
@@ -276,7 +279,7 @@ def _chunk_dir(out: Path, i: int) -> Path:
     return out / f"chunk-{i:04d}"
 
 
-def _save_chunk(out: Path, i: int, res: Measurement) -> None:
+def _save_chunk(out: Path, i: int, res: Result) -> None:
     # save to a temporary folder, then rename: a chunk folder is either complete or absent
     final = _chunk_dir(out, i)
     tmp = out / f".chunk-{i:04d}.{os.getpid()}.tmp"
@@ -495,7 +498,7 @@ class Workers:
 
     def sweep(
         self,
-        method: str | Callable[..., Measurement],
+        method: str | Callable[..., Result],
         ds: Any,
         *,
         chunk_axis: str = "layers",
@@ -504,7 +507,7 @@ class Workers:
         retries: int = 2,
         progress: bool = True,
         **kwargs: Any,
-    ) -> Measurement:
+    ) -> Result:
         """Run ``method(model, ds, **kwargs)`` split along ``chunk_axis``; see :func:`sweep`."""
         import ray
 
@@ -545,7 +548,7 @@ class Workers:
             kw_chunks = [{**kwargs, chunk_axis: list(c), "progress": False} for c in chunks]
             ds_chunks = [ds] * len(chunks)
 
-        results: dict[int, Measurement] = {}
+        results: dict[int, Result] = {}
         if out_path is not None:
             _check_manifest(out_path, {**settings, "chunks": [_describe(c) for c in chunks]})
             for i in range(len(chunks)):
@@ -589,7 +592,7 @@ class Workers:
 
 def sweep(
     model_spec: ModelSpec | str | dict,
-    method: str | Callable[..., Measurement],
+    method: str | Callable[..., Result],
     ds: Any,
     *,
     workers: int = 2,
@@ -601,14 +604,15 @@ def sweep(
     retries: int = 2,
     progress: bool = True,
     **kwargs: Any,
-) -> Measurement:
+) -> Result:
     """Run ``method(model, ds, **kwargs)`` split along ``chunk_axis`` on ``workers`` Ray actors.
 
     Args:
         model_spec: what each worker loads: a :class:`ModelSpec`, a ``load_model`` name
             (``"smollm2-135m"``) or ``{"name": ..., **load_model_kwargs}``.
         method: ``"activation_patch"``, ``"ablate_sweep"``, a ``"module:function"`` path or a
-            function ``fn(model, ds, **kwargs) -> Measurement`` (module-level, so Ray can send it).
+            function ``fn(model, ds, **kwargs) -> Measurement`` (module-level, so Ray can send it);
+            ``"evaluate_directions"`` (``ds`` the training split, ``test_ds=`` the test split).
         ds: the dataset (a ContrastDataset; sent to every worker).
         workers: number of actors (each holds one model).
         chunk_axis: the argument to split: ``"layers"`` (default), ``"heads"``,
@@ -628,7 +632,7 @@ def sweep(
         **kwargs: the method's own arguments (``site``, ``metric``, ``positions``, ...).
 
     Returns:
-        The :class:`Measurement` the serial ``method(model, ds, **kwargs)`` returns.
+        The result the serial ``method(model, ds, **kwargs)`` returns.
     """
     spec = ModelSpec.coerce(model_spec)
     _resolve_method(method)

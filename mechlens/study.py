@@ -42,6 +42,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from mechlens.ablation import COMPONENTS, HOWS, RANKED_COMPONENTS
+from mechlens.circuits.eap import EAP_METHODS, INTERPOLATIONS
+from mechlens.circuits.faithfulness import LEVELS
 from mechlens.directions.fit import METHODS as DIRECTION_METHODS
 from mechlens.engine import BACKENDS, METRICS, MODES
 from mechlens.engine.sites import SITES
@@ -135,19 +137,19 @@ ANALYSES: dict[str, dict[str, Arg]] = {
         "seed": Arg("int"),
     },
     "eap_ig": {
-        "interpolate": Arg("str", ("inputs", "activations"), "interpolate the input embeddings or each edge's "
+        "interpolate": Arg("str", INTERPOLATIONS, "interpolate the input embeddings or each edge's "
                            "sender activations (MIB's two EAP-IG variants)"),
         "ig_steps": Arg("int", None, "integration steps (default 5)"),
     },
     "faithfulness_curve": {
-        "methods": Arg("list[str]", None, "edge scorings compared: eap, eap-ig-inputs, eap-ig-activations"),
+        "methods": Arg("list[str]", EAP_METHODS, "edge scorings compared"),
         "ig_steps": Arg("int", None, "integration steps of the EAP-IG scorings (default 5)"),
         "fractions": Arg("list", None, "circuit sizes as fractions of all edges (default: MIB's grid)"),
         "n_random": Arg("int", None, "random edge sets per size (default 5)"), "seed": Arg("int"),
-        "level": Arg("str", ("edges", "nodes"), "circuits of edges (default) or of nodes (heads, MLPs)"),
+        "level": Arg("str", LEVELS, "circuits of edges (default) or of nodes (heads, MLPs)"),
     },
     "circuit_stability": {
-        "method": Arg("str", ("eap", "eap-ig-inputs", "eap-ig-activations")), "ig_steps": Arg("int"),
+        "method": Arg("str", EAP_METHODS), "ig_steps": Arg("int"),
         "k": Arg("int", None, "top edges compared (default 20)"),
         "n_resamples": Arg("int", None, "bootstrap resamples of the prompts (default 10)"), "seed": Arg("int"),
         "faithfulness": Arg("bool", None, "also the CPR/CMD spread over resamples (default true)"),
@@ -607,7 +609,9 @@ def _save_fig(fig: Any, path: Path) -> str:
 def _unpatched(res: Any) -> float | None:
     """For patching results (whose cells hold the metric of the patched run), the metric of the
     run that was patched: clean in ``noise`` mode, corrupt in ``denoise`` mode."""
-    if res.method not in ("activation", "attribution", "path"):
+    from mechlens.patching.result import PatchResult
+
+    if not isinstance(res, PatchResult):
         return None  # ablation, lens, DLA: the cells are already effects or readings
     b = res.baselines.get("clean" if res.mode == "noise" else "corrupt")
     return None if b is None else float(b.float().mean())
@@ -729,7 +733,7 @@ def _run_ablation(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str,
     res = ablate_sweep(r.model, r.ds, component, **_kw(a, keys), seed=r.seed(a), batch_size=r.batch(a), progress=r.progress)
     text, nums = _patch_section(res, d, "ablation", a.get("top", 10), rel)
     base = float(res.baselines["clean"].mean())
-    head = (f"{res.mode.capitalize()} ablation of each {component} component on the clean prompts: the change "
+    head = (f"{res.how.capitalize()} ablation of each {component} component on the clean prompts: the change "
             f"of the {res.metric} (unablated {base:.3f}; negative = the component helps).\n\n")
     return {"summary": head + text, "unablated": base, **nums}
 
@@ -744,9 +748,9 @@ def _run_knockout(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str,
     png = _save_fig(res.plot(), d / "knockout.png")
     vals = res.values.tolist()
     rows = " | ".join(f"{lab} {v:.2f}" for lab, v in zip(res.labels["k"], vals))
-    text = (f"Components removed cumulatively ({res.mode} ablation), most harmful first; the {res.metric} "
+    text = (f"Components removed cumulatively ({res.how} ablation), most harmful first; the {res.metric} "
             f"after each: {rows}.\n\n![knockout]({rel}/{png})\n")
-    return {"summary": text, "curve": vals, "order": res.meta["order"]}
+    return {"summary": text, "curve": vals, "order": res.order}
 
 
 def _run_lens(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
@@ -782,7 +786,7 @@ def _run_dla(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]
     res = direct_logit_attribution(r.model, r.ds, **_kw(a, ("group", "layers")), batch_size=r.batch(a), progress=r.progress)
     text, nums = _patch_section(res, d, "dla", a.get("top", 10), rel, plot=res.axes != ("component",))
     head = (f"Direct contribution of each component to the logit difference at END (final-norm scale from the "
-            f"run; group {res.meta['group']!r}; the run's logit difference "
+            f"run; group {res.group!r}; the run's logit difference "
             f"{float(res.baselines['clean'].mean()):.3f}).\n\n")
     return {"summary": head + text, **nums}
 
@@ -817,7 +821,7 @@ def _run_eap(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]
     table = pd.DataFrame([{"sender": s[i // len(rc)], "receiver": rc[i % len(rc)], "score": float(vals.flatten()[i]),
                            "stderr": float(se.flatten()[i])} for i in order.tolist()])
     save_csv(table, d / "top_edges.csv")
-    n_valid = int(torch.tensor(edges.meta["valid"]).sum())
+    n_valid = edges.n_edges
     text = [f"Edge attribution patching: {len(s)} senders x {len(rc)} receivers, {n_valid} edges scored from one "
             f"corrupt forward pass and one clean forward and backward pass. Score = the first-order change of the "
             f"logit difference if the edge carried the corrupt value (negative = the edge carries what the clean "
@@ -831,7 +835,7 @@ def _run_eap(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]
                                  batch_size=r.batch(a), progress=r.progress)
         curve.save(d / "faithfulness")
         rows = {"k": ks, "top_edges_ld": curve.values.tolist(), "top_edges_stderr": curve.stderr().tolist()}
-        rnd = curve.meta.get("random")
+        rnd = curve.random
         if rnd:
             rows.update(random_ld_mean=rnd["mean"], random_ld_std=rnd["std"])
         clean, corrupt = float(edges.baselines["clean"].mean()), float(edges.baselines["corrupt"].mean())
@@ -899,7 +903,7 @@ def _run_eap_ig(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, A
 def _run_faithfulness_curve(r: _Run, a: Mapping[str, Any], d: Path, rel: str) -> dict[str, Any]:
     from mechlens.circuits.faithfulness import MIB_FRACTIONS, faithfulness_curve
 
-    methods = a.get("methods", ["eap", "eap-ig-inputs", "eap-ig-activations"])
+    methods = a.get("methods", list(EAP_METHODS))
     scores = {m: r.edges(m, a.get("ig_steps", 5), a) for m in methods}
     fc = faithfulness_curve(r.model, r.ds, scores, fractions=a.get("fractions", MIB_FRACTIONS),
                             n_random=a.get("n_random", 5), seed=r.seed(a), level=a.get("level", "edges"),

@@ -176,7 +176,7 @@ for i in order.tolist():
 # %%
 ks = [0, 10, 100] if FAST else [0, 10, 100, 1000, 10000]
 curve = eap_faithfulness(model, small, edges, ks, n_random=1 if FAST else 3, seed=0, progress=PROGRESS)
-rnd = curve.meta["random"]
+rnd = curve.random
 fig, ax = plt.subplots(figsize=(6, 3.5))
 x = [max(k, 0.5) for k in ks]
 ax.plot(x, curve.values, "o-", label="top edges by |score|")

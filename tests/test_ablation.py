@@ -52,7 +52,7 @@ def test_mean_ablation_of_a_head_by_hand(tiny_model):
 
     want = _ld_with(tiny_model, ds, name, fn) - _clean_ld(tiny_model, ds)
     torch.testing.assert_close(res.per_example[layer, head], want, atol=1e-4, rtol=0)
-    assert res.axes == ("layer", "head") and res.method == "ablation" and res.mode == "mean"
+    assert res.axes == ("layer", "head") and res.component == "heads" and res.how == "mean"
     assert torch.isfinite(res.stderr()).all()
 
 
@@ -130,7 +130,7 @@ def test_knockout_curve(tiny_model):
     sweep = ablate_sweep(tiny_model, ds, "heads", how="mean", progress=False)
     worst = sweep.values.flatten().argmin()
     n_h = tiny_model.cfg.n_heads
-    assert curve.meta["order"][0] == f"L{int(worst) // n_h}H{int(worst) % n_h}"
+    assert curve.order[0] == f"L{int(worst) // n_h}H{int(worst) % n_h}"
     # explicit order: the last point equals knockout of all of them
     order = ["L0H1", "L1 mlp", "L1H3"]
     c2 = knockout_curve(tiny_model, ds, order, how="mean", progress=False)

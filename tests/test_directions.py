@@ -225,6 +225,18 @@ def test_das_is_seeded_and_leaves_the_model_alone(planted):
         assert torch.equal(p, before[n]) and p.requires_grad == grads[n]
 
 
+@pytest.mark.parametrize("layer", [0, 1])
+def test_das_trains_alike_on_both_backends(planted, layer):
+    """The fast backend runs DAS's training passes from the patched layer on (the prefix once,
+    engine.train_forward); the losses and the trained direction equal full hooked passes'."""
+    m, _, train, _ = planted
+    fast = fit(m, train, "das", layer, seed=3, das={"epochs": 2}, progress=False, backend="fast")
+    hooks = fit(m, train, "das", layer, seed=3, das={"epochs": 2}, progress=False, backend="hooks")
+    torch.testing.assert_close(torch.tensor(fast.meta["das_losses"]), torch.tensor(hooks.meta["das_losses"]),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.vector, hooks.vector, atol=1e-4, rtol=0)
+
+
 def test_das_learns_from_a_random_start(planted):
     """The loss goes down: DAS is trained, not read off the data."""
     m, u, train, _ = planted

@@ -238,7 +238,7 @@ def test_planted_edges_are_faithful_and_random_sets_are_not(planted_eap):
     clean, corrupt = edges.baselines["clean"], edges.baselines["corrupt"]
     # keeping the planted edges restores the clean run exactly: nothing else carries the difference
     torch.testing.assert_close(curve.per_example[1], clean, atol=1e-4, rtol=0)
-    rnd = curve.meta["random"]
+    rnd = curve.random
     assert rnd["n"] == 4 and len(rnd["draws"]) == 2 and len(rnd["draws"][0]) == 4
     # no edge kept: every draw is the corrupt run
     assert rnd["mean"][0] == pytest.approx(float(corrupt.mean()), abs=1e-4) and rnd["std"][0] < 1e-5
@@ -246,6 +246,6 @@ def test_planted_edges_are_faithful_and_random_sets_are_not(planted_eap):
     gap = float(clean.mean() - corrupt.mean())
     assert abs(rnd["mean"][1] - float(clean.mean())) > 0.5 * abs(gap)
     again = eap_faithfulness(model, ds, edges, ks=[0, k], n_random=4, seed=0, progress=False)
-    assert again.meta["random"]["draws"] == rnd["draws"]  # seeded
+    assert again.random["draws"] == rnd["draws"]  # seeded
     with pytest.raises(ValueError, match="n_random"):
         eap_faithfulness(model, ds, edges, ks=[k], n_random=-1, progress=False)

@@ -21,8 +21,8 @@ def test_one_step_is_eap_exactly(tiny_model):
     for method in ("eap-ig-inputs", "eap-ig-activations"):
         one = edge_attribution_patch(tiny_model, ds, method=method, ig_steps=1, progress=False, batch_size=3)
         assert torch.equal(one.per_example, eap.per_example)
-        assert one.meta["attribution"] == method and one.meta["ig_steps"] == 1
-    assert eap_ig(tiny_model, ds, progress=False).meta["ig_steps"] == 5  # the default
+        assert one.method == method and one.ig_steps == 1
+    assert eap_ig(tiny_model, ds, progress=False).ig_steps == 5  # the default
 
 
 def test_inputs_completeness(tiny_model):

@@ -9,6 +9,7 @@ from mechlens.engine import (
     batches,
     cache_batched,
     copies_per_pass,
+    first_block,
     logit_diff_metric,
     padded_batches,
     run_grid,
@@ -45,6 +46,26 @@ def test_run_grid_equals_one_run_with_hooks_per_configuration(tiny_model, batch_
             )
         torch.testing.assert_close(got[c], logit_diff(logits, ds.answers).float(), atol=1e-5, rtol=1e-5)
     assert not tiny_model.hook_dict[name].fwd_hooks  # nothing left on the model
+
+
+@pytest.mark.parametrize("names", [["hook_embed"], ["blocks.1.hook_resid_pre"], ["blocks.1.hook_resid_post"],
+                                   ["blocks.1.hook_resid_post", "blocks.0.hook_resid_post"]])
+def test_run_grid_fast_backend_starts_at_the_first_hooked_block(tiny_model, names):
+    """On the fast backend a pass runs from the first block its hooks act in (the prefix once
+    per example): the same numbers as full run_with_hooks passes, embedding hooks included."""
+    ds = toy_movie_review(tiny_model, "test")
+    g = torch.Generator().manual_seed(1)
+    vecs = torch.randn(3, tiny_model.cfg.d_model, generator=g)
+    hooks = lambda c, e: [(n, _adder(vecs, c)) for n in names]  # noqa: E731
+    fast = run_grid(tiny_model, ds.clean_tokens, logit_diff_metric(ds.answers), n_configs=3, hooks=hooks,
+                    batch_size=7, backend="fast", output="last")
+    for c in range(3):
+        with torch.no_grad():
+            logits = tiny_model.run_with_hooks(
+                ds.clean_tokens, fwd_hooks=[(n, lambda act, hook, c=c: act + vecs[c].to(act.dtype)) for n in names])
+        torch.testing.assert_close(fast[c], logit_diff(logits, ds.answers).float(), atol=1e-5, rtol=1e-5)
+    assert first_block([(n, None) for n in names], 2) == min(
+        0 if n == "hook_embed" else int(n.split(".")[1]) for n in names)
 
 
 def test_run_grid_without_hooks_is_the_plain_run(tiny_gpt2, ds):

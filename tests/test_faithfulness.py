@@ -76,7 +76,7 @@ def test_node_curve_equals_replacing_component_outputs(tiny_model):
     assert fc.level == "nodes" and fc.n_nodes == len(senders)
     assert fc.ks == [int(f * len(senders)) for f in fracs]
     assert fc.faithfulness["eap"][-1] == pytest.approx(1.0, abs=1e-4)
-    node = (edges.values * torch.tensor(edges.meta["valid"])).sum(1)
+    node = (edges.values * edges.valid).sum(1)
     order = torch.argsort(node.abs(), descending=True, stable=True)
     assert torch.equal(node_ranking(model, edges), order)
     _, corrupt = model.run_with_cache(ds.corrupt_tokens)

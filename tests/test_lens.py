@@ -4,9 +4,14 @@ import pytest
 import torch
 
 from mechlens.data import ContrastDataset
-from mechlens.lens import direct_logit_attribution, logit_lens, top_tokens
+from mechlens.lens import (
+    DLAResult,
+    LogitLensResult,
+    direct_logit_attribution,
+    logit_lens,
+    top_tokens,
+)
 from mechlens.metrics import logit_diff
-from mechlens.patching import PatchResult
 
 
 def _ds(model):
@@ -42,7 +47,9 @@ def test_dla_components_sum_to_logit_diff(tiny_model):
             real = logit_diff(tiny_model(ds.clean_tokens), ds.answers)
     finally:
         _restore(tiny_model, saved)
-    assert isinstance(res, PatchResult) and res.axes == ("component",) and res.method == "dla"
+    assert isinstance(res, DLAResult) and res.axes == ("component",) and res.group == "components"
+    rms = "RMS" in str(tiny_model.cfg.normalization_type)
+    assert res.position == "END" and res.final_norm == ("RMS" if rms else "LN")
     labels = res.labels["component"]
     n, h = tiny_model.cfg.n_layers, tiny_model.cfg.n_heads
     assert sum(lab.startswith("L") and "H" in lab for lab in labels) == n * h
@@ -126,9 +133,9 @@ def test_logit_lens_matches_hand_computation(tiny_gpt2):
 def test_results_roundtrip_and_plot(tiny_gpt2, tmp_path):
     ds = _ds(tiny_gpt2)
     res = logit_lens(tiny_gpt2, ds, progress=False)
-    back = PatchResult.load(res.save(tmp_path / "lens"))
+    back = LogitLensResult.load(res.save(tmp_path / "lens"))
     torch.testing.assert_close(back.per_example, res.per_example)
-    assert back.labels == res.labels and back.method == "logit_lens"
+    assert back.labels == res.labels and back.site == "resid_post" and back.n_layers == tiny_gpt2.cfg.n_layers
     assert res.stderr().shape == res.shape
     res.plot()
     direct_logit_attribution(tiny_gpt2, ds, progress=False).plot()

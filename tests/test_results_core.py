@@ -50,6 +50,7 @@ def built():
     from mechlens.baseline import baseline
     from mechlens.circuits import (
         discover_sentiment_circuit,
+        eap_faithfulness,
         edge_attribution_patch,
         patch_heads,
         summarization_motif,
@@ -86,9 +87,12 @@ def built():
         patching.attribution_patch(m, test, "z", progress=False),
         patching.path_patch(m, test, progress=False),
         ablation.ablate_sweep(m, test, "heads", progress=False),
+        ablation.knockout_curve(m, test, max_k=2, progress=False),
         lens.logit_lens(m, test, progress=False),
         lens.direct_logit_attribution(m, test, progress=False),
         edge_attribution_patch(m, test, progress=False),
+        eap_faithfulness(m, test, edge_attribution_patch(m, test, progress=False), ks=[0, 3], n_random=2,
+                         progress=False),
         baseline(m, {"test": test}, progress=False),
         d,
         directional_patch(m, test, d, progress=False),
@@ -206,3 +210,55 @@ def test_bootstrap_intervals_cover_the_true_mean_about_95_percent_of_the_time():
     assert not torch.equal(lo, m.ci(seed=1)[0])
     narrow, _ = m.ci(confidence=0.5)
     assert bool((narrow >= lo).all())
+
+
+def _legacy_layout(r):
+    """``r`` as the PatchResult earlier versions returned (their constructor calls, verbatim)."""
+    name = type(r).__name__
+    if name == "LogitLensResult":
+        return dict(site="resid_post", mode="clean", method="logit_lens",
+                    meta={"positions": r.positions, "n_layers": r.n_layers})
+    if name == "DLAResult":
+        return dict(site="END", mode="clean", method="dla",
+                    meta={"group": r.group, "n_layers": r.n_layers, "final_norm": r.final_norm})
+    if name == "AblationSweepResult":
+        return dict(site=r.component, mode=r.how, method="ablation",
+                    meta={"positions": r.positions, "reference": r.reference, "seed": r.seed,
+                          "value": "metric(ablated) - metric(unablated)"})
+    if name == "KnockoutCurve":
+        return dict(site=r.component, mode=r.how, method="knockout",
+                    meta={"order": r.order, "reference": r.reference, "seed": r.seed})
+    if name == "EdgeScores":
+        return dict(site="edges", mode="noise", method="eap",
+                    meta={"valid": r.valid.tolist(), "attribution": r.method, "ig_steps": r.ig_steps, "score": r.score})
+    if name == "EdgeFaithfulness":
+        return dict(site="edges", mode="noise", method="eap_faithfulness",
+                    meta={"n_edges": r.n_edges, "ranking": r.ranking, "random": r.random})
+    return None
+
+
+def test_results_saved_by_earlier_versions_load_as_the_classes_that_replaced_them(built, tmp_path):
+    """Logit lens, DLA, ablation, knock-out and EAP results were PatchResults with the meaning
+    in ``site``/``mode``/``meta``; such a saved folder loads as the new class, every field equal."""
+    import dataclasses
+
+    from mechlens.patching import PatchResult
+    from mechlens.results import load_result
+
+    moved = [r for r in built[2] if _legacy_layout(r) is not None]
+    assert {type(r).__name__ for r in moved} == {c.rsplit(":")[1] for c in PatchResult.MOVED.values()}
+    for i, r in enumerate(moved):
+        core = {f.name: getattr(r, f.name) for f in dataclasses.fields(Measurement)}
+        old = PatchResult(**core, baselines=r.baselines, **_legacy_layout(r))
+        path = old.save(tmp_path / str(i))
+        back = load_result(path)
+        assert type(back) is type(r)
+        for f in dataclasses.fields(r):
+            a, b = getattr(back, f.name), getattr(r, f.name)
+            if isinstance(b, torch.Tensor):
+                assert torch.equal(a, b), f.name
+            elif isinstance(b, dict) and b and isinstance(next(iter(b.values())), torch.Tensor):
+                assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b), f.name
+            else:
+                assert a == b, (type(r).__name__, f.name)
+        assert type(r).load(path).labels == r.labels  # the class's own load converts too

@@ -87,22 +87,22 @@ def test_study_result_equals_the_direct_call(ran):
     from mechlens.ablation import ablate_sweep
     from mechlens.circuits import edge_attribution_patch
     from mechlens.lens import direct_logit_attribution
-    from mechlens.patching import PatchResult
+    from mechlens.results import load_result
 
     out = ran["ioi.toml"]
     study = load_study(EXAMPLES / "ioi.toml", OVERRIDES["ioi.toml"])
     model = load_study_model(study.model_spec)
     with pytest.warns(UserWarning, match="dropped"):
         ds = build_dataset(model, study.doc["dataset"], study.path)
-    dla = PatchResult.load(out / "direct_logit_attribution" / "dla")
+    dla = load_result(out / "direct_logit_attribution" / "dla")
     direct = direct_logit_attribution(model, ds, group="heads", batch_size=64, progress=False)
     torch.testing.assert_close(dla.per_example, direct.per_example, atol=1e-5, rtol=0)
     assert dla.labels == direct.labels and dla.fingerprint == direct.fingerprint
-    abl = PatchResult.load(out / "head_ablation" / "ablation")
+    abl = load_result(out / "head_ablation" / "ablation")
     layers = list(range(18, 30))
     direct = ablate_sweep(model, ds, "heads", how="mean", layers=layers, seed=0, batch_size=64, progress=False)
     torch.testing.assert_close(abl.per_example, direct.per_example, atol=1e-5, rtol=0)
-    edges = PatchResult.load(out / "edges" / "edges")
+    edges = load_result(out / "edges" / "edges")
     direct = edge_attribution_patch(model, ds, batch_size=8, progress=False)
     torch.testing.assert_close(edges.per_example, direct.per_example, atol=1e-5, rtol=0)
 

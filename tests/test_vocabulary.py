@@ -96,6 +96,8 @@ def test_vocabulary_names_are_method_arguments():
 
 def test_study_choices_are_the_method_registries():
     from mechlens.ablation import COMPONENTS, HOWS, RANKED_COMPONENTS
+    from mechlens.circuits.eap import EAP_METHODS, INTERPOLATIONS
+    from mechlens.circuits.faithfulness import LEVELS
     from mechlens.directions import ABLATION_MODES
     from mechlens.engine import BACKENDS, METRICS, MODES
     from mechlens.lens import GROUPS
@@ -107,6 +109,10 @@ def test_study_choices_are_the_method_registries():
     assert ANALYSES["activation_patching"]["mode"].choices == MODES
     assert ANALYSES["activation_patching"]["backend"].choices == BACKENDS
     assert ANALYSES["direct_logit_attribution"]["group"].choices == GROUPS
+    assert ANALYSES["circuit_stability"]["method"].choices == EAP_METHODS
+    assert ANALYSES["faithfulness_curve"]["methods"].choices == EAP_METHODS
+    assert ANALYSES["faithfulness_curve"]["level"].choices == LEVELS
+    assert ANALYSES["eap_ig"]["interpolate"].choices == INTERPOLATIONS
 
 
 def test_a_renamed_argument_is_caught(monkeypatch):

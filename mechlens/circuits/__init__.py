@@ -9,6 +9,8 @@
 """
 
 from mechlens.circuits.eap import (
+    EdgeFaithfulness,
+    EdgeScores,
     eap_faithfulness,
     eap_ig,
     eap_nodes,
@@ -42,6 +44,8 @@ from mechlens.circuits.stability import CircuitStability, circuit_stability
 __all__ = [
     "MIB_FRACTIONS",
     "CircuitStability",
+    "EdgeFaithfulness",
+    "EdgeScores",
     "circuit_recovery",
     "circuit_stability",
     "known_circuit_model",

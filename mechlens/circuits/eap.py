@@ -17,11 +17,11 @@ forward and backward pass give every edge at once. Summed over ``u``'s outgoing 
 scores equal ``u``'s node attribution-patching score (the gradient of the residual stream
 is the sum of the gradients of its readers), which the tests check.
 
-**How to read the result.** A :class:`~mechlens.patching.PatchResult` with axes
+**How to read the result.** An :class:`EdgeScores` with axes
 ``("sender", "receiver")`` and per-example scores ``[sender, receiver, batch]`` in metric
 units (the change of the logit difference if the edge were patched; negative = the edge
 carries what the clean prompt needs). Edges that do not exist (a receiver before its
-sender) are 0; ``meta["valid"]`` marks the real ones. ``result.top(20)`` lists the edges
+sender) are 0; ``valid`` marks the real ones. ``result.top(20)`` lists the edges
 with the largest ``|score|``: the candidate circuit. The approximation is linear: check the
 edges that matter with path patching (:func:`mechlens.patching.path_patch`).
 
@@ -46,9 +46,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mechlens.engine import (
@@ -66,11 +68,76 @@ from mechlens.engine import (
 )
 from mechlens.metrics import logit_diff
 from mechlens.model_protocol import check_model, is_bridge, qkv_input_hook
-from mechlens.patching.result import PatchResult
-from mechlens.results import provenance
+from mechlens.results import Measurement, provenance
 from mechlens.validate import check_batch_size
 
-__all__ = ["EAP_METHODS", "edge_attribution_patch", "eap_ig", "eap_faithfulness", "eap_nodes", "pruned_run"]
+__all__ = [
+    "EAP_METHODS", "INTERPOLATIONS", "EdgeScores", "EdgeFaithfulness", "edge_attribution_patch", "eap_ig", "eap_faithfulness",
+    "eap_nodes", "pruned_run",
+]
+
+
+@dataclass(kw_only=True, repr=False)
+class EdgeScores(Measurement):
+    """Edge attribution scores of every ``sender -> receiver`` edge of the model's graph, per
+    example (axes ``("sender", "receiver")``, labels the node names), in metric units.
+
+    ``valid`` ``[sender, receiver]`` marks the edges that exist (a receiver after its sender;
+    the others score 0), ``method`` is the scoring (``"eap"``, ``"eap-ig-inputs"``,
+    ``"eap-ig-activations"``), ``ig_steps`` its integration steps, ``score`` says what a score
+    is, ``baselines`` hold the clean and corrupt metric per example.
+    """
+
+    LEGACY = ("PatchResult", "eap", {"valid": "meta.valid", "method": "meta.attribution",
+                                     "ig_steps": "meta.ig_steps", "score": "meta.score"})
+
+    valid: Bool[Tensor, "sender receiver"]
+    method: str = "eap"
+    ig_steps: int = 1
+    score: str = ""
+    baselines: dict[str, Float[Tensor, " batch"]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.valid = torch.as_tensor(self.valid, dtype=torch.bool)
+        if tuple(self.valid.shape) != tuple(self.shape):
+            raise ValueError(f"valid has shape {tuple(self.valid.shape)}; the scores are {tuple(self.shape)}")
+
+    @property
+    def n_edges(self) -> int:
+        """The number of edges that exist."""
+        return int(self.valid.sum())
+
+    def _title(self) -> str:
+        return f"{self.method} edge scores on {self.dataset or 'dataset'}"
+
+    def _summary_lines(self) -> list[str]:
+        steps = "" if self.method == "eap" else f", {self.ig_steps} steps"
+        return [f"{self.method} scores of {self.n_edges} edges{steps}", *super()._summary_lines()]
+
+
+@dataclass(kw_only=True, repr=False)
+class EdgeFaithfulness(Measurement):
+    """What :func:`eap_faithfulness` measures: the metric per example when only the top ``k``
+    edges (axis ``"k"``) carry clean values.
+
+    ``n_edges`` is the number of edges of the graph, ``ranking`` how edges were ranked,
+    ``random`` (with ``n_random > 0``) the random edge sets of each size: ``"n"``, ``"seed"``,
+    per ``k`` the mean over draws of the mean metric (``"mean"``), its standard deviation
+    (``"std"``) and every draw's mean (``"draws"``, ``[k][draw]``); ``baselines`` hold the
+    clean and corrupt metric.
+    """
+
+    LEGACY = ("PatchResult", "eap_faithfulness", {"n_edges": "meta.n_edges", "ranking": "meta.ranking",
+                                                  "random": "meta.random"})
+
+    n_edges: int
+    ranking: str = "|mean score|"
+    random: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, Float[Tensor, " batch"]] = field(default_factory=dict)
+
+    def _title(self) -> str:
+        return f"{self.metric} with the top k of {self.n_edges} edges on {self.dataset or 'dataset'}"
 
 
 def eap_nodes(model: Any) -> tuple[list[str], list[str], list[list[bool]]]:
@@ -128,7 +195,9 @@ def _forks(model: Any) -> Iterator[None]:
         yield
 
 
-EAP_METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations")
+#: what EAP-IG interpolates: the input embeddings or each sender group's output
+INTERPOLATIONS = ("inputs", "activations")
+EAP_METHODS = ("eap", *(f"eap-ig-{i}" for i in INTERPOLATIONS))
 
 
 def edge_attribution_patch(
@@ -141,7 +210,7 @@ def edge_attribution_patch(
     batch_size: int | None = None,
     backend: str = "auto",
     progress: bool = True,
-) -> PatchResult:
+) -> EdgeScores:
     """Score every edge ``sender -> receiver`` by ``(a_corrupt - a_clean) . dM/d(receiver input)``.
 
     ``method`` picks where the gradient is taken (the names of the MIB benchmark, Mueller et
@@ -180,9 +249,9 @@ def edge_attribution_patch(
         progress: show a progress bar over passes.
 
     Returns:
-        A :class:`PatchResult` with ``method="eap"``, axes ``("sender", "receiver")``;
-        ``baselines`` hold the clean and corrupt metric; ``meta["attribution"]`` names the
-        method and ``meta["ig_steps"]`` the steps.
+        An :class:`EdgeScores` with axes ``("sender", "receiver")``; ``valid`` marks the
+        edges that exist, ``method`` and ``ig_steps`` say how they were scored, ``baselines``
+        hold the clean and corrupt metric.
     """
     args = dict(locals())  # the call's settings, recorded in the result
     check_model(model)
@@ -338,13 +407,13 @@ def edge_attribution_patch(
                     scores[:u, r0 : r0 + count, sl] = s_.cpu()
     bar.close()
     assert scores.shape[1] == len(receivers) and h > 0
-    return PatchResult(
+    return EdgeScores(
         per_example=scores, axes=("sender", "receiver"), labels={"sender": senders, "receiver": receivers},
         metric="logit_diff" if not callable(metric) else getattr(metric, "__name__", "custom"),
-        site="edges", mode="noise", method="eap", **provenance(model, ds, args=args), baselines={"clean": y_clean, "corrupt": y_corrupt},
-        meta={"valid": valid, "attribution": method, "ig_steps": steps,
-              "score": "(a_corrupt - a_clean) . dM/d(receiver input)" + (", clean run" if steps == 1 else
-                       f", gradient averaged over {steps} interpolation steps ({method})")},
+        valid=torch.tensor(valid), method=method, ig_steps=steps,
+        score="(a_corrupt - a_clean) . dM/d(receiver input)" + (", clean run" if steps == 1 else
+              f", gradient averaged over {steps} interpolation steps ({method})"),
+        baselines={"clean": y_clean, "corrupt": y_corrupt}, **provenance(model, ds, args=args),
     )
 
 
@@ -358,11 +427,11 @@ def eap_ig(
     batch_size: int | None = None,
     backend: str = "auto",
     progress: bool = True,
-) -> PatchResult:
+) -> EdgeScores:
     """EAP with integrated gradients (Hanna et al. 2024): :func:`edge_attribution_patch` with
     ``method="eap-ig-" + interpolate`` (``"inputs"`` or ``"activations"``, the two variants of
     the MIB benchmark) and ``ig_steps`` steps."""
-    if interpolate not in ("inputs", "activations"):
+    if interpolate not in INTERPOLATIONS:
         raise ValueError(f"interpolate={interpolate!r}: choose 'inputs' (the input embeddings) or 'activations' "
                          "(each sender group's output)")
     return edge_attribution_patch(model, ds, metric=metric, method=f"eap-ig-{interpolate}", ig_steps=ig_steps,
@@ -372,14 +441,14 @@ def eap_ig(
 def eap_faithfulness(
     model: Any,
     ds: Any,
-    edges: PatchResult,
+    edges: EdgeScores,
     ks: Sequence[int] | None = None,
     *,
     n_random: int = 0,
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
-) -> PatchResult:
+) -> EdgeFaithfulness:
     """The metric when only the top ``k`` edges (by ``|score|``) carry clean values.
 
     Every other edge is patched exactly: each receiver's input gets, for every pruned edge
@@ -398,9 +467,9 @@ def eap_faithfulness(
         progress: show a progress bar over ``ks``.
 
     Returns:
-        A :class:`PatchResult` with axis ``("k",)``: the metric (``logit_diff``) per example
-        after keeping the top ``k`` edges; ``baselines`` hold the clean and corrupt values.
-        With ``n_random > 0``, ``meta["random"]`` holds, per ``k``, the mean over draws of the
+        An :class:`EdgeFaithfulness` with axis ``("k",)``: the metric (``logit_diff``) per
+        example after keeping the top ``k`` edges; ``baselines`` hold the clean and corrupt
+        values. With ``n_random > 0``, ``random`` holds, per ``k``, the mean over draws of the
         mean metric (``"mean"``), its standard deviation over draws (``"std"``) and every
         draw's mean (``"draws"``, ``[k][draw]``).
     """
@@ -408,8 +477,8 @@ def eap_faithfulness(
     check_model(model)
     check_batch_size(batch_size)
     ds = prepare_dataset(model, ds)
-    if not isinstance(edges, PatchResult) or edges.method != "eap":
-        raise TypeError("edges must be the PatchResult of edge_attribution_patch")
+    if not isinstance(edges, EdgeScores):
+        raise TypeError(f"edges must be the EdgeScores of edge_attribution_patch, not {type(edges).__name__}")
     senders, receivers, valid = eap_nodes(model)
     if edges.labels["sender"] != senders or edges.labels["receiver"] != receivers:
         raise ValueError("edges were computed on a model with a different graph; rerun edge_attribution_patch")
@@ -441,17 +510,15 @@ def eap_faithfulness(
     ys = pruned_run(model, ds, torch.stack(configs), batch_size=batch_size, progress=progress)
     out = ys[: len(ks)]
     draws = ys[len(ks):].view(len(ks), n_random, ds.batch).mean(-1)
-    meta: dict[str, Any] = {"n_edges": n_valid, "ranking": "|mean score|"}
+    random: dict[str, Any] = {}
     if n_random:
-        meta["random"] = {
+        random = {
             "n": n_random, "seed": seed, "mean": draws.mean(1).tolist(),
             "std": (draws.std(1) if n_random > 1 else torch.zeros(len(ks))).tolist(), "draws": draws.tolist(),
         }
-    return PatchResult(
-        per_example=out, axes=("k",), labels={"k": ks}, metric="logit_diff", site="edges", mode="noise",
-        method="eap_faithfulness", **provenance(model, ds, args=args),
-        baselines={k: v.float().cpu() for k, v in edges.baselines.items()},
-        meta=meta,
+    return EdgeFaithfulness(
+        per_example=out, axes=("k",), labels={"k": ks}, metric="logit_diff", n_edges=n_valid, random=random,
+        baselines={k: v.float().cpu() for k, v in edges.baselines.items()}, **provenance(model, ds, args=args),
     )
 
 

@@ -41,10 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechlens.circuits.eap import eap_nodes, pruned_run
+from mechlens.circuits.eap import EdgeScores, eap_nodes, pruned_run
 from mechlens.engine import prepare_dataset
 from mechlens.model_protocol import check_model
-from mechlens.patching.result import PatchResult
 from mechlens.results import Measurement, provenance
 from mechlens.validate import check_batch_size
 
@@ -67,11 +66,11 @@ def cpr_cmd(fractions: Sequence[float], faithfulness: Sequence[float]) -> tuple[
     return cpr, cmd
 
 
-def edge_ranking(model: Any, scores: PatchResult | Tensor) -> Tensor:
+def edge_ranking(model: Any, scores: EdgeScores | Tensor) -> Tensor:
     """Real edges' flat indices, by ``|score|`` descending (ties in index order)."""
     senders, receivers, valid = eap_nodes(model)
     mask = torch.tensor(valid)
-    vals = scores.values if isinstance(scores, PatchResult) else torch.as_tensor(scores)
+    vals = scores.values if isinstance(scores, Measurement) else torch.as_tensor(scores)
     if tuple(vals.shape) != tuple(mask.shape):
         raise ValueError(f"scores must be [sender, receiver] = {tuple(mask.shape)} for this model, got "
                          f"{tuple(vals.shape)}; compute them with edge_attribution_patch on this model")
@@ -80,12 +79,12 @@ def edge_ranking(model: Any, scores: PatchResult | Tensor) -> Tensor:
     return order[: int(mask.sum())]
 
 
-def node_ranking(model: Any, scores: PatchResult | Tensor) -> Tensor:
+def node_ranking(model: Any, scores: EdgeScores | Tensor) -> Tensor:
     """Sender (node) indices by ``|score|`` descending (ties in index order). ``scores`` is a
     ``[sender]`` tensor, or edge scores ``[sender, receiver]`` summed over each sender's
     outgoing edges (for EAP that sum is the node's attribution-patching score)."""
     senders, _, valid = eap_nodes(model)
-    vals = scores.values if isinstance(scores, PatchResult) else torch.as_tensor(scores)
+    vals = scores.values if isinstance(scores, Measurement) else torch.as_tensor(scores)
     vals = vals.detach().float().cpu()
     if vals.ndim == 2:
         edge_ranking(model, vals)  # checks the shape
@@ -146,7 +145,7 @@ class FaithfulnessCurve(Measurement):
 def faithfulness_curve(
     model: Any,
     ds: Any,
-    scores: PatchResult | Tensor | Mapping[str, PatchResult | Tensor],
+    scores: EdgeScores | Tensor | Mapping[str, EdgeScores | Tensor],
     *,
     fractions: Sequence[float] = MIB_FRACTIONS,
     n_random: int = 5,

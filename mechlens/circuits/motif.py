@@ -74,7 +74,14 @@ from mechlens.circuits._util import (
 from mechlens.data.contrast import ContrastDataset
 from mechlens.data.sentiment import toy_movie_review
 from mechlens.data.sst import SST_TEMPLATE, read_sst_tsv, sst
-from mechlens.engine import cache_batched, logit_diff_metric, progress_bar, rows_per_pass, run_grid
+from mechlens.engine import (
+    cache_batched,
+    logit_diff_metric,
+    progress_bar,
+    resolve_backend,
+    rows_per_pass,
+    run_grid,
+)
 from mechlens.metrics import accuracy
 from mechlens.models import model_name as _model_name
 from mechlens.results import PatchSetResult, Result, provenance
@@ -156,6 +163,7 @@ def patch_positions(
     *,
     batch_size: int | None = None,
     progress: bool = False,
+    backend: str = "auto",
 ) -> PatchSetResult:
     """Run the clean prompts with, at every layer, the residual stream at ``patched``
     positions set to the corrupt run's and at ``frozen`` positions set to the clean run's.
@@ -163,9 +171,11 @@ def patch_positions(
     Returns a :class:`~mechlens.results.PatchSetResult`: ``per_example`` ``[config, batch]``
     the logit difference under each configuration, ``baselines["clean"]`` / ``["corrupt"]``
     the unpatched ones. All configurations run stacked on the batch axis (``batch_size``
-    sequences per pass).
+    sequences per pass); ``backend``: ``"auto"`` (``"fast"`` on a TransformerBridge: only the
+    final position is unembedded), ``"fast"`` or ``"hooks"``, the same numbers.
     """
     check_dataset(ds, model=model, binary=False)
+    resolve_backend(model, backend)
     rows = rows_per_pass(batch_size)
     n = model.cfg.n_layers
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
@@ -190,7 +200,7 @@ def patch_positions(
         return [(name, hook_for(name)) for name in names]
 
     ld = run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), n_configs=len(configs), hooks=make_hooks,
-                  batch_size=rows, progress=progress, desc="patching positions")
+                  batch_size=rows, progress=progress, desc="patching positions", backend=backend, output="last")
     return PatchSetResult(
         per_example=ld, axes=("config",), labels={"config": [f"config {i}" for i in range(len(configs))]},
         metric="logit_diff", **provenance(model, ds, batch_size=batch_size),
@@ -386,6 +396,7 @@ def summarization_motif(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> MotifResult:
     """Measure the summarization motif (see the module docstring for the method).
 
@@ -412,6 +423,8 @@ def summarization_motif(
         seed: seeds the random directions (and resample ablation).
         batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show progress bars.
+        backend: ``"auto"`` (default: ``"fast"`` on a TransformerBridge), ``"fast"`` or
+            ``"hooks"``, for every patched and ablated run; the same numbers.
 
     Returns:
         :class:`MotifResult`.
@@ -420,6 +433,7 @@ def summarization_motif(
     from mechlens.patching import activation_patch
 
     check_dataset(ds, need=("COMMA",), binary=False, model=model)
+    resolve_backend(model, backend)
     rows = rows_per_pass(batch_size)
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k={top_k!r} must be a positive int")
@@ -455,7 +469,7 @@ def summarization_motif(
 
     # 2. patching splits
     masks = split_masks(ds)
-    split = patch_positions(model, ds, list(masks.values()), batch_size=rows)
+    split = patch_positions(model, ds, list(masks.values()), batch_size=rows, backend=backend)
     split_ld, ld_clean, ld_corr = split.per_example, split.baselines["clean"], split.baselines["corrupt"]
     bar.update(1)
 
@@ -472,12 +486,12 @@ def summarization_motif(
     for i, n in enumerate(fillers):
         dsn = filler_dataset(n)
         check_dataset(dsn, f"filler_dataset({n})", need=("ADJ", "COMMA"), binary=False, model=model)
-        split_n = patch_positions(model, dsn, list(split_masks(dsn).values()), batch_size=rows)
+        split_n = patch_positions(model, dsn, list(split_masks(dsn).values()), batch_size=rows, backend=backend)
         ld_n, c_n, k_n = split_n.per_example, split_n.baselines["clean"], split_n.baselines["corrupt"]
         sweep_change[i] = torch.tensor([_change(ld_n[j], c_n, k_n) for j in range(len(SPLITS))])
         res = activation_patch(
             model, dsn, "resid_pre", positions=["ADJ", "COMMA"], layers=layer_list, mode="denoise",
-            batch_size=rows, progress=False,
+            batch_size=rows, progress=False, backend=backend,
         )
         sweep_patch[i] = res.values.float().cpu()
         bar.update(1)
@@ -501,7 +515,8 @@ def summarization_motif(
         wheres = ("COMMA", "all")
         # per dataset, one clean run serves every (direction, position) pair
         runs = [ablate_each(model, a, [dvec for _, dvec in dirs], positions=wheres, how=ablation_how,
-                            layers=ablation_layers, seed=seed, batch_size=rows, progress=False) for a in datasets]
+                            layers=ablation_layers, seed=seed, batch_size=rows, progress=False, backend=backend)
+                for a in datasets]
         for i, (dname, where) in enumerate((dname, where) for dname, _ in dirs for where in wheres):
             lb = torch.cat([run[i].ld_before for run in runs])
             la = torch.cat([run[i].ld_after for run in runs])

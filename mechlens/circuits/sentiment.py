@@ -74,7 +74,14 @@ from mechlens.circuits._util import (
     unit_vector,
 )
 from mechlens.data.contrast import ContrastDataset
-from mechlens.engine import cache_batched, logit_diff_metric, progress_bar, rows_per_pass, run_grid
+from mechlens.engine import (
+    cache_batched,
+    logit_diff_metric,
+    progress_bar,
+    resolve_backend,
+    rows_per_pass,
+    run_grid,
+)
 from mechlens.metrics import fraction_recovered
 from mechlens.models import model_device
 from mechlens.models import model_name as _model_name
@@ -100,6 +107,7 @@ def patch_heads(
     direction: Any = None,
     progress: bool = False,
     batch_size: int | None = None,
+    backend: str = "auto",
 ) -> PatchSetResult:
     """Run the corrupt prompts with the clean outputs of each set of heads patched in.
 
@@ -113,6 +121,9 @@ def patch_heads(
             along ``direction`` (added to ``hook_attn_out``, so everything else of the head
             stays corrupt).
         direction: a Direction or ``[d_model]`` vector (needed for ``"direction"``).
+        backend: ``"auto"`` (default: ``"fast"`` on a TransformerBridge, where each pass runs
+            from the first layer it patches and unembeds only the final position), ``"fast"``
+            or ``"hooks"``; the same numbers.
 
     Returns:
         A :class:`~mechlens.results.PatchSetResult`: ``per_example`` ``[config, batch]`` the
@@ -125,13 +136,14 @@ def patch_heads(
     if component == "direction" and direction is None:
         raise ValueError("component='direction' needs direction= (a Direction or a [d_model] vector)")
     check_dataset(ds, model=model, binary=False)
+    resolve_backend(model, backend)
     rows = rows_per_pass(batch_size)
     sets = [check_heads(model, s, what=f"head_sets[{i}]") for i, s in enumerate(head_sets)]
     if not sets:
         raise ValueError("head_sets is empty: give at least one set of heads")
     pos_mask = ds.position_mask(position).cpu()
     layers = sorted({layer for s in sets for layer, _ in s})
-    runs = _HeadRuns(model, ds, layers, rows)
+    runs = _HeadRuns(model, ds, layers, rows, backend)
     d = unit_vector(resolve_direction(model, ds, direction, batch_size=rows)) if component == "direction" else None
     ld = runs.patch(sets, pos_mask, component, d, progress)
     return PatchSetResult(
@@ -145,8 +157,8 @@ def patch_heads(
 class _HeadRuns:
     """The clean run's ``hook_z`` at some layers, cached once, and the patched corrupt runs."""
 
-    def __init__(self, model: Any, ds: ContrastDataset, layers: Sequence[int], rows: int):
-        self.model, self.ds, self.rows = model, ds, rows
+    def __init__(self, model: Any, ds: ContrastDataset, layers: Sequence[int], rows: int, backend: str = "auto"):
+        self.model, self.ds, self.rows, self.backend = model, ds, rows, backend
         self.z_names = {layer: f"blocks.{layer}.attn.hook_z" for layer in layers}
         self.clean, self.ld_clean = cache_batched(model, ds.clean_tokens, list(self.z_names.values()), answers=ds.answers, batch_size=rows)
         _, self.ld_corrupt = cache_batched(model, ds.corrupt_tokens, [], answers=ds.answers, batch_size=rows)
@@ -207,7 +219,8 @@ class _HeadRuns:
 
         ds = self.ds
         return run_grid(model, ds.corrupt_tokens, logit_diff_metric(ds.answers), n_configs=len(sets), hooks=make_hooks,
-                        batch_size=self.rows, progress=progress, desc="patching heads")
+                        batch_size=self.rows, progress=progress, desc="patching heads", backend=self.backend,
+                        output="last")
 
 
 # --------------------------------------------------------------------------- roles
@@ -559,6 +572,7 @@ def discover_sentiment_circuit(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> Circuit:
     """Find and validate a sentiment circuit of attention heads (see the module docstring).
 
@@ -580,6 +594,8 @@ def discover_sentiment_circuit(
         seed: seeds the random head sets and the random directions of the OV score.
         batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``, 128).
         progress: show progress bars.
+        backend: ``"auto"`` (default: ``"fast"`` on a TransformerBridge), ``"fast"`` or
+            ``"hooks"``, for the path patching and the head-patching runs; the same numbers.
 
     Returns:
         :class:`Circuit`.
@@ -587,6 +603,7 @@ def discover_sentiment_circuit(
     from mechlens.patching import path_patch
 
     check_dataset(ds, model=model)
+    resolve_backend(model, backend)
     fds = ds if faithfulness_ds is None else faithfulness_ds
     check_dataset(fds, "faithfulness_ds", model=model)
     rows = rows_per_pass(batch_size)
@@ -611,7 +628,8 @@ def discover_sentiment_circuit(
     bar.update(1)
 
     # 1. direct heads: path patching every head -> final residual stream
-    direct_res = path_patch(model, ds, "all_heads", "resid_final", batch_size=batch_size, progress=progress)
+    direct_res = path_patch(model, ds, "all_heads", "resid_final", batch_size=batch_size, progress=progress,
+                            backend=backend)
     direct = _effect_grid(direct_res, n_l, n_h)
     order = direct.abs().flatten().argsort(descending=True)
     direct_heads = [(int(i) // n_h, int(i) % n_h) for i in order[:top_k]]
@@ -624,7 +642,8 @@ def discover_sentiment_circuit(
         top_layer = max(layer for layer, _ in direct_heads)
         if top_layer > 0:  # only heads below a receiver can reach it
             mover_res = path_patch(model, ds, "all_heads", _receivers(model, direct_heads, mover_inputs),
-                                   layers=list(range(top_layer)), batch_size=batch_size, progress=progress)
+                                   layers=list(range(top_layer)), batch_size=batch_size, progress=progress,
+                                   backend=backend)
             mover = _effect_grid(mover_res, n_l, n_h)
         ok = torch.zeros(n_l, n_h, dtype=torch.bool)
         ok[:top_layer] = True
@@ -658,7 +677,7 @@ def discover_sentiment_circuit(
         for _ in range(n_random)
     ]
     table: list[dict[str, Any]] = []
-    runs = _HeadRuns(model, fds, range(n_l), rows)
+    runs = _HeadRuns(model, fds, range(n_l), rows, backend)
     ld_c, ld_k = runs.ld_clean, runs.ld_corrupt
     d_unit = unit_vector(d)
     for p in pos_sets:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -39,7 +39,7 @@ from mechlens.directions.fit import (
     random_directions,
 )
 from mechlens.directions.interventions import patched_logit_diffs
-from mechlens.engine import cache_batched, progress_iter
+from mechlens.engine import cache_batched, progress_iter, resolve_backend
 from mechlens.metrics import fraction_recovered, logit_flip
 from mechlens.models import model_name as _model_name
 from mechlens.results import Result
@@ -77,6 +77,11 @@ class DirectionEvaluation(Result):
     train_fingerprint: str = ""
     test_fingerprint: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+
+    # the axis a sweep can split (mechlens.scale): the tensors whose dimensions name "layer"
+    # are concatenated along it; the timings add up
+    LABEL_FIELDS: ClassVar[dict[str, str]] = {"layer": "layers"}
+    SUMMED_META: ClassVar[tuple[str, ...]] = ("fit_seconds", "total_seconds")
 
     # ------------------------------------------------------------------ accessors
     def _mi(self, method: str) -> int:
@@ -216,6 +221,7 @@ def evaluate(
     das: dict[str, Any] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> DirectionEvaluation:
     """Fit every method at every layer on ``train_ds``, directional-patch on ``test_ds``.
 
@@ -230,11 +236,14 @@ def evaluate(
         das: DAS options (see :func:`mechlens.directions.fit`).
         batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: show progress bars.
+        backend: ``"auto"`` (default: ``"fast"`` on a TransformerBridge, where the patched runs
+            start at the layer patched), ``"fast"`` or ``"hooks"``; the same numbers.
     """
     train_ds = check_dataset(train_ds, model, "train_ds")
     test_ds = check_dataset(test_ds, model, "test_ds")
     check_batch_size(batch_size)
     check_count(n_random, "n_random", minimum=1)
+    resolve_backend(model, backend)
     check_binary_labels(train_ds, "train_ds")
     check_binary_labels(test_ds, "test_ds")
     _check_position(train_ds, position)
@@ -281,7 +290,7 @@ def evaluate(
             t = time.time()
             d = fit(
                 model, train_ds, method, layer, position=position, site=site, seed=seed,
-                das=das, acts=(train_acts[layer], train_y), progress=progress,
+                das=das, acts=(train_acts[layer], train_y), progress=progress, backend=backend,
             )
             fit_seconds[method] += time.time() - t
             vecs[mi, li] = d.vector
@@ -289,7 +298,7 @@ def evaluate(
         all_dirs = torch.cat([vecs[:, li], randoms])
         lds = patched_logit_diffs(
             model, test_ds, all_dirs, {names[li]: clean_acts[names[li]]}, mask, batch_size=batch_size,
-            progress=progress, desc=f"patching layer {layer}",
+            progress=progress, desc=f"patching layer {layer}", backend=backend,
         )
         for j in range(len(all_dirs)):
             r, f = score(lds[j])

@@ -35,9 +35,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mechlens.data.contrast import ContrastDataset
-from mechlens.engine import cache_batched, progress_bar
+from mechlens.engine import cache_batched, progress_bar, resolve_backend, train_forward
 from mechlens.engine.sites import RESIDUAL_SITES
-from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
 from mechlens.results import Result, provenance
@@ -319,10 +318,12 @@ def _fit_das(
     init: Tensor | None = None,
     progress: bool = True,
     rows: int | None = None,
+    backend: str = "auto",
 ) -> tuple[Tensor, list[float]]:
     """Train a unit direction so that patching along it (clean -> corrupt) maximises the
     clean-answer logit difference of the corrupt run. Returns (unsigned vector, loss curve).
-    ``batch_size`` is pairs per Adam step; ``rows`` sequences per pass of the caching run."""
+    ``batch_size`` is pairs per Adam step; ``rows`` sequences per pass of the caching runs.
+    Each step runs only blocks ``layer..n-1`` on the fast backend (:func:`mechlens.engine.train_forward`)."""
     if epochs < 1 or lr <= 0 or batch_size < 1:
         raise ValueError(f"DAS needs epochs >= 1, lr > 0 and batch_size >= 1; got {epochs}, {lr}, {batch_size}")
     name = hook_name(layer, site)
@@ -331,6 +332,7 @@ def _fit_das(
     clean_acts, _ = cache_batched(model, ds.clean_tokens, [name], batch_size=rows, stop_at_layer=stop)
     clean_acts = clean_acts[name]
     mask = ds.position_mask(patch_position)
+    forward = train_forward(model, ds.corrupt_tokens, start_layer=layer, backend=backend, batch_size=rows)
     g = torch.Generator().manual_seed(seed)
     start = init.detach().float().clone() if init is not None else torch.randn(model.cfg.d_model, generator=g)
     param = torch.nn.Parameter((start / start.norm()).to(dev))
@@ -346,8 +348,7 @@ def _fit_das(
             for idx in torch.tensor_split(order, n_batches):
                 d = param / param.norm()
                 hook = _directional_hook(clean_acts[idx], d.expand(len(idx), -1), mask[idx])
-                with hooked(model, [(name, hook)]):
-                    logits = model(ds.corrupt_tokens[idx].to(dev))
+                logits = forward(idx, [(name, hook)])
                 loss = -logit_diff(logits, ds.answers[idx].to(logits.device)).mean()
                 opt.zero_grad()
                 loss.backward()
@@ -377,6 +378,7 @@ def fit(
     progress: bool = True,
     das: dict[str, Any] | None = None,
     acts: tuple[Float[Tensor, "n d_model"], Int[Tensor, " n"]] | None = None,
+    backend: str = "auto",
 ) -> Direction:
     """Fit a sentiment direction at one layer.
 
@@ -400,6 +402,9 @@ def fit(
             a seeded random vector).
         acts: precomputed ``(activations, labels)`` from :func:`collect_activations` for
             this layer, to skip the forward passes (the evaluation sweep uses it).
+        backend: DAS's training passes: ``"auto"`` (default: ``"fast"`` on a
+            TransformerBridge, which runs only the blocks from ``layer`` on), ``"fast"`` or
+            ``"hooks"`` (full passes); the same numbers up to float rounding.
 
     Returns:
         A :class:`Direction` (unit vector pointing towards label 1).
@@ -412,6 +417,7 @@ def fit(
     check_binary_labels(ds)
     check_batch_size(batch_size)
     _check_position(ds, position)
+    resolve_backend(model, backend)
     if acts is None:
         all_acts, y = collect_activations(model, ds, layer, position=position, site=site, batch_size=batch_size)
         X = all_acts[layer]
@@ -430,7 +436,8 @@ def fit(
             opts["patch_position"] = position
         _check_position(ds, opts["patch_position"], what="das['patch_position']")
         init = opts.pop("init", None)
-        v, losses = _fit_das(model, ds, layer, site, seed=seed, init=init, progress=progress, rows=batch_size, **opts)
+        v, losses = _fit_das(model, ds, layer, site, seed=seed, init=init, progress=progress, rows=batch_size,
+                             backend=backend, **opts)
         v = _sign_to_labels(v, X, y)
         meta.update(das={k: v_ for k, v_ in opts.items()}, das_losses=losses)
     else:

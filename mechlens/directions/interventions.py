@@ -38,7 +38,7 @@ from mechlens.directions.fit import (
     _layers_arg,
     hook_name,
 )
-from mechlens.engine import HOWS, cache_batched, logit_diff_metric, run_grid
+from mechlens.engine import HOWS, cache_batched, logit_diff_metric, resolve_backend, run_grid
 from mechlens.hooks import hooked
 from mechlens.metrics import accuracy, fraction_recovered, logit_flip
 from mechlens.results import Measurement, provenance
@@ -99,6 +99,7 @@ def patched_logit_diffs(
     batch_size: int | None = None,
     progress: bool = False,
     desc: str = "directional patching",
+    backend: str = "auto",
 ) -> Float[Tensor, "k batch"]:
     """Logit differences of the corrupt prompts with each direction patched in from the clean run.
 
@@ -111,7 +112,7 @@ def patched_logit_diffs(
         return [(name, _directional_hook(acts[e], vectors[v], mask[e])) for name, acts in clean_acts.items()]
 
     return run_grid(model, ds.corrupt_tokens, logit_diff_metric(ds.answers), n_configs=vectors.shape[0],
-                    hooks=hooks, batch_size=batch_size, progress=progress, desc=desc)
+                    hooks=hooks, batch_size=batch_size, progress=progress, desc=desc, backend=backend, output="last")
 
 
 # --------------------------------------------------------------------------- directional patching
@@ -197,6 +198,7 @@ def directional_patch(
     position: PositionSpec = "all",
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> DirectionalPatchResult:
     """Patch the component along ``direction`` from the clean into the corrupt run.
 
@@ -207,6 +209,9 @@ def directional_patch(
         position: where, together: ``"all"`` (the default), a named position (``"ADJ"``), a
             list of names, or a ``[batch, pos]`` bool mask (:meth:`ContrastDataset.position_mask`).
         batch_size: sequences per forward pass.
+        backend: ``"auto"`` (default: ``"fast"`` on a TransformerBridge, where each pass runs
+            from the first layer it changes and unembeds only the final position), ``"fast"``
+            or ``"hooks"`` (full ``run_with_hooks`` passes); the same numbers.
 
     Returns:
         :class:`DirectionalPatchResult` with per-example clean/corrupt/patched logit
@@ -214,6 +219,7 @@ def directional_patch(
     """
     ds = check_dataset(ds, model)
     check_batch_size(batch_size)
+    resolve_backend(model, backend)
     layer_list = None if layers is None else _layers_arg(model, layers)
     d = as_direction(direction, layer=layer_list[0] if layer_list else None)
     _check_model_dir(model, d, own_layer=layer_list is None)
@@ -223,7 +229,7 @@ def directional_patch(
     acts, ld_clean = cache_batched(model, ds.clean_tokens, names, batch_size=batch_size, answers=ds.answers)
     _, ld_corr = cache_batched(model, ds.corrupt_tokens, [], batch_size=batch_size, answers=ds.answers)
     ld_patched = patched_logit_diffs(
-        model, ds, d.unit()[None], acts, mask, batch_size=batch_size, progress=progress
+        model, ds, d.unit()[None], acts, mask, batch_size=batch_size, progress=progress, backend=backend
     )[0]
     return DirectionalPatchResult(
         per_example=ld_patched,
@@ -338,6 +344,7 @@ def ablate(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> AblationResult:
     """Remove the component along ``direction`` on the clean prompts and measure the damage.
 
@@ -351,13 +358,16 @@ def ablate(
             another example at the same position, drawn with ``seed``).
         layers: where (default: the direction's layer; ``"all"``: every layer). Mean and
             resample values come from the un-ablated clean run.
+        backend: ``"auto"`` (default: ``"fast"`` on a TransformerBridge, where each pass runs
+            from the first layer it changes and unembeds only the final position), ``"fast"``
+            or ``"hooks"`` (full ``run_with_hooks`` passes); the same numbers.
 
     Returns:
         :class:`AblationResult` with logit differences and centred accuracy before/after.
         :func:`ablate_each` ablates several directions or positions with one clean run.
     """
     return ablate_each(model, ds, [direction], positions=[position], how=how, layers=layers, seed=seed,
-                       batch_size=batch_size, progress=progress)[0]
+                       batch_size=batch_size, progress=progress, backend=backend)[0]
 
 
 @torch.no_grad()
@@ -372,6 +382,7 @@ def ablate_each(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> list[AblationResult]:
     """:func:`ablate` for every (direction, position) pair, in that order (directions outer):
     one clean run caches the activations they all read, and the ablated runs share forward
@@ -382,6 +393,7 @@ def ablate_each(
     """
     ds = check_dataset(ds, model)
     check_batch_size(batch_size)
+    resolve_backend(model, backend)
     if how not in ABLATION_MODES:
         raise ValueError(f"how={how!r} is unknown; choose one of {ABLATION_MODES}")
     if not directions or not positions:
@@ -412,7 +424,8 @@ def ablate_each(
         return [(name, _ablation_hook(units[c], targets[name][c, e], masks[c, e])) for name in names]
 
     ld_after = run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), n_configs=len(configs), hooks=hooks,
-                        batch_size=batch_size, progress=progress, desc=f"{how}-ablation")
+                        batch_size=batch_size, progress=progress, desc=f"{how}-ablation", backend=backend,
+                        output="last")
     results = []
     for i, (d, position) in enumerate(configs):
         label = ds.position_label(position)

@@ -59,8 +59,15 @@ from mechlens.engine.fast import (
     plan_passes,
 )
 from mechlens.engine.generate import generate_batched
-from mechlens.engine.grad import GradBatch, grad_run, ig_alphas, interpolate_hook
-from mechlens.engine.grid import cache_batched, cache_iter, logit_diff_metric, padded_iter, run_grid
+from mechlens.engine.grad import GradBatch, grad_run, ig_alphas, interpolate_hook, train_forward
+from mechlens.engine.grid import (
+    cache_batched,
+    cache_iter,
+    first_block,
+    logit_diff_metric,
+    padded_iter,
+    run_grid,
+)
 from mechlens.engine.hooks import (
     Hook,
     HooksRunner,
@@ -93,8 +100,8 @@ __all__ = [
     "SuffixRunner", "base_run", "batches", "block_runner", "cache_batched", "cached_run", "check_mode", "chunks",
     "copies_per_pass", "hook_layer", "is_bridge", "logit_diff_metric", "overhead_tokens", "pad_id",
     "padded_batches", "padded_iter", "patch_mask", "patch_rows", "plan_passes", "prepare_dataset", "progress_bar",
-    "progress_iter", "resolve_backend", "rows_per_pass", "run_grid", "run_with_patches", "saver",
+    "progress_iter", "first_block", "resolve_backend", "rows_per_pass", "run_grid", "run_with_patches", "saver",
     "split_qkv_input", "Location", "Intervention", "Replace", "Zero", "Add", "Scale", "ProjectOut",
     "ProjectOnto", "patch", "run_patches", "cache_iter", "HOWS", "MODES", "generate_batched",
-    "GradBatch", "grad_run", "ig_alphas", "interpolate_hook",
+    "GradBatch", "grad_run", "ig_alphas", "interpolate_hook", "train_forward",
 ]

@@ -28,7 +28,7 @@ from mechlens.engine.hooks import Hook, hook_layer, saver
 from mechlens.hooks import hooked
 from mechlens.models import model_device
 
-__all__ = ["GradBatch", "grad_run", "interpolate_hook", "ig_alphas"]
+__all__ = ["GradBatch", "grad_run", "interpolate_hook", "ig_alphas", "train_forward"]
 
 
 @dataclass
@@ -73,6 +73,58 @@ def interpolate_hook(name: str, clean: Tensor, corrupt: Tensor, alpha: Tensor) -
         return torch.where(a == 1, act, mixed)
 
     return (name, hook)
+
+
+def train_forward(
+    model: Any,
+    tokens: Tensor,
+    *,
+    start_layer: int = 0,
+    backend: str = "auto",
+    output: str = "last",
+    batch_size: int | None = None,
+) -> Callable[[Tensor, Sequence[Hook]], Tensor]:
+    """The forward pass of a training loop whose interventions all act in block
+    ``start_layer`` or later: ``forward(examples, hooks) -> logits`` of those rows of
+    ``tokens`` with ``hooks`` attached, differentiable (call it under ``torch.enable_grad``).
+
+    On the fast backend (``"auto"`` on a TransformerBridge) the residual stream entering
+    ``start_layer`` is computed once for every example (without gradients, ``batch_size``
+    sequences per pass) and each call runs only blocks ``start_layer..n-1``; with
+    ``output="last"`` only the final position is unembedded (``[rows, 1, vocab]``). On the
+    hooks backend each call is a full ``model(tokens[examples])`` with the hooks attached.
+    Both give the same logits at the final position.
+    """
+    if output not in ("all", "last"):
+        raise ValueError(f"output={output!r}: choose 'all' or 'last'")
+    backend = resolve_backend(model, backend)
+    n_layers = int(model.cfg.n_layers)
+    if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not 0 <= start_layer < n_layers:
+        raise ValueError(f"start_layer={start_layer!r} must be a block in 0..{n_layers - 1}")
+    dev = model_device(model)
+    if backend == "hooks":
+
+        def forward_hooks(examples: Tensor, hooks: Sequence[Hook]) -> Tensor:
+            with hooked(model, list(hooks)):
+                logits = model(tokens[examples].to(dev))
+            return logits[:, -1:] if output == "last" else logits
+
+        return forward_hooks
+    runner = block_runner(model, tokens.to(dev))
+    parts = []
+    with torch.no_grad():
+        for sl in batches(len(tokens), batch_size):
+            x = model(tokens[sl].to(dev), stop_at_layer=0)
+            _, cap = runner.run([(0, x)], output="none", stop=start_layer, capture=[start_layer])
+            parts.append(cap[start_layer])
+    resid = torch.cat(parts)
+
+    def forward_fast(examples: Tensor, hooks: Sequence[Hook]) -> Tensor:
+        logits, _ = runner.run([(start_layer, resid[examples.to(resid.device)])], hooks=list(hooks), output=output)
+        assert logits is not None
+        return logits
+
+    return forward_fast
 
 
 def _grad_hook(saved: dict[str, Tensor] | None, leaves: dict[str, Tensor], name: str) -> Callable:

@@ -10,6 +10,7 @@ of different lengths in right-padded batches.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
 
-__all__ = ["logit_diff_metric", "run_grid", "cache_iter", "cache_batched", "padded_iter"]
+__all__ = ["first_block", "logit_diff_metric", "run_grid", "cache_iter", "cache_batched", "padded_iter"]
 
 
 def logit_diff_metric(answers: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -35,6 +36,22 @@ def logit_diff_metric(answers: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         return logit_diff(logits, answers[examples].to(logits.device))
 
     return metric
+
+
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+
+
+def first_block(hooks: Sequence[Hook], n_layers: int) -> int:
+    """The first block any of ``hooks`` acts in: ``n_layers`` when they all act after the
+    blocks (final norm, unembedding), 0 when one acts on the embeddings."""
+    start = n_layers
+    for name, _ in hooks:
+        m = _BLOCK.match(name)
+        if m:
+            start = min(start, int(m.group(1)))
+        elif not name.startswith(("ln_final", "unembed")):
+            return 0
+    return start
 
 
 @torch.no_grad()
@@ -61,9 +78,12 @@ def run_grid(
     the plain batched run of the dataset.
 
     ``backend="fast"`` (TransformerBridge) runs the blocks on their own
-    (:func:`~mechlens.engine.fast.block_runner`; hooks on the embeddings do not fire, hooks in
-    and after the blocks do); ``output="last"`` hands ``metric`` the final position's logits
-    only (``[rows, 1, vocab]``; the fast backend then unembeds only that position).
+    (:func:`~mechlens.engine.fast.block_runner`): a pass whose hooks all act in block ``L`` or
+    later runs blocks ``0..L-1`` once per example of the pass (without hooks) and blocks
+    ``L..n-1`` for every row, so an intervention late in the model costs only the layers it
+    can change. ``output="last"`` hands ``metric`` the final position's logits only (``[rows,
+    1, vocab]``; the fast backend then unembeds only that position). Both backends give the
+    same numbers (to float rounding: the fast backend batches the rows differently).
     """
     if output not in ("all", "last"):
         raise ValueError(f"output={output!r}: choose 'all' or 'last'")
@@ -78,7 +98,16 @@ def run_grid(
         c, e = grid_c[sl], grid_e[sl]
         hs = list(hooks(c, e)) if hooks is not None else []
         if runner is not None:
-            logits, _ = runner.run([(0, model(tokens[e].to(dev), stop_at_layer=0))], hooks=hs, output=output)
+            start = first_block(hs, int(model.cfg.n_layers))
+            if start == 0:
+                with hooked(model, [h for h in hs if not _BLOCK.match(h[0])]):  # the embedding hooks
+                    x = model(tokens[e].to(dev), stop_at_layer=0)
+            else:  # the unhooked prefix, once per example of this pass
+                ex, rows = torch.unique(e, return_inverse=True)
+                _, cap = runner.run([(0, model(tokens[ex].to(dev), stop_at_layer=0))], output="none", stop=start,
+                                    capture=[start])
+                x = cap[start][rows.to(dev)]
+            logits, _ = runner.run([(start, x)], hooks=hs, output=output)
             assert logits is not None
         else:
             with hooked(model, hs):

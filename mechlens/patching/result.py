@@ -21,7 +21,7 @@ distinguishable from zero (``plot(ci=True)``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 from jaxtyping import Float
@@ -37,6 +37,17 @@ class PatchResult(Measurement):
     """A patching-style sweep: the result core (:class:`~mechlens.results.Measurement`) plus
     what was patched (``method``, ``site``, ``mode``), the unpatched ``baselines`` (metric per
     example on the clean and corrupt runs) and method-specific ``meta``."""
+
+    #: methods whose results were PatchResults before they got their own classes: ``method`` ->
+    #: the class; :func:`mechlens.results.load_result` loads such a saved result as that class
+    MOVED: ClassVar[dict[str, str]] = {
+        "logit_lens": "mechlens.lens:LogitLensResult",
+        "dla": "mechlens.lens:DLAResult",
+        "ablation": "mechlens.ablation:AblationSweepResult",
+        "knockout": "mechlens.ablation:KnockoutCurve",
+        "eap": "mechlens.circuits.eap:EdgeScores",
+        "eap_faithfulness": "mechlens.circuits.eap:EdgeFaithfulness",
+    }
 
     site: str
     mode: str
