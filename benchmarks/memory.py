@@ -1,8 +1,11 @@
 """Benchmark: ``batch_size`` bounds memory. Peak memory of a sweep on N and on 4N prompts.
 
 Each case runs in a fresh process; once the model and the dataset are loaded, the process's
-peak resident size is reset (Linux ``/proc/self/clear_refs``), and the figure is the peak
-during the method minus the resident size before it: what the method itself holds. With ``batch_size`` fixed, no pass holds
+memory the loading freed is handed back to the system (``malloc_trim``) and the peak resident
+size is reset (Linux ``/proc/self/clear_refs``), and the figure is the peak
+during the method minus the resident size before it: what the method itself holds. The
+children run with a fixed glibc mmap threshold (``MALLOC_MMAP_THRESHOLD_``), so that large
+blocks go back to the system when freed instead of being kept and counted. With ``batch_size`` fixed, no pass holds
 more than ``batch_size`` sequences, so 4x the prompts should cost about the same memory
 (only the per-example results grow, ``[cells, N]`` floats).
 
@@ -18,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -42,9 +46,11 @@ def _status_mb(key: str) -> float:
 
 
 def _reset_peak() -> None:
-    # loading a GGUF model peaks far above what it keeps: start the peak afresh after it
-    # (Linux: writing 5 to clear_refs resets VmHWM to the current resident size)
+    # loading a GGUF model peaks far above what it keeps: give the freed memory back to the
+    # system (else the method reuses it without the resident size growing) and start the
+    # peak afresh (Linux: writing 5 to clear_refs resets VmHWM to the current resident size)
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 
@@ -109,7 +115,10 @@ def main() -> None:
         for n in (args.n, 4 * args.n):
             cmd = [sys.executable, __file__, "--model", args.model, "--n", str(n), "--batch-size",
                    str(args.batch_size), "--child", case]
-            res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            # a fixed mmap threshold: glibc otherwise raises it as large blocks are freed and then
+            # keeps later ones in its heap, so the resident size would count memory already freed
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if res.returncode:
                 raise SystemExit(f"{case} n={n} failed:\n{res.stderr[-2000:]}")
             out.append(json.loads(res.stdout.strip().splitlines()[-1]))

@@ -206,7 +206,7 @@ def logit_lens(
             normed = model.ln_final(picked)
             ld = (normed * d[None]).sum(-1) + bias[None]
             out[i, :, sl] = ld.float().cpu()
-        del cache
+        del cache, logits  # before the next pass: a batch's logits are [b, pos, vocab]
     per_example = out if pos.has_axis else out[:, 0]
     axes = ("layer", "pos") if pos.has_axis else ("layer",)
     labels: dict[str, list] = {"layer": layer_list}
@@ -360,7 +360,7 @@ def direct_logit_attribution(
         parts.append(const[None])
         comp_labels = labels
         chunks.append(torch.cat(parts).float().cpu())
-        del cache
+        del cache, logits  # before the next pass: a batch's logits are [b, pos, vocab]
     comps = torch.cat(chunks, dim=1)  # [component, batch]
     idx = {lab: i for i, lab in enumerate(comp_labels)}
     if group == "components":

@@ -405,6 +405,8 @@ def edge_attribution_patch(
                 for nm, r0, count, u in spans:
                     s_ = edge_scores(up_all[:, :u], grad_sum[nm] / steps)
                     scores[:u, r0 : r0 + count, sl] = s_.cpu()
+        # let this chunk's runs go before the next chunk's: memory stays one chunk's
+        logits_k = logits_c = corrupt = clean = grad_sum = up = up_all = g = s_ = None  # type: ignore[assignment]
     bar.close()
     assert scores.shape[1] == len(receivers) and h > 0
     return EdgeScores(

@@ -183,4 +183,5 @@ def cache_batched(
         if answers is not None:
             assert out is not None
             lds.append(logit_diff(out, answers[sl].to(out.device)).detach().float().cpu())
+        del out, cache  # before the next pass: a batch's logits are [b, pos, vocab]
     return {n: torch.cat(v) for n, v in acts.items()}, (torch.cat(lds) if lds else None)

@@ -36,6 +36,7 @@ from mechlens.engine import (
     grad_run,
     prepare_dataset,
     progress_iter,
+    resolve_backend,
     rows_per_pass,
 )
 from mechlens.engine.sites import (
@@ -78,12 +79,16 @@ def attribution_patch(
     heads: int | Iterable[int] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> PatchResult:
     """Gradient approximation of :func:`~mechlens.patching.activation_patch` (same arguments).
 
     Args:
         batch_size: examples per forward/backward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: progress bar over example batches.
+        backend: ``"auto"`` (``"fast"`` on a TransformerBridge: the blocks run on their own
+            and, with a built-in metric, only the final position is unembedded), ``"fast"`` or
+            ``"hooks"``; the same numbers.
 
     The other arguments are as in :func:`~mechlens.patching.activation_patch`; a callable
     metric must be differentiable.
@@ -96,6 +101,7 @@ def attribution_patch(
     check_model(model)
     s = get_site(model, site)
     check_mode(mode)
+    resolve_backend(model, backend)
     rows = rows_per_pass(batch_size)
     ds = prepare_dataset(model, ds)
     layer_list = resolve_layers(model, layers)
@@ -129,7 +135,8 @@ def attribution_patch(
             return logit_diff(logits, sub.answers) if builtin else metric(logits, sub)
 
         (gb,) = grad_run(model, base_tok, fn, save=sorted(set(value_names.values())),
-                         grad_at=sorted(set(grad_names.values())), batch_size=len(chunk))
+                         grad_at=sorted(set(grad_names.values())), batch_size=len(chunk), backend=backend,
+                         output="last" if builtin else "all")
         grads, base_vals, logits, y = gb.grads, gb.saved, gb.logits, gb.metric
         base_value[chunk.start : chunk.stop] = y.detach().float().cpu()
         lc, lk = (src_logits, logits) if mode == "denoise" else (logits, src_logits)

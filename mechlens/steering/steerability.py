@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from mechlens.data.contrast import ContrastDataset
-from mechlens.engine import logit_diff_metric, pad_id, run_grid
+from mechlens.engine import logit_diff_metric, pad_id, resolve_backend, run_grid
 from mechlens.models import model_name
 from mechlens.results import Measurement, settings_of
 from mechlens.steering.caa import SteeringVector, hook_name
@@ -140,8 +140,12 @@ def _sweep(
     batch_size: int | None,
     progress: bool,
     desc: str,
+    backend: str = "hooks",
+    output: str = "all",
 ) -> Tensor:
-    """``metric`` of every (coefficient, example), ``[len(coeffs), n]``."""
+    """``metric`` of every (coefficient, example), ``[len(coeffs), n]``; ``backend`` and
+    ``output`` as in :func:`~mechlens.engine.run_grid` (activation vectors only: weights are
+    changed in place, so weight vectors run full passes)."""
     if steer.kind == "weight":
         # weights cannot differ between rows of one pass: one engine run per coefficient
         rows = []
@@ -161,7 +165,7 @@ def _sweep(
         return [(name, add) for name in steer.hooks]
 
     return run_grid(model, tokens, metric, n_configs=len(coeffs), hooks=hooks, batch_size=batch_size,
-                    progress=progress, desc=desc)
+                    progress=progress, desc=desc, backend=backend, output=output)
 
 
 def _behaviour_metric(ds: ContrastDataset) -> Callable[[Tensor, Tensor], Tensor]:
@@ -298,6 +302,7 @@ def steerability(
     site: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> Steerability:
     """Per-example steerability: the behaviour logit difference for every coefficient.
 
@@ -318,13 +323,17 @@ def steerability(
         site: hook site (default: the vector's site, else ``"resid_post"``).
         batch_size: sequences per forward pass (default ``mechlens.engine.DEFAULT_BATCH_SIZE``).
         progress: a progress bar over the passes.
+        backend: ``"auto"`` (default: ``"fast"`` on a TransformerBridge, where an activation
+            vector's runs start at its first layer and unembed only the final position),
+            ``"fast"`` or ``"hooks"``; the same numbers.
     """
     ds = check_dataset(ds, model)
     check_batch_size(batch_size)
+    resolve_backend(model, backend)
     coeffs = _coeffs(coeffs)
     st = _as_steer(model, vector, layers, site)
     per = _sweep(model, ds.clean_tokens, _behaviour_metric(ds), st, coeffs, batch_size=batch_size,
-                 progress=progress, desc="steerability")
+                 progress=progress, desc="steerability", backend=backend, output="last")
     return Steerability(
         per_example=per, axes=("coeff",), labels={"coeff": coeffs},
         metric="logit diff (class 1 - class 0 answer)", kind=st.kind, vector=st.name,
