@@ -10,7 +10,6 @@ of different lengths in right-padded batches.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from torch import Tensor
 from mechlens.engine.backend import resolve_backend
 from mechlens.engine.batching import batches, pad_id, padded_batches, progress_iter
 from mechlens.engine.fast import block_runner
-from mechlens.engine.hooks import Hook, cached_run
+from mechlens.engine.hooks import Hook, cached_run, hook_layer
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
@@ -38,20 +37,10 @@ def logit_diff_metric(answers: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     return metric
 
 
-_BLOCK = re.compile(r"blocks\.(\d+)\.")
-
-
 def first_block(hooks: Sequence[Hook], n_layers: int) -> int:
-    """The first block any of ``hooks`` acts in: ``n_layers`` when they all act after the
-    blocks (final norm, unembedding), 0 when one acts on the embeddings."""
-    start = n_layers
-    for name, _ in hooks:
-        m = _BLOCK.match(name)
-        if m:
-            start = min(start, int(m.group(1)))
-        elif not name.startswith(("ln_final", "unembed")):
-            return 0
-    return start
+    """The first block any of ``hooks`` acts in (:func:`~mechlens.engine.hooks.hook_layer`):
+    ``n_layers`` when they all act after the blocks, 0 when one acts on the embeddings."""
+    return min((max(hook_layer(name, n_layers), 0) for name, _ in hooks), default=n_layers)
 
 
 @torch.no_grad()
@@ -100,7 +89,7 @@ def run_grid(
         if runner is not None:
             start = first_block(hs, int(model.cfg.n_layers))
             if start == 0:
-                with hooked(model, [h for h in hs if not _BLOCK.match(h[0])]):  # the embedding hooks
+                with hooked(model, [h for h in hs if hook_layer(h[0], model.cfg.n_layers) < 0]):  # on the embeddings
                     x = model(tokens[e].to(dev), stop_at_layer=0)
             else:  # the unhooked prefix, once per example of this pass
                 ex, rows = torch.unique(e, return_inverse=True)
