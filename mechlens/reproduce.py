@@ -312,13 +312,13 @@ STAGES: dict[str, tuple[str, Callable[[Context, Path], dict[str, Any]]]] = {
 }
 
 
-# A rough time per stage, in minutes, for smollm2-135m on 2 CPU cores: the full run's stage
-# times in the committed report (docs/reproduce/smollm2-135m/<stage>/done.json); --fast takes
-# about 5 minutes in all, in about the same proportions. Printed before a run starts, scaled
-# by the model's size against smollm2-135m's (30 layers x d_model 576).
-FULL_MINUTES = {"baseline": 0.15, "patching": 4.3, "directions": 12.5, "circuit": 8.7,
-                "motif": 6.6, "caa": 0.6, "attention": 0.05}
-FAST_TOTAL_MINUTES = 5.0
+# A rough time per stage, in minutes, for smollm2-135m on 2 CPU cores: the stage times of the
+# full run measured for docs/timings.md (the `reproduce` row, 16.3 minutes); --fast takes
+# about 2.5 minutes in all (the `reproduce-fast` row), in about the same proportions. Printed
+# before a run starts, scaled by the model's size against smollm2-135m's (30 layers x d_model 576).
+FULL_MINUTES = {"baseline": 0.1, "patching": 1.3, "directions": 6.1, "circuit": 4.4,
+                "motif": 3.8, "caa": 0.4, "attention": 0.05}
+FAST_TOTAL_MINUTES = 2.5
 
 
 def plan(model: Any, names: list[str], done: list[str], fast: bool) -> str:
