@@ -632,15 +632,13 @@ def concat(parts: Sequence[M], axis: str, **override: Any) -> M:
                 raise ValueError(f"the parts differ in the keys of {name!r}; they are not parts of one sweep")
             kwargs[name] = {k: torch.cat([v[k] for v in values], dim=-1) for k in values[0]}
         else:
-            if name == "meta" and summed:
-                values = [{k: x for k, x in v.items() if k not in summed} for v in values]
-            for i, v in enumerate(values[1:], 1):
-                if not _same(v, values[0]):
+            add = summed if name == "meta" else set()  # what adds up over parts; the rest must agree
+            rest = [{k: x for k, x in v.items() if k not in add} for v in values] if add else values
+            for i, v in enumerate(rest[1:], 1):
+                if not _same(v, rest[0]):
                     raise ValueError(f"part {i} differs from part 0 in {name!r}; the parts are not one sweep")
-            kwargs[name] = values[0]
-            if name == "meta" and summed:
-                kwargs[name] = {**first.meta, **{k: _sum_numbers([getattr(p, name)[k] for p in parts])
-                                                 for k in summed if k in first.meta}}
+            kwargs[name] = ({**values[0], **{k: _sum_numbers([v[k] for v in values]) for k in add if k in values[0]}}
+                            if add else values[0])
     return cls(**kwargs)
 
 

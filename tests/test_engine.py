@@ -64,7 +64,7 @@ def test_run_grid_fast_backend_starts_at_the_first_hooked_block(tiny_model, name
             logits = tiny_model.run_with_hooks(
                 ds.clean_tokens, fwd_hooks=[(n, lambda act, hook, c=c: act + vecs[c].to(act.dtype)) for n in names])
         torch.testing.assert_close(fast[c], logit_diff(logits, ds.answers).float(), atol=1e-5, rtol=1e-5)
-    assert first_block([(n, None) for n in names], 2) == min(
+    assert first_block(names, 2) == min(
         0 if n == "hook_embed" else int(n.split(".")[1]) for n in names)
 
 

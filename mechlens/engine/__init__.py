@@ -63,7 +63,6 @@ from mechlens.engine.grad import GradBatch, grad_run, ig_alphas, interpolate_hoo
 from mechlens.engine.grid import (
     cache_batched,
     cache_iter,
-    first_block,
     logit_diff_metric,
     padded_iter,
     run_grid,
@@ -73,6 +72,7 @@ from mechlens.engine.hooks import (
     HooksRunner,
     Patch,
     cached_run,
+    first_block,
     hook_layer,
     patch_mask,
     patch_rows,

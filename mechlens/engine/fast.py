@@ -260,6 +260,16 @@ class SuffixRunner:
             x = h[:, -1:] if output == "last" else h
             return self.model.unembed(self.model.ln_final(x)), captured
 
+    def residuals(self, tokens: Int[Tensor, "batch pos"], layers: Iterable[int]) -> dict[int, Tensor]:
+        """The residual stream entering each of ``layers`` (``n_layers``: before the final
+        norm) on the unhooked run of ``tokens``, without gradients: where runs that change
+        nothing before those blocks start."""
+        layers = sorted(set(layers))
+        with torch.no_grad():
+            x = self.model(tokens, stop_at_layer=0)
+            _, captured = self.run([(0, x)], output="none", capture=layers, stop=layers[-1])
+        return captured
+
 
 def plan_passes(
     first_pos: Sequence[int],

@@ -111,13 +111,8 @@ def train_forward(
 
         return forward_hooks
     runner = block_runner(model, tokens.to(dev))
-    parts = []
-    with torch.no_grad():
-        for sl in batches(len(tokens), batch_size):
-            x = model(tokens[sl].to(dev), stop_at_layer=0)
-            _, cap = runner.run([(0, x)], output="none", stop=start_layer, capture=[start_layer])
-            parts.append(cap[start_layer])
-    resid = torch.cat(parts)
+    resid = torch.cat([runner.residuals(tokens[sl].to(dev), [start_layer])[start_layer]
+                       for sl in batches(len(tokens), batch_size)])
 
     def forward_fast(examples: Tensor, hooks: Sequence[Hook]) -> Tensor:
         logits, _ = runner.run([(start_layer, resid[examples.to(resid.device)])], hooks=list(hooks), output=output)
@@ -203,9 +198,7 @@ def grad_run(
         runner = block_runner(model, tokens.to(dev))
         later = sorted(set(starts.tolist()) - {0})
         if later:  # the clean residual where later configurations start, from the runner itself
-            with torch.no_grad():
-                emb = model(tokens.to(dev), stop_at_layer=0)
-                _, base = runner.run([(0, emb)], output="none", capture=later, stop=later[-1])
+            base = runner.residuals(tokens.to(dev), later)
     grad_names = list(dict.fromkeys(grad_at))
     save_only = [nm for nm in dict.fromkeys(save) if nm not in grad_names]
     for sl in progress_iter(batches(n_configs * n, batch_size), progress, desc):

@@ -19,12 +19,12 @@ from torch import Tensor
 from mechlens.engine.backend import resolve_backend
 from mechlens.engine.batching import batches, pad_id, padded_batches, progress_iter
 from mechlens.engine.fast import block_runner
-from mechlens.engine.hooks import Hook, cached_run, hook_layer
+from mechlens.engine.hooks import Hook, cached_run, first_block, hook_layer
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
 
-__all__ = ["first_block", "logit_diff_metric", "run_grid", "cache_iter", "cache_batched", "padded_iter"]
+__all__ = ["logit_diff_metric", "run_grid", "cache_iter", "cache_batched", "padded_iter"]
 
 
 def logit_diff_metric(answers: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -35,12 +35,6 @@ def logit_diff_metric(answers: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         return logit_diff(logits, answers[examples].to(logits.device))
 
     return metric
-
-
-def first_block(hooks: Sequence[Hook], n_layers: int) -> int:
-    """The first block any of ``hooks`` acts in (:func:`~mechlens.engine.hooks.hook_layer`):
-    ``n_layers`` when they all act after the blocks, 0 when one acts on the embeddings."""
-    return min((max(hook_layer(name, n_layers), 0) for name, _ in hooks), default=n_layers)
 
 
 @torch.no_grad()
@@ -87,15 +81,13 @@ def run_grid(
         c, e = grid_c[sl], grid_e[sl]
         hs = list(hooks(c, e)) if hooks is not None else []
         if runner is not None:
-            start = first_block(hs, int(model.cfg.n_layers))
+            start = first_block([name for name, _ in hs], int(model.cfg.n_layers))
             if start == 0:
                 with hooked(model, [h for h in hs if hook_layer(h[0], model.cfg.n_layers) < 0]):  # on the embeddings
                     x = model(tokens[e].to(dev), stop_at_layer=0)
             else:  # the unhooked prefix, once per example of this pass
                 ex, rows = torch.unique(e, return_inverse=True)
-                _, cap = runner.run([(0, model(tokens[ex].to(dev), stop_at_layer=0))], output="none", stop=start,
-                                    capture=[start])
-                x = cap[start][rows.to(dev)]
+                x = runner.residuals(tokens[ex].to(dev), [start])[start][rows.to(dev)]
             logits, _ = runner.run([(start, x)], hooks=hs, output=output)
             assert logits is not None
         else:

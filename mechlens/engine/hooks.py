@@ -9,7 +9,7 @@ against the runner runs on both backends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from mechlens.hooks import hooked
 
 __all__ = [
     "Hook", "Patch", "patch_mask", "patch_rows", "saver", "cached_run", "run_with_patches", "HooksRunner",
-    "hook_layer",
+    "hook_layer", "first_block",
 ]
 
 Hook = tuple[str, Callable[..., Any]]
@@ -261,6 +261,12 @@ class HooksRunner:
                 return captured.get(n), captured
             logits = self.model(tokens)
         return (logits[:, -1:] if output == "last" else logits), captured
+
+
+def first_block(names: Iterable[str], n_layers: int) -> int:
+    """The first block any of the hooks ``names`` acts in (:func:`hook_layer`): ``n_layers``
+    when they all act after the blocks, 0 when one acts on the embeddings."""
+    return min((max(hook_layer(name, n_layers), 0) for name in names), default=n_layers)
 
 
 def hook_layer(name: str, n_layers: int) -> int:

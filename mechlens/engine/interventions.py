@@ -33,7 +33,7 @@ from torch import Tensor
 from mechlens.engine.backend import resolve_backend
 from mechlens.engine.batching import chunks, progress_bar, rows_per_pass
 from mechlens.engine.fast import SuffixRunner, base_run, overhead_tokens, plan_passes
-from mechlens.engine.hooks import Patch, hook_layer
+from mechlens.engine.hooks import Patch, first_block, hook_layer
 from mechlens.engine.sites import Site, get_site
 from mechlens.hooks import hooked
 from mechlens.models import model_device
@@ -261,7 +261,7 @@ def run_patches(
         raise ValueError(f"output={output!r}: choose 'last' or 'all'")
     backend = resolve_backend(model, backend)
     n, n_layers = tokens.shape[0], int(model.cfg.n_layers)
-    starts = [min((max(hook_layer(p.hook, n_layers), 0) for p in cfg), default=n_layers) for cfg in configs]
+    starts = [first_block([p.hook for p in cfg], n_layers) for cfg in configs]
     if any(hook_layer(p.hook, n_layers) < 0 for cfg in configs for p in cfg):
         # patches on the embeddings: the fast runner starts at block 0 from the embeddings it
         # is given, so it could not apply them; the hooks backend gives the same numbers
