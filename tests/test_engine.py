@@ -68,6 +68,47 @@ def test_run_grid_fast_backend_starts_at_the_first_hooked_block(tiny_model, name
         0 if n == "hook_embed" else int(n.split(".")[1]) for n in names)
 
 
+@pytest.mark.parametrize("names", [["blocks.1.hook_resid_pre"], ["blocks.0.attn.hook_z", "blocks.1.hook_mlp_out"]])
+def test_run_grid_from_position_runs_only_the_changed_positions(tiny_model, names, monkeypatch):
+    """Hooks that add a vector from position p on: with from_position=p the fast backend runs
+    the hooked blocks on positions p.. only (each row with its own example's earlier keys and
+    values; passes of 7 rows mix examples), the same numbers as full run_with_hooks passes."""
+    from mechlens.engine import SuffixRunner
+
+    ds = toy_movie_review(tiny_model, "test")
+    p = 4
+    g = torch.Generator().manual_seed(2)
+    vecs = torch.randn(3, tiny_model.cfg.d_model, generator=g)
+
+    def add_from(configs):
+        def hook(act, hook):
+            delta = vecs[configs].to(act.dtype)
+            if act.ndim == 4:  # hook_z [rows, pos, head, d_head]: add to head 0
+                delta = delta.view(len(configs), -1, act.shape[-1])[:, :1]
+                delta = torch.cat([delta, torch.zeros_like(act[:, 0, 1:])], 1)
+            out = act.clone()
+            at = act.shape[1] - (ds.seq_len - p)  # the position p among those the hook sees
+            out[:, at:] += delta[:, None]
+            return out
+
+        return hook
+
+    offsets = []
+    run = SuffixRunner.run
+    monkeypatch.setattr(SuffixRunner, "run", lambda self, joins, **k: offsets.append(k.get("offset", 0))
+                        or run(self, joins, **k))
+    fast = run_grid(tiny_model, ds.clean_tokens, logit_diff_metric(ds.answers), n_configs=3,
+                    hooks=lambda c, e: [(n, add_from(c)) for n in names], batch_size=7, backend="fast",
+                    output="last", from_position=p)
+    hooks = run_grid(tiny_model, ds.clean_tokens, logit_diff_metric(ds.answers), n_configs=3,
+                     hooks=lambda c, e: [(n, add_from(c)) for n in names], batch_size=7, backend="hooks", output="last")
+    torch.testing.assert_close(fast, hooks, atol=1e-5, rtol=1e-5)
+    assert (fast - run_grid(tiny_model, ds.clean_tokens, logit_diff_metric(ds.answers))).abs().max() > 1e-3
+    assert p in offsets
+    with pytest.raises(ValueError, match="from_position"):
+        run_grid(tiny_model, ds.clean_tokens, logit_diff_metric(ds.answers), from_position=ds.seq_len)
+
+
 def test_run_grid_without_hooks_is_the_plain_run(tiny_gpt2, ds):
     got = run_grid(tiny_gpt2, ds.clean_tokens, logit_diff_metric(ds.answers), batch_size=7)
     with torch.no_grad():

@@ -216,6 +216,33 @@ def test_suffix_runner_reproduces_full_forward(tiny_model):
             torch.testing.assert_close(out, full[:, p:].repeat(2, 1, 1), atol=1e-5, rtol=0)
 
 
+def test_suffix_runner_stands_in_a_given_attention_output(tiny_model):
+    """attention={layer: output}: those blocks add the given attention output and run only
+    their MLP. With the run's own hook_attn_out it reproduces the full forward; with a
+    changed one it equals run_with_hooks replacing hook_attn_out. Parallel attention/MLP
+    blocks (neox) cannot take it, and say so."""
+    model = tiny_model
+    ds = toy_movie_review(model, "train")[:3]
+    n = model.cfg.n_layers
+    names = [f"blocks.{la}.hook_attn_out" for la in range(n)] + ["blocks.0.hook_resid_pre"]
+    run = base_run(model, ds.clean_tokens, names)
+    runner = SuffixRunner(model, run.block_kwargs, run.kv)
+    assert runner.can_replace_attention == (not model.cfg.parallel_attn_mlp)
+    x = run.cache["blocks.0.hook_resid_pre"]
+    if not runner.can_replace_attention:
+        with pytest.raises(ValueError, match="attention= cannot stand in"):
+            runner.run([(0, x)], attention={0: run.cache[names[0]]})
+        return
+    g = torch.Generator().manual_seed(3)
+    bump = 0.3 * torch.randn(x.shape[1:], generator=g)
+    with torch.no_grad():
+        out, _ = runner.run([(0, x)], output="all", attention={la: run.cache[names[la]] for la in range(n)})
+        torch.testing.assert_close(out, model(ds.clean_tokens), atol=1e-5, rtol=0)
+        out, _ = runner.run([(0, x.repeat(2, 1, 1))], output="all", attention={1: run.cache[names[1]] + bump})
+        ref = model.run_with_hooks(ds.clean_tokens, fwd_hooks=[(names[1], lambda act, hook: act + bump)])
+        torch.testing.assert_close(out, ref.repeat(2, 1, 1), atol=1e-5, rtol=0)
+
+
 def test_patching_clean_into_clean_changes_nothing(tiny_model):
     ds = toy_movie_review(tiny_model, "train")[:3]
     same = ds[:]

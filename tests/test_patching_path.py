@@ -125,6 +125,27 @@ def test_head_receivers_match_an_arena_loop(tiny_gpt2):
                                    _arena_loop(model, ds, clean, corrupt, (0, head), receivers), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_receivers_in_several_layers_match_an_arena_loop(arch):
+    """Receivers in layers 1 and 3 of a 4-layer model: senders below both, between them
+    (they reach only the later receivers) and above both, on each backend; a pass of 3
+    senders mixes layers 0 and 1, whose rows join step 3 at different receivers."""
+    from mechlens.models import tiny
+
+    model = tiny(arch, n_layers=4, seed=1)
+    ds = toy_movie_review(model, "train")[:3]
+    clean, corrupt = _caches(model, ds)
+    receivers = [(1, 0, "q"), (3, 1, "k"), (3, 0, "v"), (3, 2, "q")]
+    for backend in ("fast", "hooks"):
+        res = path_patch(model, ds, "all_heads", receivers, metric="logit_diff", batch_size=9, backend=backend,
+                         progress=False)
+        for layer, head in itertools.product(range(3), range(model.cfg.n_heads)):
+            ref = _arena_loop(model, ds, clean, corrupt, (layer, head), receivers)
+            torch.testing.assert_close(res.per_example[layer, head], ref, atol=ATOL, rtol=0)
+        assert (res.per_example[3] == res.baselines["corrupt"]).all()  # above every receiver: the base run
+        assert res.per_example[1:3].abs().max() > 1e-3  # the later receivers are reached from between
+
+
 @pytest.mark.parametrize("which", ["q", "v"])
 def test_single_receivers_match_transformer_lens_direct_path(tiny_model, tiny_ds, which):
     """One sender head into one later head's input, everything else frozen: TransformerLens'
@@ -237,18 +258,21 @@ def test_backends_agree(tiny_model, tiny_ds, freeze_mlps, receivers):
     assert fast.per_example.abs().max() > 0
 
 
-@pytest.mark.parametrize("receivers", ["resid_final", "heads"])
+@pytest.mark.parametrize("receivers", ["resid_final", "heads", "heads_all_positions"])
 def test_fast_backend_runs_only_the_positions_read(tiny_model, tiny_ds, receivers, monkeypatch):
     """With every head frozen, step 2 computes only the positions read afterwards (the last
     for the final residual, the receivers' from ADJ on), and step 3 starts at the first
-    receiver position: the same numbers as the hooks backend, which runs whole sequences."""
+    receiver position: the same numbers as the hooks backend, which runs whole sequences.
+    With receivers at every position both start where clean and corrupt first differ (ADJ):
+    before it the senders' source and base values are equal."""
     from mechlens.engine import SuffixRunner
 
     model, ds = tiny_model, tiny_ds
     kw = dict(metric="logit_diff", progress=False)
-    if receivers == "heads":
+    if receivers.startswith("heads"):
+        if receivers == "heads":
+            kw["receiver_position"] = "ADJ"
         receivers = [(1, 0, "q"), (1, 0, "v")] if model.cfg.n_key_value_heads else [(1, 0, "qv")]
-        kw["receiver_position"] = "ADJ"
     senders = [(0, 1), (0, "mlp"), [(0, 0), (1, 2)]]
     hooks = path_patch(model, ds, senders, receivers, backend="hooks", **kw)
     path_patch(model, ds, senders, receivers, backend="fast", **kw)  # block arguments captured, checked
@@ -259,6 +283,7 @@ def test_fast_backend_runs_only_the_positions_read(tiny_model, tiny_ds, receiver
     fast = path_patch(model, ds, senders, receivers, backend="fast", **kw)
     torch.testing.assert_close(hooks.per_example, fast.per_example, atol=1e-4, rtol=0)
     expected = ds.seq_len - 1 if receivers == "resid_final" else int(ds.position_mask("ADJ").any(0).nonzero().min())
+    assert expected == int((ds.clean_tokens != ds.corrupt_tokens).any(0).nonzero().min()) or receivers == "resid_final"
     assert expected > 0 and offsets[0] == 0 and set(offsets[1:]) == {expected}  # offsets[0]: the base run
 
 

@@ -137,7 +137,13 @@ def test_direction_evaluation_splits_over_layers(pool, model_ds):
     kw = dict(methods=["mean_diff", "pca"], n_random=2, seed=0)
     serial = evaluate(model, train, test, progress=False, **kw)
     res = pool.sweep("evaluate_directions", train, chunk_size=1, progress=False, test_ds=test, **kw)
-    _same(res, serial, skip=("settings", "version", "meta"))
+    # The directions are fitted bit for bit alike; the patched runs start at the first position
+    # where clean and corrupt differ when the process's engine verified position skipping for
+    # these prompts, else they run whole sequences: the same numbers to float rounding.
+    patched = ("ld_recovered", "logit_flip", "random_ld_recovered", "random_logit_flip")
+    _same(res, serial, skip=("settings", "version", "meta", *patched))
+    for name in patched:
+        torch.testing.assert_close(getattr(res, name), getattr(serial, name), atol=1e-5, rtol=0)
     assert res.layers == [0, 1, 2, 3]
     timing = ("fit_seconds", "total_seconds")
     assert {k: v for k, v in res.meta.items() if k not in timing} == {

@@ -76,6 +76,7 @@ from mechlens.data.sentiment import toy_movie_review
 from mechlens.data.sst import SST_TEMPLATE, read_sst_tsv, sst
 from mechlens.engine import (
     cache_batched,
+    first_changed_position,
     logit_diff_metric,
     progress_bar,
     resolve_backend,
@@ -191,16 +192,20 @@ def patch_positions(
 
         def hook_for(name: str):
             def hook(h: Tensor, hook: Any = None) -> Tensor:
-                dev = h.device
-                out = torch.where(f[..., None].to(dev), clean[name][e].to(dev, h.dtype), h)
-                return torch.where(p[..., None].to(dev), corrupt[name][e].to(dev, h.dtype), out)
+                dev, at = h.device, slice(-h.shape[1], None)  # the last positions only with from_position
+                out = torch.where(f[:, at, None].to(dev), clean[name][e][:, at].to(dev, h.dtype), h)
+                return torch.where(p[:, at, None].to(dev), corrupt[name][e][:, at].to(dev, h.dtype), out)
 
             return hook
 
         return [(name, hook_for(name)) for name in names]
 
+    # nothing changes before the first patched position from where clean and corrupt differ:
+    # the frozen positions before it already hold the clean values
+    start = first_changed_position(ds.clean_tokens, ds.corrupt_tokens, patched.flatten(0, 1))
     ld = run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), n_configs=len(configs), hooks=make_hooks,
-                  batch_size=rows, progress=progress, desc="patching positions", backend=backend, output="last")
+                  batch_size=rows, progress=progress, desc="patching positions", backend=backend, output="last",
+                  from_position=start)
     return PatchSetResult(
         per_example=ld, axes=("config",), labels={"config": [f"config {i}" for i in range(len(configs))]},
         metric="logit_diff", **provenance(model, ds, batch_size=batch_size),

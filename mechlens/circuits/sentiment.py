@@ -76,6 +76,7 @@ from mechlens.circuits._util import (
 from mechlens.data.contrast import ContrastDataset
 from mechlens.engine import (
     cache_batched,
+    first_changed_position,
     logit_diff_metric,
     progress_bar,
     resolve_backend,
@@ -191,11 +192,13 @@ class _HeadRuns:
                 hm = head_mask[c, layer]  # [rows, head]
                 if not hm.any():
                     continue
+                # on the fast backend the hooks see positions from_position.. only: index from the end
                 if component == "full":
 
                     def z_hook(z: Tensor, hook: Any = None, zn: str = zn, hm: Tensor = hm) -> Tensor:
-                        m = (pm[:, :, None] & hm[:, None, :])[..., None].to(z.device)
-                        return torch.where(m, clean[zn][e].to(z.device, z.dtype), z)
+                        at = slice(-z.shape[1], None)
+                        m = (pm[:, at, None] & hm[:, None, :])[..., None].to(z.device)
+                        return torch.where(m, clean[zn][e][:, at].to(z.device, z.dtype), z)
 
                     hooks.append((zn, z_hook))
                 else:
@@ -207,9 +210,10 @@ class _HeadRuns:
 
                     def add_along(out: Tensor, hook: Any = None, zn: str = zn, hm: Tensor = hm, layer: int = layer,
                                   seen: dict = seen) -> Tensor:
-                        diff = clean[zn][e].to(out.device, out.dtype) - seen["z"]
+                        at = slice(-out.shape[1], None)
+                        diff = clean[zn][e][:, at].to(out.device, out.dtype) - seen["z"]
                         proj = torch.einsum("rphd,hd->rph", diff, u[layer].to(out.device, out.dtype))
-                        m = (pm[:, :, None] & hm[:, None, :]).to(out.device, out.dtype)
+                        m = (pm[:, at, None] & hm[:, None, :]).to(out.device, out.dtype)
                         coef = (proj * m).sum(-1)
                         return out + coef[..., None] * d.to(out.device, out.dtype)
 
@@ -218,9 +222,10 @@ class _HeadRuns:
             return hooks
 
         ds = self.ds
+        start = first_changed_position(ds.clean_tokens, ds.corrupt_tokens, pos_mask)
         return run_grid(model, ds.corrupt_tokens, logit_diff_metric(ds.answers), n_configs=len(sets), hooks=make_hooks,
                         batch_size=self.rows, progress=progress, desc="patching heads", backend=self.backend,
-                        output="last")
+                        output="last", from_position=start)
 
 
 # --------------------------------------------------------------------------- roles

@@ -297,8 +297,9 @@ def _directional_hook(
     h <- h + d d^T (h_clean - h), only where ``mask`` is true."""
 
     def hook(h: Tensor, hook: Any = None) -> Tensor:
+        at = slice(-h.shape[1], None)  # h may hold the last positions only (run_grid's from_position)
         d = dirs.to(h.device, h.dtype)
-        coef = torch.einsum("bpd,bd->bp", clean.to(h.device, h.dtype) - h, d) * mask.to(h.device, h.dtype)
+        coef = torch.einsum("bpd,bd->bp", clean[:, at].to(h.device, h.dtype) - h, d) * mask[:, at].to(h.device, h.dtype)
         return h + coef[..., None] * d[:, None, :]
 
     return hook

@@ -38,7 +38,14 @@ from mechlens.directions.fit import (
     _layers_arg,
     hook_name,
 )
-from mechlens.engine import HOWS, cache_batched, logit_diff_metric, resolve_backend, run_grid
+from mechlens.engine import (
+    HOWS,
+    cache_batched,
+    first_changed_position,
+    logit_diff_metric,
+    resolve_backend,
+    run_grid,
+)
 from mechlens.hooks import hooked
 from mechlens.metrics import accuracy, fraction_recovered, logit_flip
 from mechlens.results import Measurement, provenance
@@ -112,7 +119,8 @@ def patched_logit_diffs(
         return [(name, _directional_hook(acts[e], vectors[v], mask[e])) for name, acts in clean_acts.items()]
 
     return run_grid(model, ds.corrupt_tokens, logit_diff_metric(ds.answers), n_configs=vectors.shape[0],
-                    hooks=hooks, batch_size=batch_size, progress=progress, desc=desc, backend=backend, output="last")
+                    hooks=hooks, batch_size=batch_size, progress=progress, desc=desc, backend=backend, output="last",
+                    from_position=first_changed_position(ds.clean_tokens, ds.corrupt_tokens, mask))
 
 
 # --------------------------------------------------------------------------- directional patching

@@ -63,6 +63,7 @@ from mechlens.engine.grad import GradBatch, grad_run, ig_alphas, interpolate_hoo
 from mechlens.engine.grid import (
     cache_batched,
     cache_iter,
+    first_changed_position,
     logit_diff_metric,
     padded_iter,
     run_grid,
@@ -103,5 +104,5 @@ __all__ = [
     "progress_iter", "first_block", "resolve_backend", "rows_per_pass", "run_grid", "run_with_patches", "saver",
     "split_qkv_input", "Location", "Intervention", "Replace", "Zero", "Add", "Scale", "ProjectOut",
     "ProjectOnto", "patch", "run_patches", "cache_iter", "HOWS", "MODES", "generate_batched",
-    "GradBatch", "grad_run", "ig_alphas", "interpolate_hook", "train_forward",
+    "GradBatch", "grad_run", "ig_alphas", "interpolate_hook", "train_forward", "first_changed_position", "prefix_kv",
 ]

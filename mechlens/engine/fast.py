@@ -17,6 +17,7 @@ block it does not need.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
@@ -37,9 +38,10 @@ from mechlens.engine.bridge import (
     slice_positions,
 )
 from mechlens.engine.hooks import Hook, saver
+from mechlens.engine.sites import has_hook
 from mechlens.hooks import hooked
 
-__all__ = ["base_run", "BaseRun", "SuffixRunner", "block_runner", "plan_passes", "overhead_tokens"]
+__all__ = ["base_run", "BaseRun", "SuffixRunner", "block_runner", "prefix_kv", "plan_passes", "overhead_tokens"]
 
 
 @dataclass
@@ -63,6 +65,12 @@ class BaseRun:
 class _Prepared:
     block_kwargs: list[dict[str, Any]]
     skip_positions: bool
+
+
+# Models whose blocks compute ``mid = h + attn_out; out = mid + mlp(ln2(mid))`` (checked on
+# a real pass by _verify): the runner can then stand a given attention output in for a
+# block's attention (SuffixRunner.run's ``attention``).
+_SEQUENTIAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # Block arguments per model and prompt shape, captured and verified on first use. Weakly
@@ -131,6 +139,21 @@ def block_runner(model: Any, tokens: Int[Tensor, "batch pos"]) -> SuffixRunner:
     return SuffixRunner(model, _PREPARED[model][key].block_kwargs)
 
 
+def prefix_kv(model: Any, tokens: Int[Tensor, "batch pos"], p: int) -> SuffixRunner | None:
+    """A runner for positions ``p..`` of ``tokens``: it holds every layer's keys and values
+    of the unhooked run at positions ``< p`` (the whole model run on those positions only).
+    ``None`` where the model cannot skip positions."""
+    block_runner(model, tokens)
+    prep = _PREPARED[model][_prep_key(model, tokens)]
+    if not prep.skip_positions or not 0 < p < tokens.shape[1]:
+        return None
+    head = block_runner(model, tokens[:, :p])  # block arguments for p positions
+    rec = RecordKV()
+    with torch.no_grad():
+        head.run([(0, model(tokens[:, :p], stop_at_layer=0))], output="none", kv_store=rec)
+    return SuffixRunner(model, prep.block_kwargs, [rec.kv[i] for i in range(head.n_layers)])
+
+
 def _verify(model: Any, run: BaseRun) -> _Prepared:
     """Check on one example that the blocks run on their own give the model's logits, from
     the first position and from the middle (with the cached keys and values)."""
@@ -139,13 +162,24 @@ def _verify(model: Any, run: BaseRun) -> _Prepared:
     tol = 1e-4 * max(1.0, float(target.abs().max()))
     kv = [(k[:1], v[:1]) for k, v in run.kv] if run.kv is not None else None
     runner = SuffixRunner(model, run.block_kwargs, kv)
+    n = int(model.cfg.n_layers)
+    seen: dict[str, Tensor] = {}
+    names = [f"blocks.{i}.hook_{w}" for i in range(n) for w in ("resid_pre", "attn_out", "resid_post")]
+    names = [nm for nm in names if has_hook(model, nm)]
     with torch.no_grad():
-        out, _ = runner.run([(0, x)], output="all")
+        out, _ = runner.run([(0, x)], output="all", hooks=[(nm, saver(seen, nm)) for nm in names])
         assert out is not None
         if out.shape != target.shape or (out - target).abs().max() > tol:
             raise NotImplementedError(
                 f"mechlens cannot run the blocks of this architecture ({type(model.blocks[0]).__name__}) on "
                 "their own and reproduce the model's logits, so its fast patching would be inexact"
+            )
+        if model not in _SEQUENTIAL:
+            _SEQUENTIAL[model] = len(seen) == len(names) == 3 * n and all(
+                _mlp_step(model, i, seen[f"blocks.{i}.hook_resid_pre"] + seen[f"blocks.{i}.hook_attn_out"])
+                .sub(seen[f"blocks.{i}.hook_resid_post"]).abs().max()
+                <= 1e-5 * max(1.0, float(seen[f"blocks.{i}.hook_resid_post"].abs().max()))
+                for i in range(n)
             )
         skip = runner.can_skip_positions
         if skip:
@@ -154,6 +188,12 @@ def _verify(model: Any, run: BaseRun) -> _Prepared:
             assert out is not None
             skip = out.shape == target[:, p:].shape and bool((out - target[:, p:]).abs().max() <= tol)
     return _Prepared(run.block_kwargs, skip)
+
+
+def _mlp_step(model: Any, layer: int, mid: Tensor) -> Tensor:
+    """The rest of a sequential block after its attention: ``mid + mlp(ln2(mid))``."""
+    block = model.blocks[layer]
+    return mid + block.mlp(block.ln2(mid))
 
 
 class SuffixRunner:
@@ -182,6 +222,22 @@ class SuffixRunner:
             )
         )
 
+    @property
+    def can_replace_attention(self) -> bool:
+        """Whether :meth:`run` can take a block's attention output as given (``attention=``):
+        the model's blocks were checked to compute ``h + attn_out``, then ``+ mlp(ln2(.))``
+        (not parallel attention and MLP, no norm after either)."""
+        return bool(_SEQUENTIAL.get(self.model, False))
+
+    def rows(self, examples: Tensor) -> SuffixRunner:
+        """This runner for rows of the given examples (``examples[i]``: the example of row
+        ``i``): position skipping takes each row's keys and values from its example."""
+        out = copy.copy(self)
+        if self.kv is not None:
+            idx = examples.to(self.kv[0][0].device)
+            out.kv = [(k[idx], v[idx]) for k, v in self.kv]
+        return out
+
     def _block_kwargs(self, layer: int, p: int) -> dict[str, Any]:
         kw = self.kwargs[layer]
         if p == 0:
@@ -201,6 +257,7 @@ class SuffixRunner:
         stop: int | None = None,
         offset: int = 0,
         kv_store: Any = None,
+        attention: dict[int, Tensor] | None = None,
     ) -> tuple[Tensor | None, dict[int, Tensor]]:
         """Run the stacked rows to the end (or to ``stop``).
 
@@ -219,7 +276,15 @@ class SuffixRunner:
                 before ``offset`` is patched: attention is causal.
             kv_store: an object with ``update(k, v, layer)`` handed to the blocks as their
                 KV cache (to record keys and values); only with ``offset=0``.
+            attention: ``{layer: attention output [rows or a divisor of them, pos, d_model]}``
+                (tiled over the rows): these blocks do not run their attention but add the
+                given output, then run their MLP (e.g. a run whose heads there are all frozen
+                to a base run's: its ``hook_attn_out``). Hooks inside those blocks' attention
+                and on their residual stream do not fire; the MLP's do. Needs
+                :attr:`can_replace_attention`.
         """
+        if attention and not self.can_replace_attention:
+            raise ValueError("this model's blocks are not h + attention, then + MLP: attention= cannot stand in")
         if offset and not self.can_skip_positions:
             raise ValueError("this model does not support position skipping (offset must be 0)")
         if not joins:
@@ -245,6 +310,10 @@ class SuffixRunner:
                     captured[layer] = h
                 if layer == end:
                     break
+                if attention is not None and layer in attention:
+                    a = attention[layer].to(h.dtype)
+                    h = _mlp_step(self.model, layer, h + a.repeat(h.shape[0] // a.shape[0], 1, 1))
+                    continue
                 kw = self._block_kwargs(layer, offset)
                 if kv_store is not None and self.cache_keys[layer]:
                     kw = {**kw, self.cache_keys[layer]: kv_store}

@@ -14,17 +14,18 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Bool
 from torch import Tensor
 
 from mechlens.engine.backend import resolve_backend
 from mechlens.engine.batching import batches, pad_id, padded_batches, progress_iter
-from mechlens.engine.fast import block_runner
+from mechlens.engine.fast import block_runner, prefix_kv
 from mechlens.engine.hooks import Hook, cached_run, first_block, hook_layer
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
 
-__all__ = ["logit_diff_metric", "run_grid", "cache_iter", "cache_batched", "padded_iter"]
+__all__ = ["logit_diff_metric", "run_grid", "first_changed_position", "cache_iter", "cache_batched", "padded_iter"]
 
 
 def logit_diff_metric(answers: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -50,6 +51,7 @@ def run_grid(
     desc: str = "running",
     backend: str = "hooks",
     output: str = "all",
+    from_position: int = 0,
 ) -> Tensor:
     """``metric`` of every (configuration, example) run, ``[n_configs, batch]`` (float32, CPU).
 
@@ -67,9 +69,18 @@ def run_grid(
     can change. ``output="last"`` hands ``metric`` the final position's logits only (``[rows,
     1, vocab]``; the fast backend then unembeds only that position). Both backends give the
     same numbers (to float rounding: the fast backend batches the rows differently).
+
+    ``from_position``: the hooks change nothing before this position (they patch only from
+    it on, or with values equal to the run's own there). With ``output="last"`` the fast
+    backend then runs the hooked blocks on positions ``from_position..`` only, the earlier
+    positions' keys and values taken from the unhooked run (attention is causal), and a
+    hook inside those blocks sees only those positions: hooks index their ``[batch, pos]``
+    tensors from the end (``x[:, -act.shape[1]:]``), which is right on either backend.
     """
     if output not in ("all", "last"):
         raise ValueError(f"output={output!r}: choose 'all' or 'last'")
+    if not isinstance(from_position, int) or not 0 <= from_position < tokens.shape[1]:
+        raise ValueError(f"from_position={from_position!r} must be a position of the prompts (0..{tokens.shape[1] - 1})")
     backend = resolve_backend(model, backend)
     n = tokens.shape[0]
     grid_c = torch.arange(n_configs).repeat_interleave(n)
@@ -77,18 +88,39 @@ def run_grid(
     out = torch.empty(n_configs * n)
     dev = model_device(model)
     runner = block_runner(model, tokens.to(dev)) if backend == "fast" else None
+    prefix_state: dict[Any, Any] = {}
     for sl in progress_iter(batches(n_configs * n, batch_size), progress, desc):
         c, e = grid_c[sl], grid_e[sl]
         hs = list(hooks(c, e)) if hooks is not None else []
         if runner is not None:
-            start = first_block([name for name, _ in hs], int(model.cfg.n_layers))
-            if start == 0:
-                with hooked(model, [h for h in hs if hook_layer(h[0], model.cfg.n_layers) < 0]):  # on the embeddings
+            n_layers = int(model.cfg.n_layers)
+            start = first_block([name for name, _ in hs], n_layers)
+            on_embed = [h for h in hs if hook_layer(h[0], n_layers) < 0]
+            ex, rows = torch.unique(e, return_inverse=True)
+            prefix = None
+            if from_position and output == "last" and not on_embed:
+                # the examples' keys and values before from_position, and their residual entering
+                # block `start` from it, unhooked: kept while the next passes have the same examples
+                if prefix_state.get("examples") != ex.tolist():
+                    prefix_state.clear()
+                    prefix_state["examples"] = ex.tolist()
+                    prefix_state["runner"] = prefix_kv(model, tokens[ex].to(dev), from_position)
+                    prefix_state["emb"] = model(tokens[ex].to(dev), stop_at_layer=0)[:, from_position:]
+                prefix = prefix_state["runner"]
+            if prefix is not None:
+                if prefix_state.get("start") != start:
+                    _, captured = prefix.run([(0, prefix_state["emb"])], output="none", capture=[start], stop=start,
+                                             offset=from_position)
+                    prefix_state["start"], prefix_state["x"] = start, captured[start]
+                logits, _ = prefix.rows(rows).run([(start, prefix_state["x"][rows.to(dev)])], hooks=hs,
+                                                  output=output, offset=from_position)
+            elif start == 0:
+                with hooked(model, on_embed):
                     x = model(tokens[e].to(dev), stop_at_layer=0)
+                logits, _ = runner.run([(start, x)], hooks=hs, output=output)
             else:  # the unhooked prefix, once per example of this pass
-                ex, rows = torch.unique(e, return_inverse=True)
                 x = runner.residuals(tokens[ex].to(dev), [start])[start][rows.to(dev)]
-            logits, _ = runner.run([(start, x)], hooks=hs, output=output)
+                logits, _ = runner.run([(start, x)], hooks=hs, output=output)
             assert logits is not None
         else:
             with hooked(model, hs):
@@ -97,6 +129,20 @@ def run_grid(
                 logits = logits[:, -1:]
         out[sl] = metric(logits, e).detach().float().cpu()
     return out.view(n_configs, n)
+
+
+def first_changed_position(
+    clean_tokens: Tensor, corrupt_tokens: Tensor, mask: Bool[Tensor, "batch pos"] | Bool[Tensor, " pos"]
+) -> int:
+    """The first position a patch from one run of a clean/corrupt pair into the other can
+    change: the first position of ``mask`` (where it patches, for any example) from the
+    first token where the prompts differ on. Before that token both runs' activations are
+    equal (attention is causal), so a patch there puts in the value already there. The
+    last position when nothing can change. For :func:`run_grid`'s ``from_position``."""
+    differs = (clean_tokens != corrupt_tokens).any(0).cpu()
+    m = mask.cpu() if mask.ndim == 1 else mask.cpu().any(0)
+    changed = differs.cummax(0).values & m
+    return int(changed.nonzero().min()) if changed.any() else int(clean_tokens.shape[1]) - 1
 
 
 def cache_iter(

@@ -152,7 +152,7 @@ def _hook(patches: list[tuple[int, Patch]], b: int) -> Callable[..., Tensor]:
 
 
 class HooksRunner:
-    """The interface of the fast backend's :class:`~mechlens.patching._forward.SuffixRunner`
+    """The interface of the fast backend's :class:`~mechlens.engine.fast.SuffixRunner`
     over full forward passes, for any TransformerLens model.
 
     ``run(joins, hooks=...)`` gives what the suffix runner gives: rows joining at block ``L``
@@ -164,6 +164,7 @@ class HooksRunner:
     """
 
     can_skip_positions = False
+    can_replace_attention = False
 
     def __init__(self, model: Any, tokens: Tensor):
         self.model = model
@@ -184,9 +185,10 @@ class HooksRunner:
         stop: int | None = None,
         offset: int = 0,
         kv_store: Any = None,
+        attention: dict[int, Tensor] | None = None,
     ) -> tuple[Tensor | None, dict[int, Tensor]]:
-        if offset or kv_store is not None:
-            raise ValueError("the hooks backend runs whole sequences (offset=0, no kv_store)")
+        if offset or kv_store is not None or attention:
+            raise ValueError("the hooks backend runs whole sequences and blocks (offset=0, no kv_store or attention)")
         if not joins:
             raise ValueError("nothing to run")
         layers = [j for j, _ in joins]

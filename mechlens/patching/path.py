@@ -72,10 +72,9 @@ from mechlens.engine import (
     prepare_dataset,
     progress_iter,
     resolve_backend,
-    split_qkv_input,
 )
-from mechlens.engine.sites import resolve_layers
-from mechlens.model_protocol import check_model, qkv_input_hook
+from mechlens.engine.sites import get_site, resolve_layers
+from mechlens.model_protocol import check_model
 from mechlens.patching.result import PatchResult
 from mechlens.results import provenance
 from mechlens.validate import check_layer
@@ -273,13 +272,15 @@ def path_patch(
     names = {f"blocks.{lay}.attn.hook_z" for lay in head_layers}
     names |= {f"blocks.{lay}.hook_mlp_out" for lay in mlp_layers}
     if recv is not None:
-        names |= {f"blocks.{lay}.hook_resid_pre" for lay in recv_layers}
+        names |= {f"blocks.{lay}.hook_resid_pre" for lay in recv_layers} | set(_receiver_hooks(model, recv))
     if freeze_mlps:
         if recv is None:
             names.add(f"blocks.{n - 1}.hook_resid_post")
     else:
         names |= {f"blocks.{lay}.attn.hook_z" for lay in range(min(starts), n)}
         names |= {f"blocks.{lay}.hook_resid_pre" for lay in starts}
+        if resolve_backend(model, backend) == "fast":  # attention outputs the fast backend can stand in
+            names |= {f"blocks.{lay}.hook_attn_out" for lay in range(min(starts), n)}
     # the base run holds the clean and the corrupt prompts: datasets larger than half a pass
     # run in chunks of examples, normalised by the whole dataset's means (the same numbers)
     parts, means = PatchMetric.example_parts(model, ds, metric, batch_size)
@@ -339,8 +340,13 @@ def _path_part(
     pm = PatchMetric(metric, ds, logits[:b], logits[b:], means=means)
     per_example = torch.empty(len(groups), b)
 
-    # Groups that reach no receiver leave the base run unchanged: its metric, exactly.
-    reach = [recv is None or any(x.layer < r.layer for x in g for r in recv) for g in groups]
+    # Groups that reach no receiver, or whose senders' source values equal the base values
+    # wherever they are patched, leave the base run unchanged: its metric, exactly.
+    first_change = _first_changes(model, groups, base, source, send_mask)
+    reach = [
+        first_change[i] is not None and (recv is None or any(x.layer < r.layer for x in g for r in recv))
+        for i, g in enumerate(groups)
+    ]
     base_metric = pm(base_logits).detach().float().cpu()
     for i, ok in enumerate(reach):
         if not ok:
@@ -350,8 +356,9 @@ def _path_part(
     k_max = copies_per_pass(batch_size, b)
     # Position skipping (fast backend): with every head frozen nothing moves between
     # positions in step 2, so it needs only the positions read afterwards (the last one for
-    # a metric read there, the receivers' positions); step 3 is causal, so it starts at the
-    # first receiver position. Earlier positions take the base run's keys and values.
+    # a metric read there, the receivers' positions) where the senders change something;
+    # step 3 is causal, so it starts at the first receiver position the senders changed.
+    # Earlier positions take the base run's keys and values.
     frozen_from = receive_from = 0
     if runner.can_skip_positions:
         first_recv = int(recv_mask.any(0).nonzero().min()) if recv_mask.any() else 0
@@ -382,7 +389,9 @@ def _path_part(
             idx = [todo[i] for i in chunk]
             gs = [groups[i] for i in idx]
             k = len(gs)
+            changed_from = min(first_change[i] for i in idx) if runner.can_skip_positions else 0
             # ---- step 2: each group's receiver inputs (or final residual)
+            offset = max(receive_from, changed_from) if pm.output == "last" else receive_from
             if freeze_mlps:
                 patched = {
                     lay: torch.cat([
@@ -395,15 +404,44 @@ def _path_part(
                 if recv is None:
                     x = patched[n] if pm.output == "all" else patched[n][:, -1:]
                     out = model.unembed(model.ln_final(x))
+                else:
+                    values = _receiver_values(model, runner, recv, patched, offset)
             else:
-                out, patched = _frozen_pass(model, runner, gs, base, source, send_mask, b, n, recv_layers,
-                                            recv is None, pm.output, frozen_from)
-            # ---- step 3: a normal pass with only the receivers' inputs replaced
+                frozen_at = max(frozen_from, changed_from)
+                out, values = _frozen_pass(model, runner, gs, base, source, send_mask, b, n, recv, pm.output,
+                                           frozen_at)
+                # positions offset..frozen_at are ones step 2 leaves unchanged or step 3 does not patch
+                values = {nm: torch.cat([base[nm][:, offset:frozen_at].repeat(k, 1, 1, 1), v], dim=1)
+                          for nm, v in values.items()}
+            # ---- step 3: a normal pass with only the receivers' q/k/v replaced
             if recv is not None:
-                out = _receiver_pass(model, runner, recv, patched, base, recv_mask, k, b, pm.output, receive_from)
+                out = _receiver_pass(model, runner, recv, values, base, recv_mask, gs, b, pm.output, offset)
             per_example[idx] = pm(out).detach().float().cpu().view(k, b)
 
     return per_example, pm
+
+
+def _first_changes(
+    model: Any, groups: list[list[Node]], base: dict, source: dict, send_mask: Tensor,
+) -> list[int | None]:
+    """Per group, the first position where a sender's source value differs from its base
+    value (``None``: nowhere, the group changes nothing). Before it, every activation of the
+    patched runs is the base run's (attention is causal)."""
+    firsts: dict[Node, int | None] = {}
+    for x in {x for g in groups for x in g}:
+        if x.is_mlp:
+            name = f"blocks.{x.layer}.hook_mlp_out"
+            differs = (source[name] != base[name]).any(-1)
+        else:
+            name = f"blocks.{x.layer}.attn.hook_z"
+            differs = (source[name][:, :, x.head] != base[name][:, :, x.head]).any(-1)
+        where = (differs & send_mask.to(differs.device)).any(0).nonzero()
+        firsts[x] = int(where.min()) if len(where) else None
+    out = []
+    for g in groups:
+        found = [firsts[x] for x in g if firsts[x] is not None]
+        out.append(min(found) if found else None)
+    return out
 
 
 def _check_head_writes(model: Any) -> None:
@@ -424,52 +462,76 @@ def _check_head_writes(model: Any) -> None:
 
 def _frozen_pass(
     model: Any, runner: SuffixRunner | HooksRunner, gs: list[list[Node]], base: dict, source: dict, send_mask: Tensor,
-    b: int, n: int, recv_layers: list[int], to_logits: bool, output: str, offset: int = 0,
-) -> tuple[Tensor | None, dict[int, Tensor]]:
+    b: int, n: int, recv: list[_Receiver] | None, output: str, offset: int = 0,
+) -> tuple[Tensor | None, dict[str, Tensor]]:
     """Step 2 as a forward pass: senders from the source run, every other head frozen to the
-    base run, MLPs recomputed. Returns logits (final receivers) or the residual entering
-    each receiver layer for every group (base where the group had not started yet).
+    base run, MLPs recomputed. Returns logits (final receivers) or, for q/k/v receivers, the
+    values the receivers' heads compute from it (``{hook name: [groups * batch, pos, head,
+    d_head]}``, the base run's for a group that starts after the receiver's layer).
     ``offset``: run positions ``offset..`` only (earlier ones are never read)."""
     starts = [g[0].layer for g in gs]
     at = slice(offset, None)
     joins = [(s, base[f"blocks.{s}.hook_resid_pre"][:, at]) for s in starts]
     first = min(starts)
     mask = send_mask[:, at]
+    # Where no head of any group is a sender and no receiver reads, every head is frozen to
+    # the base run: the attention output is the base run's, and the fast backend adds it
+    # without running attention (only the MLP is recomputed).
+    frozen = set()
+    if runner.can_replace_attention:
+        busy = {x.layer for g in gs for x in g if not x.is_mlp} | {r.layer for r in recv or ()}
+        frozen = {lay for lay in range(first, n) if lay not in busy}
+    attention = {lay: base[f"blocks.{lay}.hook_attn_out"][:, at] for lay in frozen}
     hooks = []
     for lay in range(first, n):
         members = [j for j, s in enumerate(starts) if s <= lay]  # rows present at this layer, in order
-        zname = f"blocks.{lay}.attn.hook_z"
-        z_base, z_src = base[zname][:, at], source[zname][:, at]
-        target = z_base.repeat(len(members), 1, 1, 1)
-        for r, j in enumerate(members):
-            for x in gs[j]:
-                if x.layer == lay and not x.is_mlp:
-                    rows = slice(r * b, (r + 1) * b)
-                    target[rows, :, x.head] = torch.where(mask[..., None], z_src[:, :, x.head], z_base[:, :, x.head])
-        hooks.append((zname, _replace_with(target)))
+        if lay not in frozen:
+            zname = f"blocks.{lay}.attn.hook_z"
+            z_base, z_src = base[zname][:, at], source[zname][:, at]
+            target = z_base.repeat(len(members), 1, 1, 1)
+            for r, j in enumerate(members):
+                for x in gs[j]:
+                    if x.layer == lay and not x.is_mlp:
+                        rows = slice(r * b, (r + 1) * b)
+                        target[rows, :, x.head] = torch.where(mask[..., None], z_src[:, :, x.head], z_base[:, :, x.head])
+            hooks.append((zname, _replace_with(target)))
         mlp_rows = [(r, j) for r, j in enumerate(members) if any(x.is_mlp and x.layer == lay for x in gs[j])]
         if mlp_rows:
             mname = f"blocks.{lay}.hook_mlp_out"
             hooks.append((mname, _mlp_sender_hook(mlp_rows, source[mname][:, at], mask, b)))
-    if to_logits:
-        out, _ = runner.run(joins, hooks=hooks, output=output, offset=offset)
+    if recv is None:
+        out, _ = runner.run(joins, hooks=hooks, output=output, offset=offset, attention=attention)
         return out, {}
-    stop = max(recv_layers)
-    _, captured = runner.run(joins, hooks=hooks, output="none", capture=recv_layers, stop=stop, offset=offset)
-    patched = {}
-    for lay in recv_layers:
-        h = captured.get(lay)
-        resid = base[f"blocks.{lay}.hook_resid_pre"]
-        parts = []
-        present = [j for j, s in enumerate(starts) if s <= lay]
-        for j in range(len(gs)):
-            if j in present and h is not None:
-                r = present.index(j)
-                parts.append(torch.cat([resid[:, :offset], h[r * b : (r + 1) * b]], dim=1))
-            else:
-                parts.append(resid)
-        patched[lay] = torch.cat(parts)
-    return None, patched
+    # the receivers' heads read their step-2 input as this pass runs their layers
+    names = _receiver_hooks(model, recv)
+    seen: dict[str, Tensor] = {}
+    runner.run(joins, hooks=hooks + [(nm, _keep(seen, nm)) for nm in names], output="none",
+               stop=max(r.layer for r in recv) + 1, offset=offset, attention=attention)
+    values = {}
+    for nm in names:
+        lay = int(nm.split(".")[1])
+        present = sum(s <= lay for s in starts)
+        later = base[nm][:, at].repeat(len(gs) - present, 1, 1, 1)
+        values[nm] = torch.cat([seen[nm], later]) if nm in seen else later
+    return None, values
+
+
+def _receiver_hooks(model: Any, recv: list[_Receiver]) -> list[str]:
+    """The hooks of the receivers' q/k/v values (``blocks.L.attn.hook_q`` ...)."""
+    return sorted({get_site(model, r.which).hook_name(r.layer) for r in recv})
+
+
+def _receiver_values(
+    model: Any, runner: SuffixRunner | HooksRunner, recv: list[_Receiver], patched: dict[int, Tensor], offset: int,
+) -> dict[str, Tensor]:
+    """The receivers' q/k/v values computed from given input residuals (``freeze_mlps``:
+    step 2 has no forward pass): one block run per receiver layer."""
+    values: dict[str, Tensor] = {}
+    for lay in sorted({r.layer for r in recv}):
+        names = [nm for nm in _receiver_hooks(model, recv) if int(nm.split(".")[1]) == lay]
+        runner.run([(lay, patched[lay][:, offset:])], hooks=[(nm, _keep(values, nm)) for nm in names],
+                   output="none", stop=lay + 1, offset=offset)
+    return values
 
 
 def _replace_with(target: Tensor) -> Callable:
@@ -491,50 +553,57 @@ def _mlp_sender_hook(rows: list[tuple[int, int]], src: Tensor, mask: Tensor, b: 
 
 
 def _receiver_pass(
-    model: Any, runner: SuffixRunner | HooksRunner, recv: list[_Receiver], patched: dict[int, Tensor], base: dict,
-    mask: Tensor, k: int, b: int, output: str, offset: int = 0,
+    model: Any, runner: SuffixRunner | HooksRunner, recv: list[_Receiver], values: dict[str, Tensor], base: dict,
+    mask: Tensor, gs: list[list[Node]], b: int, output: str, offset: int = 0,
 ) -> Tensor:
     """Step 3: run the base input from the first receiver layer with the receivers' q/k/v
-    inputs set to their step-2 values; everything else computed normally. ``offset``: run
-    positions ``offset..`` only (nothing before it is patched)."""
-    first = min(r.layer for r in recv)
+    set to ``values`` (what their heads compute from the step-2 residual; rows in the
+    groups' order, positions ``offset..``); everything else computed normally. ``offset``:
+    run positions ``offset..`` only (nothing before it is patched).
+
+    A head's q (k, v) reads its input residual only through ``ln1`` and its own projection,
+    so replacing its q/k/v *input* (``use_split_qkv_input``) and replacing its q/k/v
+    *value* by the one computed from that input are the same intervention; this pass runs
+    attention unsplit (the split mode computes a d_model input per head in every layer)."""
+    k = len(gs)
     at = slice(offset, None)
+    # a group's rows join at the first receiver it reaches: receivers in its senders' layers
+    # or before them keep their base inputs, so nothing changes there
+    joins = [min(r.layer for r in recv if r.layer > min(x.layer for x in g)) for g in gs]
+    order = sorted(range(k), key=lambda j: joins[j])
     hooks = []
-    for lay in sorted({r.layer for r in recv}):
-        for which in "qkv":
-            heads = [r.head for r in recv if r.layer == lay and r.which == which]
-            if heads:
-                hooks.append((qkv_input_hook(model, lay, which), _input_hook(heads, patched[lay][:, at], mask[:, at], k)))
-    fired: list[str] = []
-    hooks = [(name, _tracking(fn, fired, name)) for name, fn in hooks]
-    with split_qkv_input(model):
-        out, _ = runner.run([(first, base[f"blocks.{first}.hook_resid_pre"][:, at].repeat(k, 1, 1))], hooks=hooks,
-                            output=output, offset=offset)
-    missing = {name for name, _ in hooks} - set(fired)
-    if missing:
-        raise NotImplementedError(
-            f"{sorted(missing)} did not fire: this model's attention has no per-head q/k/v input fork, "
-            "so path patching cannot reach those receivers"
-        )
+    for r in recv:
+        present = [j for j in order if joins[j] <= r.layer]
+        if not present:  # every group joins later: this receiver keeps its base input
+            continue
+        nm = get_site(model, r.which).hook_name(r.layer)
+        v = values[nm].view(k, b, *values[nm].shape[1:])[torch.tensor(present)].flatten(0, 1)  # in join order
+        hooks.append((nm, _heads_hook([r.head], v, mask[:, at], len(present))))
+    out, _ = runner.run(
+        [(lay, base[f"blocks.{lay}.hook_resid_pre"][:, at].repeat(joins.count(lay), 1, 1)) for lay in sorted(set(joins))],
+        hooks=hooks, output=output, offset=offset,
+    )
     assert out is not None
-    return out
+    # rows come out in the order they joined; put them back in the groups' order
+    back = torch.empty(k, dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(k)
+    return out.view(k, b, *out.shape[1:])[back.to(out.device)].reshape(out.shape)
 
 
-def _input_hook(heads: list[int], value: Tensor, mask: Tensor, k: int) -> Callable:
-    m = mask.repeat(k, 1)[..., None]
-
-    def hook(act: Tensor, hook: Any) -> Tensor:  # act: [rows, pos, head, d_model]
-        out = act.clone()
-        for h in heads:
-            out[:, :, h] = torch.where(m, value.to(act.dtype), act[:, :, h])
-        return out
+def _keep(store: dict[str, Tensor], name: str) -> Callable:
+    def hook(act: Tensor, hook: Any) -> None:
+        store[name] = act.detach()
 
     return hook
 
 
-def _tracking(fn: Callable, fired: list[str], name: str) -> Callable:
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        fired.append(name)
-        return fn(act, hook)
+def _heads_hook(heads: list[int], value: Tensor, mask: Tensor, k: int) -> Callable:
+    m = mask.repeat(k, 1)[..., None]
+
+    def hook(act: Tensor, hook: Any) -> Tensor:  # act: [rows, pos, head, d_head]
+        out = act.clone()
+        for h in heads:
+            out[:, :, h] = torch.where(m, value[:, :, h].to(act.dtype), act[:, :, h])
+        return out
 
     return hook
