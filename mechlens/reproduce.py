@@ -313,12 +313,12 @@ STAGES: dict[str, tuple[str, Callable[[Context, Path], dict[str, Any]]]] = {
 
 
 # A rough time per stage, in minutes, for smollm2-135m on 2 CPU cores: the stage times of the
-# full run measured for docs/timings.md (the `reproduce` row, 16.3 minutes); --fast takes
-# about 2.5 minutes in all (the `reproduce-fast` row), in about the same proportions. Printed
+# full run measured for docs/timings.md (the `reproduce` row, 14.8 minutes); --fast takes
+# about 2.2 minutes in all (the `reproduce-fast` row), in about the same proportions. Printed
 # before a run starts, scaled by the model's size against smollm2-135m's (30 layers x d_model 576).
-FULL_MINUTES = {"baseline": 0.1, "patching": 1.3, "directions": 6.1, "circuit": 4.4,
-                "motif": 3.8, "caa": 0.4, "attention": 0.05}
-FAST_TOTAL_MINUTES = 2.5
+FULL_MINUTES = {"baseline": 0.1, "patching": 1.4, "directions": 5.7, "circuit": 2.5,
+                "motif": 4.5, "caa": 0.5, "attention": 0.04}
+FAST_TOTAL_MINUTES = 2.2
 
 
 def plan(model: Any, names: list[str], done: list[str], fast: bool) -> str:
