@@ -287,6 +287,19 @@ def test_fast_backend_runs_only_the_positions_read(tiny_model, tiny_ds, receiver
     assert expected > 0 and offsets[0] == 0 and set(offsets[1:]) == {expected}  # offsets[0]: the base run
 
 
+def test_a_metric_of_every_position_gets_every_position(tiny_model, tiny_ds):
+    """A callable metric reads the logits of every position: the fast backend may skip no
+    position of step 2 then, although nothing changes before ADJ."""
+    def metric(logits, ds):  # reads the first position (before ADJ) and the last one
+        return logits[:, 0, :5].sum(-1) + logits[:, -1, 5:10].sum(-1)
+
+    kw = dict(metric=metric, progress=False)
+    senders = [(0, 1), (1, 2)]
+    fast = path_patch(tiny_model, tiny_ds, senders, "resid_final", backend="fast", **kw)
+    hooks = path_patch(tiny_model, tiny_ds, senders, "resid_final", backend="hooks", **kw)
+    torch.testing.assert_close(fast.per_example, hooks.per_example, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("freeze", [False, True])
 def test_datasets_larger_than_a_pass_give_the_same_numbers(tiny_model, tiny_ds, freeze):
     """batch_size bounds memory: the examples run in chunks (batch_size=2 holds one example's

@@ -175,12 +175,7 @@ def _verify(model: Any, run: BaseRun) -> _Prepared:
                 "their own and reproduce the model's logits, so its fast patching would be inexact"
             )
         if model not in _SEQUENTIAL:
-            _SEQUENTIAL[model] = len(seen) == len(names) == 3 * n and all(
-                _mlp_step(model, i, seen[f"blocks.{i}.hook_resid_pre"] + seen[f"blocks.{i}.hook_attn_out"])
-                .sub(seen[f"blocks.{i}.hook_resid_post"]).abs().max()
-                <= 1e-5 * max(1.0, float(seen[f"blocks.{i}.hook_resid_post"].abs().max()))
-                for i in range(n)
-            )
+            _SEQUENTIAL[model] = len(seen) == len(names) == 3 * n and _is_sequential(model, seen)
         skip = runner.can_skip_positions
         if skip:
             p = x.shape[1] // 2
@@ -188,6 +183,23 @@ def _verify(model: Any, run: BaseRun) -> _Prepared:
             assert out is not None
             skip = out.shape == target[:, p:].shape and bool((out - target[:, p:]).abs().max() <= tol)
     return _Prepared(run.block_kwargs, skip)
+
+
+def _is_sequential(model: Any, seen: dict[str, Tensor]) -> bool:
+    """Whether every block's output is ``mid + mlp(ln2(mid))`` with ``mid = resid_pre +
+    attn_out`` on one recorded pass. Blocks without ``ln2``/``mlp`` components (GPT-J-style
+    parallel blocks) or whose MLP returns more than a tensor (mixtures of experts) are not."""
+    try:
+        for i in range(int(model.cfg.n_layers)):
+            post = seen[f"blocks.{i}.hook_resid_post"]
+            out = _mlp_step(model, i, seen[f"blocks.{i}.hook_resid_pre"] + seen[f"blocks.{i}.hook_attn_out"])
+            if not isinstance(out, Tensor) or out.shape != post.shape:
+                return False
+            if (out - post).abs().max() > 1e-5 * max(1.0, float(post.abs().max())):
+                return False
+    except (AttributeError, TypeError, RuntimeError):
+        return False
+    return True
 
 
 def _mlp_step(model: Any, layer: int, mid: Tensor) -> Tensor:

@@ -74,8 +74,9 @@ def run_grid(
     it on, or with values equal to the run's own there). With ``output="last"`` the fast
     backend then runs the hooked blocks on positions ``from_position..`` only, the earlier
     positions' keys and values taken from the unhooked run (attention is causal), and a
-    hook inside those blocks sees only those positions: hooks index their ``[batch, pos]``
-    tensors from the end (``x[:, -act.shape[1]:]``), which is right on either backend.
+    hook inside those blocks sees only those positions: hooks on ``[batch, pos, ...]``
+    activations index their position tensors from the end (``x[:, -act.shape[1]:]``), which
+    is right on either backend (on attention patterns only the query axis is shortened).
     """
     if output not in ("all", "last"):
         raise ValueError(f"output={output!r}: choose 'all' or 'last'")

@@ -407,7 +407,8 @@ def _path_part(
                 else:
                     values = _receiver_values(model, runner, recv, patched, offset)
             else:
-                frozen_at = max(frozen_from, changed_from)
+                # the logits of every position are read when the metric takes them all
+                frozen_at = frozen_from if recv is None and pm.output == "all" else max(frozen_from, changed_from)
                 out, values = _frozen_pass(model, runner, gs, base, source, send_mask, b, n, recv, pm.output,
                                            frozen_at)
                 # positions offset..frozen_at are ones step 2 leaves unchanged or step 3 does not patch
@@ -468,7 +469,7 @@ def _frozen_pass(
     base run, MLPs recomputed. Returns logits (final receivers) or, for q/k/v receivers, the
     values the receivers' heads compute from it (``{hook name: [groups * batch, pos, head,
     d_head]}``, the base run's for a group that starts after the receiver's layer).
-    ``offset``: run positions ``offset..`` only (earlier ones are never read)."""
+    ``offset``: run positions ``offset..`` only (earlier ones are unchanged or never read)."""
     starts = [g[0].layer for g in gs]
     at = slice(offset, None)
     joins = [(s, base[f"blocks.{s}.hook_resid_pre"][:, at]) for s in starts]
