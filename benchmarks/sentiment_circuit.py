@@ -21,7 +21,8 @@ import argparse
 import os
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,35 +36,27 @@ def timed_parts(seconds: dict[str, float]):
     import mechlens.circuits.sentiment as sentiment
     import mechlens.patching as patching
 
-    originals = {
-        "direction": (sentiment, "resolve_direction"),
-        "roles": (sentiment, "head_roles"),
-        "path patching": (patching, "path_patch"),
-    }
-    saved = {}
+    parts = [  # (module, function, the part a call belongs to)
+        (sentiment, "resolve_direction", lambda args: "direction"),
+        (sentiment, "head_roles", lambda args: "roles"),
+        (patching, "path_patch",
+         lambda args: "path patching, direct heads" if args[3] == "resid_final" else "path patching, movers"),
+    ]
 
-    def wrap(label, fn):
+    def timed(fn, part):
         def inner(*args, **kwargs):
-            if label == "path patching":
-                label_ = "path patching, direct heads" if args[3] == "resid_final" else "path patching, movers"
-            else:
-                label_ = label
             t = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                seconds[label_] += time.perf_counter() - t
+                seconds[part(args)] += time.perf_counter() - t
 
         return inner
 
-    for label, (mod, name) in originals.items():
-        saved[(mod, name)] = getattr(mod, name)
-        setattr(mod, name, wrap(label, saved[(mod, name)]))
-    try:
+    with ExitStack() as stack:
+        for mod, name, part in parts:
+            stack.enter_context(mock.patch.object(mod, name, timed(getattr(mod, name), part)))
         yield
-    finally:
-        for (mod, name), fn in saved.items():
-            setattr(mod, name, fn)
 
 
 def run(model, train, backend: str):
@@ -74,7 +67,7 @@ def run(model, train, backend: str):
     with timed_parts(seconds):
         circuit = discover_sentiment_circuit(model, train, progress=False, backend=backend)
     total = time.perf_counter() - t
-    seconds["roles, faithfulness and the rest"] = total - sum(seconds.values())
+    seconds["faithfulness and the rest"] = total - sum(seconds.values())
     return total, seconds, circuit
 
 
