@@ -200,6 +200,52 @@ def test_run_patches_interventions_equal_a_plain_hook_loop(tiny_model):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_run_patches_starts_where_the_patched_values_first_differ(tiny_model, monkeypatch):
+    """A configuration whose values equal the base run's before position p runs from p on the
+    fast backend (earlier keys and values the base run's): the same numbers as run_with_hooks.
+    One that puts in the base values everywhere gives the unpatched metric; one with a
+    transform (whose change cannot be compared) runs every position."""
+    from mechlens.engine import Add, Location, Replace, SuffixRunner, Zero, patch, run_patches
+
+    torch.manual_seed(0)
+    tokens = torch.randint(1, tiny_model.cfg.d_vocab, (5, 8))
+    answers = torch.randint(1, tiny_model.cfg.d_vocab, (5, 1, 2))
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=["blocks.1.attn.hook_z", "blocks.1.hook_resid_pre"])
+    z = cache["blocks.1.attn.hook_z"].clone()
+    z[:, 4:] = torch.randn_like(z[:, 4:])  # differs from position 4 on
+    at6 = torch.zeros(8, dtype=torch.bool)
+    at6[6] = True
+    cases = [
+        [patch(tiny_model, Location("z", 1, head=0), Replace(z))],
+        [patch(tiny_model, Location("resid_pre", 1), Replace(cache["blocks.1.hook_resid_pre"]))],
+        [patch(tiny_model, Location("z", 0, head=1, position=at6), Zero())],
+        [patch(tiny_model, Location("z", 1, head=0), Replace(z)),
+         patch(tiny_model, Location("resid_pre", 1), Add(torch.randn(tiny_model.cfg.d_model)))],
+    ]
+
+    def metric(logits, examples):
+        return logit_diff(logits, answers[examples])
+
+    want = []
+    for cfg in cases:
+        hooks = [(p.hook, lambda act, hook, p=p: p.apply(act)) for p in cfg]
+        with torch.no_grad():
+            want.append(logit_diff(tiny_model.run_with_hooks(tokens, fwd_hooks=hooks), answers))
+    want = torch.stack(want)
+    offsets = []
+    run = SuffixRunner.run
+    monkeypatch.setattr(SuffixRunner, "run", lambda self, joins, **k: offsets.append(k.get("offset", 0))
+                        or run(self, joins, **k))
+    fast = run_patches(tiny_model, tokens, cases, metric, backend="fast", batch_size=5, progress=False)
+    torch.testing.assert_close(fast, want, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(fast[1], logit_diff(tiny_model(tokens), answers), atol=1e-5, rtol=0)
+    assert sorted(offsets[-4:]) == [0, 4, 6, 7]  # one configuration per pass (5 rows)
+    hooks = run_patches(tiny_model, tokens, cases, metric, backend="hooks", batch_size=5, progress=False)
+    torch.testing.assert_close(hooks, want, atol=1e-5, rtol=0)
+
+
 def test_threads_are_chosen_by_the_user(monkeypatch):
     import subprocess
     import sys

@@ -4,6 +4,7 @@ generation, checked against slow obvious references (tiny models; one smollm2 ch
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -167,6 +168,70 @@ def test_prompt_baseline_rows(tiny_gpt2):
         assert float(pb.per_example[2, i]) == pytest.approx(float(ld), rel=1e-4, abs=1e-5)
     s = pb.summary()
     assert s["kl"] > 0 and 0 <= s["anti_steerable"] <= 1
+
+
+def _record_backends(monkeypatch):
+    """Wrap the engine grid that steerability.py calls: the backend every run asked for."""
+    mod = sys.modules["mechlens.steering.steerability"]  # the package's `steerability` is the function
+    seen, run_grid = [], mod.run_grid
+
+    def recording(*args, **kw):
+        seen.append(kw.get("backend", "hooks"))  # run_grid's own default
+        return run_grid(*args, **kw)
+
+    monkeypatch.setattr(mod, "run_grid", recording)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["activation", "weight"])
+def test_side_effects_backends_agree(tiny_model, kind, monkeypatch):
+    """On the fast backend (an activation vector's runs start at its layer; a weight vector's
+    are plain runs of the changed weights) the right-padded neutral texts give the numbers of
+    full hooked passes, and every engine run of the method gets the backend asked for."""
+    v, kw = (_vec(tiny_model, scale=3.0), {"layers": 1}) if kind == "activation" else (_weights(tiny_model), {})
+    texts = neutral_texts(5)  # of different lengths: right-padded
+    seen = _record_backends(monkeypatch)
+    res = {}
+    for b in ("fast", "hooks"):
+        seen.clear()
+        res[b] = side_effects(tiny_model, v, [-1.0, 0.0, 2.0], texts=texts, batch_size=4, progress=False, backend=b,
+                              **kw)
+        assert seen and set(seen) == {b}
+    fast, hooks = res["fast"], res["hooks"]
+    assert float(hooks.values[2]) > 1e-4  # the vector does something
+    for got, want in [(fast.per_example, hooks.per_example), (fast.nll, hooks.nll), (fast.perplexity(), hooks.perplexity()),
+                      (torch.tensor(fast.base_perplexity), torch.tensor(hooks.base_perplexity))]:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast.n_tokens, hooks.n_tokens)
+
+
+def test_prompt_baseline_backends_agree(tiny_model, monkeypatch):
+    """The prompting baseline on the fast backend: the same logit differences and the same
+    KL / perplexities on the right-padded neutral texts as full hooked passes."""
+    ds = toy_movie_review(tiny_model, "test")[:4]
+    seen = _record_backends(monkeypatch)
+    res = {}
+    for b in ("fast", "hooks"):
+        seen.clear()
+        res[b] = prompt_baseline(tiny_model, ds, "Answer positively.", texts=neutral_texts(3), batch_size=3,
+                                 progress=False, backend=b)
+        assert seen and set(seen) == {b}
+    fast, hooks = res["fast"], res["hooks"]
+    assert hooks.kl > 0
+    for got, want in [(fast.per_example, hooks.per_example), (fast.kl_per_text, hooks.kl_per_text)] + [
+        (torch.tensor(getattr(fast, f)), torch.tensor(getattr(hooks, f))) for f in ("kl", "perplexity", "base_perplexity")
+    ]:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_side_effects_and_prompt_baseline_check_backend(tiny_gpt2):
+    """A wrong backend name is refused before any run."""
+    ds = toy_movie_review(tiny_gpt2, "test")[:2]
+    with pytest.raises(ValueError, match="backend"):
+        side_effects(tiny_gpt2, _vec(tiny_gpt2), [0.0, 1.0], texts=neutral_texts(2), layers=0, progress=False,
+                     backend="turbo")
+    with pytest.raises(ValueError, match="backend"):
+        prompt_baseline(tiny_gpt2, ds, texts=neutral_texts(2), progress=False, backend="turbo")
 
 
 # --------------------------------------------------------------------------- generation

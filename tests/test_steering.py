@@ -378,6 +378,20 @@ def test_evaluate_steering_activation(model, ab, tmp_path):
         evaluate_steering(model, mv, v, [], progress=False)
 
 
+def test_evaluate_steering_backends_agree(model, ab):
+    """The fast backend (the unsteered blocks run once, the steered ones from the vector's
+    layer) gives the hooks backend's curve; a ChoiceDataset's padded prompts refuse "fast"."""
+    v = caa_vector(model, ab, 1, progress=False)
+    mv = toy_movie_review(model, "test")
+    fast = evaluate_steering(model, mv, v, [-2.0, 0.0, 2.0], progress=False, backend="fast", batch_size=5)
+    hooks = evaluate_steering(model, mv, v, [-2.0, 0.0, 2.0], progress=False, backend="hooks")
+    torch.testing.assert_close(fast.per_example, hooks.per_example, atol=1e-5, rtol=0)
+    assert (fast.per_example[2] - fast.per_example[1]).abs().max() > 1e-3  # the vector does something
+    with pytest.raises(ValueError, match="padded"):
+        evaluate_steering(model, ab, v, [1.0], progress=False, backend="fast")
+    torch.testing.assert_close(behaviour_logit_diff(model, ab, backend="auto"), behaviour_logit_diff(model, ab))
+
+
 def test_steering_curve_monotonic():
     def curve(means):
         return SteeringCurve(per_example=torch.tensor(means)[:, None], axes=("coeff",), labels={"coeff": [-1.0, 0.0, 1.0]},

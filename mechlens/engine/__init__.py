@@ -74,6 +74,7 @@ from mechlens.engine.hooks import (
     Patch,
     cached_run,
     first_block,
+    first_true,
     hook_layer,
     patch_mask,
     patch_rows,
@@ -105,4 +106,5 @@ __all__ = [
     "split_qkv_input", "Location", "Intervention", "Replace", "Zero", "Add", "Scale", "ProjectOut",
     "ProjectOnto", "patch", "run_patches", "cache_iter", "HOWS", "MODES", "generate_batched",
     "GradBatch", "grad_run", "ig_alphas", "interpolate_hook", "train_forward", "first_changed_position", "prefix_kv",
+    "first_true",
 ]

@@ -20,7 +20,7 @@ from torch import Tensor
 from mechlens.engine.backend import resolve_backend
 from mechlens.engine.batching import batches, pad_id, padded_batches, progress_iter
 from mechlens.engine.fast import block_runner, prefix_kv
-from mechlens.engine.hooks import Hook, cached_run, first_block, hook_layer
+from mechlens.engine.hooks import Hook, cached_run, first_block, first_true, hook_layer
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
 from mechlens.models import model_device
@@ -142,8 +142,8 @@ def first_changed_position(
     last position when nothing can change. For :func:`run_grid`'s ``from_position``."""
     differs = (clean_tokens != corrupt_tokens).any(0).cpu()
     m = mask.cpu() if mask.ndim == 1 else mask.cpu().any(0)
-    changed = differs.cummax(0).values & m
-    return int(changed.nonzero().min()) if changed.any() else int(clean_tokens.shape[1]) - 1
+    first = int(first_true(differs.cummax(0).values & m, 0))
+    return first if first >= 0 else int(clean_tokens.shape[1]) - 1
 
 
 def cache_iter(

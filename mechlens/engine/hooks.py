@@ -22,7 +22,7 @@ from mechlens.hooks import hooked
 
 __all__ = [
     "Hook", "Patch", "patch_mask", "patch_rows", "saver", "cached_run", "run_with_patches", "HooksRunner",
-    "hook_layer", "first_block",
+    "hook_layer", "first_block", "first_true",
 ]
 
 Hook = tuple[str, Callable[..., Any]]
@@ -277,3 +277,10 @@ def hook_layer(name: str, n_layers: int) -> int:
     if parts[0] == "blocks" and len(parts) > 1 and parts[1].isdigit():
         return int(parts[1])
     return -1 if parts[0] in ("hook_embed", "hook_pos_embed", "embed", "pos_embed") else n_layers
+
+
+def first_true(x: Tensor, dim: int = -1) -> Tensor:
+    """The index of the first true entry of ``x`` along ``dim``, -1 where there is none (the
+    first position a patch changes: activations before it are the base run's, since
+    attention is causal)."""
+    return torch.where(x.any(dim), x.int().argmax(dim), -1)  # argmax returns the first maximum

@@ -14,7 +14,8 @@ either backend:
 
 - ``"fast"``: a configuration whose earliest patch sits in block ``L`` joins the pass at
   block ``L`` with the unpatched residual stream cached there, so the blocks before ``L``
-  run once per batch of prompts instead of once per configuration;
+  run once per batch of prompts instead of once per configuration; with ``output="last"``
+  it also starts at the first position where its values differ from the base run's;
 - ``"hooks"``: full ``run_with_hooks`` passes, any TransformerLens model.
 
 Configurations are stacked on the batch axis; examples are split into chunks so that no
@@ -32,8 +33,8 @@ from torch import Tensor
 
 from mechlens.engine.backend import resolve_backend
 from mechlens.engine.batching import chunks, progress_bar, rows_per_pass
-from mechlens.engine.fast import SuffixRunner, base_run, overhead_tokens, plan_passes
-from mechlens.engine.hooks import Patch, first_block, hook_layer
+from mechlens.engine.fast import base_run, overhead_tokens, plan_passes
+from mechlens.engine.hooks import Patch, first_block, first_true, hook_layer
 from mechlens.engine.sites import Site, get_site
 from mechlens.hooks import hooked
 from mechlens.models import model_device
@@ -252,7 +253,10 @@ def run_patches(
             the example index of each row (:meth:`PatchMetric.on_rows`).
         output: ``"last"`` (the metric needs the final position's logits) or ``"all"``.
         backend: ``"auto"``, ``"fast"`` or ``"hooks"`` (see :mod:`mechlens.engine`); both
-            give the same numbers.
+            give the same numbers. The fast backend runs a configuration from the block of
+            its earliest patch and (``output="last"``) from the first position where a
+            ``Replace``/``Zero`` value differs from the unpatched run's (a transform, or a
+            patch of attention patterns, runs every position).
         batch_size: sequences per forward pass (``None``: ``DEFAULT_BATCH_SIZE``); datasets
             larger than that are run in chunks of examples.
         progress: show a progress bar named ``desc``.
@@ -283,19 +287,26 @@ def run_patches(
             ]
             if backend == "fast":
                 names = {_join_hook(s, n_layers) for s in set(starts)}
+                if output == "last":  # the base values replaced values are compared with
+                    names |= {p.hook for cfg in sub_configs for p in cfg if _compares(p)}
                 run = base_run(model, tok, names)
-                runner: Any = SuffixRunner(model, run.block_kwargs)
-                plan = plan_passes([0] * len(configs), starts, n_layers=n_layers, seq_len=tok.shape[1], batch=b,
+                runner = run.runner(model)
+                # a pass starts at the first position its configurations change (output "last":
+                # the metric reads only the final position), earlier keys and values the base run's
+                skip = output == "last" and runner.can_skip_positions
+                firsts = [_first_change(cfg, run.cache, tok.shape[1]) if skip else 0 for cfg in sub_configs]
+                plan = plan_passes(firsts, starts, n_layers=n_layers, seq_len=tok.shape[1], batch=b,
                                    max_configs=k_max, overhead_tokens=overhead_tokens(model))
                 for chunk in plan:
                     ids = sorted(chunk, key=lambda i: (starts[i], i))  # rows join in layer order
+                    off = min(firsts[i] for i in ids)
                     joins: list[tuple[int, Tensor]] = []
                     for layer in sorted({starts[i] for i in ids}):
                         k = sum(1 for i in ids if starts[i] == layer)
-                        joins.append((layer, run.cache[_join_hook(layer, n_layers)].repeat(k, 1, 1)))
-                    hooks = _pass_hooks([sub_configs[i] for i in ids], b)
+                        joins.append((layer, run.cache[_join_hook(layer, n_layers)][:, off:].repeat(k, 1, 1)))
+                    hooks = _pass_hooks([[_from_position(p, off) for p in sub_configs[i]] for i in ids], b)
                     with torch.no_grad():
-                        logits, _ = runner.run(joins, hooks=hooks, output=output)
+                        logits, _ = runner.run(joins, hooks=hooks, output=output, offset=off)
                     assert logits is not None
                     out[ids, ex.start : ex.stop] = _measure(metric, logits, examples, len(ids))
                     bar.update(len(ids))
@@ -315,6 +326,39 @@ def run_patches(
 
 def _join_hook(layer: int, n_layers: int) -> str:
     return f"blocks.{layer}.hook_resid_pre" if layer < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
+
+
+def _compares(p: Patch) -> bool:
+    """Whether a patch's change can be found by comparing its value with the base run's: a
+    value (not a transform) at a hook whose position axis is 1 (not an attention pattern)."""
+    return p.transform is None and p.source is not None and not p.hook.endswith(("hook_pattern", "hook_attn_scores"))
+
+
+def _first_change(cfg: Sequence[Patch], base: dict[str, Tensor], seq_len: int) -> int:
+    """The first position where a configuration puts in a value unlike the base run's (the
+    last position where it changes nothing): everything before it is the base run's."""
+    first = seq_len - 1
+    for p in cfg:
+        if not _compares(p):
+            return 0
+        act = base[p.hook]
+        assert p.source is not None
+        changed = p.mask.to(act.device) & (p.source.to(act.device, act.dtype) != act)
+        f = int(first_true(changed.reshape(*changed.shape[:2], -1).any(-1).any(0), 0))
+        if f >= 0:
+            first = min(first, f)
+    return first
+
+
+def _from_position(p: Patch, off: int) -> Patch:
+    """``p`` for a run of positions ``off..`` only (position axis 1; broadcast axes kept)."""
+    if not off:
+        return p
+
+    def cut(x: Tensor | None) -> Tensor | None:
+        return x[:, off:] if x is not None and x.ndim > 1 and x.shape[1] > 1 else x
+
+    return Patch(p.hook, cut(p.mask), cut(p.source), p.transform)
 
 
 def _pass_hooks(configs: Sequence[Sequence[Patch]], b: int) -> list[tuple[str, Callable[..., Tensor]]]:

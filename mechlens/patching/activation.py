@@ -51,6 +51,7 @@ from mechlens.engine import (
     cached_run,
     check_mode,
     copies_per_pass,
+    first_true,
     overhead_tokens,
     patch_mask,
     patch_rows,
@@ -307,8 +308,7 @@ def _first_changes(
             differs = differs.transpose(1, 2)
         changed = (masks & differs[None]) if s.layout == "bpd" else (masks[..., None] & differs[None])
         changed = changed.any(1)  # [entry, pos] / [entry, pos, head]
-        # the first changed position (argmax of an int mask: its first maximum), -1 for none
-        found[layer] = torch.where(changed.any(1), changed.int().argmax(1), -1).tolist()  # [entry] / [entry][head]
+        found[layer] = first_true(changed, 1).tolist()  # [entry] / [entry][head]; -1 for none
     out = []
     for layer, p, h in configs:
         f = found[layer][p] if h is None else found[layer][p][h]

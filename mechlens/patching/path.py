@@ -69,6 +69,7 @@ from mechlens.engine import (
     check_mode,
     chunks,
     copies_per_pass,
+    first_true,
     prepare_dataset,
     progress_iter,
     resolve_backend,
@@ -436,8 +437,8 @@ def _first_changes(
         else:
             name = f"blocks.{x.layer}.attn.hook_z"
             differs = (source[name][:, :, x.head] != base[name][:, :, x.head]).any(-1)
-        where = (differs & send_mask.to(differs.device)).any(0).nonzero()
-        firsts[x] = int(where.min()) if len(where) else None
+        f = int(first_true((differs & send_mask.to(differs.device)).any(0), 0))
+        firsts[x] = f if f >= 0 else None
     out = []
     for g in groups:
         found = [firsts[x] for x in g if firsts[x] is not None]

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from mechlens.data.choices import ChoiceDataset
 from mechlens.data.contrast import ContrastDataset
-from mechlens.engine import logit_diff_metric, padded_iter, progress_iter, run_grid
+from mechlens.engine import logit_diff_metric, padded_iter, progress_iter, resolve_backend, run_grid
 from mechlens.models import model_name
 from mechlens.results import Measurement, settings_of
 from mechlens.steering.caa import SteeringVector, steer
@@ -72,10 +72,19 @@ class SteeringCurve(Measurement):
 
 
 def behaviour_logit_diff(
-    model: Any, ds: ContrastDataset | ChoiceDataset, *, batch_size: int | None = None
+    model: Any, ds: ContrastDataset | ChoiceDataset, *, batch_size: int | None = None, backend: str = "auto"
 ) -> Float[Tensor, " batch"]:
-    """The raw behaviour logit difference per example (see the module docstring)."""
+    """The raw behaviour logit difference per example (see the module docstring).
+
+    ``backend``: ``"auto"``, ``"fast"`` or ``"hooks"`` for a ContrastDataset's prompts (the
+    same numbers); a ChoiceDataset's open prompts differ in length and run in right-padded
+    full passes, so ``"fast"`` is refused for them.
+    """
     check_batch_size(batch_size)
+    resolve_backend(model, backend)
+    if isinstance(ds, ChoiceDataset) and backend == "fast":
+        raise ValueError("backend='fast' runs prompts of one length; a ChoiceDataset's open prompts are padded: "
+                         "use backend='hooks' or 'auto'")
     if isinstance(ds, ContrastDataset):
         check_dataset(ds, model)
     elif isinstance(ds, ChoiceDataset):
@@ -83,7 +92,9 @@ def behaviour_logit_diff(
     with torch.no_grad():
         if isinstance(ds, ContrastDataset):
             sign = torch.where(ds.labels == 1, 1.0, -1.0)
-            return run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), batch_size=batch_size)[0] * sign
+            ld = run_grid(model, ds.clean_tokens, logit_diff_metric(ds.answers), batch_size=batch_size, backend=backend,
+                          output="last")
+            return ld[0] * sign
         if isinstance(ds, ChoiceDataset):
             out = torch.zeros(ds.n_triples)
             ids = torch.tensor(ds.letter_ids)
@@ -106,6 +117,7 @@ def evaluate_steering(
     layers: int | Sequence[int] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> SteeringCurve:
     """The behaviour logit difference on ``ds`` for each coefficient.
 
@@ -114,6 +126,8 @@ def evaluate_steering(
             ``layers``), applied with :func:`steer`; or a :class:`WeightVector`, applied
             with :func:`apply_weights`.
         coeffs: the coefficients (``k``); include 0 for the unsteered baseline.
+        backend: as in :func:`behaviour_logit_diff` (``"auto"`` picks ``"hooks"`` for a
+            ChoiceDataset).
     """
     if isinstance(coeffs, (int, float)) and not isinstance(coeffs, bool):
         coeffs = [coeffs]
@@ -128,7 +142,7 @@ def evaluate_steering(
     for c in progress_iter(coeffs, progress, "steering sweep", leave=True):
         ctx = apply_weights(model, vector, c) if is_weight else steer(model, vector, c, layers)
         with ctx:
-            rows.append(behaviour_logit_diff(model, ds, batch_size=batch_size))
+            rows.append(behaviour_logit_diff(model, ds, batch_size=batch_size, backend=backend))
     if isinstance(ds, ContrastDataset):
         metric = "logit diff (class 1 - class 0 answer)"
     else:

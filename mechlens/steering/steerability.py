@@ -144,14 +144,15 @@ def _sweep(
     output: str = "all",
 ) -> Tensor:
     """``metric`` of every (coefficient, example), ``[len(coeffs), n]``; ``backend`` and
-    ``output`` as in :func:`~mechlens.engine.run_grid` (activation vectors only: weights are
-    changed in place, so weight vectors run full passes)."""
+    ``output`` as in :func:`~mechlens.engine.run_grid` (a weight vector changes the weights in
+    place, so each coefficient is a plain run, without hooks, on either backend)."""
     if steer.kind == "weight":
         # weights cannot differ between rows of one pass: one engine run per coefficient
         rows = []
         for c in coeffs:
             with apply_weights(model, steer.weights, c):
-                rows.append(run_grid(model, tokens, metric, batch_size=batch_size, progress=progress, desc=desc)[0])
+                rows.append(run_grid(model, tokens, metric, batch_size=batch_size, progress=progress, desc=desc,
+                                     backend=backend, output=output)[0])
         return torch.stack(rows)
     k = torch.tensor(coeffs, dtype=torch.float32)
     vec = steer.vec
@@ -490,6 +491,7 @@ def side_effects(
     site: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> SideEffects:
     """KL divergence and perplexity on neutral text under each coefficient.
 
@@ -507,19 +509,23 @@ def side_effects(
         batch_size: as in :func:`steerability`.
         progress: as in :func:`steerability`.
         texts: the neutral corpus (a list of strings).
+        backend: ``"auto"`` (default: ``"fast"`` on a TransformerBridge, where an activation
+            vector's runs start at its first layer), ``"fast"`` or ``"hooks"``; the same numbers.
     """
     from mechlens.data.neutral import neutral_texts
 
     check_batch_size(batch_size)
+    resolve_backend(model, backend)
     coeffs = _coeffs(coeffs)
     st = _as_steer(model, vector, layers, site)
     texts = list(neutral_texts() if texts is None else texts)
     tokens, lens, _ = _tokenize_texts(model, texts)
     tm = _TextMetrics(tokens, lens)
-    base_nll = run_grid(model, tokens, tm.record, batch_size=batch_size, progress=progress, desc="side effects: base")[0]
+    base_nll = run_grid(model, tokens, tm.record, batch_size=batch_size, progress=progress, desc="side effects: base",
+                        backend=backend)[0]
     n_tok = tm.n_predicted
     kl = _sweep(model, tokens, tm.kl_keeping_nll(len(coeffs)), st, coeffs, batch_size=batch_size, progress=progress,
-                desc="side effects")
+                desc="side effects", backend=backend)
     nll = tm.nll
     return SideEffects(
         per_example=kl, axes=("coeff",), labels={"coeff": coeffs}, metric="KL(unsteered || steered), nats/token",
@@ -603,6 +609,7 @@ def prompt_baseline(
     texts: Sequence[str] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> PromptBaseline:
     """Prompting as a steering baseline: ask for the behaviour, measure the same metric.
 
@@ -619,16 +626,20 @@ def prompt_baseline(
         texts: as in :func:`side_effects`.
         batch_size: as in :func:`side_effects`.
         progress: as in :func:`side_effects`.
+        backend: ``"auto"`` (default: ``"fast"`` on a TransformerBridge), ``"fast"`` or
+            ``"hooks"``; the same numbers.
     """
     from mechlens.data.neutral import neutral_texts
 
     ds = check_dataset(ds, model)
     check_batch_size(batch_size)
+    resolve_backend(model, backend)
     for what, s in (("instruction", instruction), ("task", task)):
         if not isinstance(s, str) or not s.strip():
             raise ValueError(f"{what} must be a non-empty string, got {s!r}")
     metric = _behaviour_metric(ds)
-    plain = run_grid(model, ds.clean_tokens, metric, batch_size=batch_size, progress=progress, desc="prompting")[0]
+    plain = run_grid(model, ds.clean_tokens, metric, batch_size=batch_size, progress=progress, desc="prompting",
+                     backend=backend)[0]
     rows = [plain]
     prefixes = [_prefix(model, task), _prefix(model, f"{task} {instruction}")]
     for p in prefixes:
@@ -638,13 +649,16 @@ def prompt_baseline(
         if bos is not None and bool((body[:, 0] == bos).all()):
             body = body[:, 1:]
         toks = torch.cat([p[None, :].expand(len(body), -1), body], 1)
-        rows.append(run_grid(model, toks, metric, batch_size=batch_size, progress=progress, desc="prompting")[0])
+        rows.append(run_grid(model, toks, metric, batch_size=batch_size, progress=progress, desc="prompting",
+                             backend=backend)[0])
     neutral = list(neutral_texts() if texts is None else texts)
     t0, lens0, s0 = _tokenize_texts(model, neutral, prefixes[0])
     t1, lens1, s1 = _tokenize_texts(model, neutral, prefixes[1])
     tm0, tm1 = _TextMetrics(t0, lens0, s0), _TextMetrics(t1, lens1, s1)
-    nll0 = run_grid(model, t0, tm0.record, batch_size=batch_size, progress=progress, desc="prompting: KL")[0]
-    nll1 = run_grid(model, t1, tm1.record, batch_size=batch_size, progress=progress, desc="prompting: KL")[0]
+    nll0 = run_grid(model, t0, tm0.record, batch_size=batch_size, progress=progress, desc="prompting: KL",
+                    backend=backend)[0]
+    nll1 = run_grid(model, t1, tm1.record, batch_size=batch_size, progress=progress, desc="prompting: KL",
+                    backend=backend)[0]
     kls = []
     for i in range(len(neutral)):  # compare the text's positions under both prefixes
         a = tm0.ref[i, : lens0[i] - s0]

@@ -43,7 +43,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechlens.engine import padded_batches, progress_iter
+from mechlens.engine import padded_batches, progress_iter, train_forward
 from mechlens.engine.bridge import drop_copied_capture_hooks, hf_name
 from mechlens.models import model_name
 from mechlens.results import Result
@@ -270,7 +270,10 @@ def clone_model(model: Any) -> Any:
 
 def _lm_loss(model: Any, toks: Tensor, lens: Tensor) -> Tensor:
     """Mean next-token cross-entropy over the real (unpadded) tokens of a right-padded batch."""
-    logits = model(toks)
+    # the engine's training forward pass, on the hooks backend: the fast backend computes the
+    # residual before start_layer without gradients, so the embedding would silently not train
+    forward = train_forward(model, toks, backend="hooks", output="all")
+    logits = forward(torch.arange(len(toks)), [])
     pred = logits[:, :-1].float()
     target = toks[:, 1:]
     # target position j is real when j + 1 <= last real index
