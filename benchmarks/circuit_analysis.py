@@ -6,8 +6,8 @@ largest absolute difference of the per-example values):
 
   ablation  mean ablation of every head of ``--layers`` (``ablate_sweep(..., "heads", how="mean")``,
             fast backend) against a loop of ``model.run_with_hooks`` with one head's ``hook_z``
-            replaced by its mean over the clean and corrupt prompts per position, one head per
-            pass.
+            replaced by its mean over the clean and corrupt prompts per position (in float64,
+            rounded to float32), one head per pass.
   ablation-hooks  the same sweep on mechlens's hooks backend (full passes, heads stacked on
             the batch axis); with ``ablation`` in the same run it also prints fast / hooks.
   eap       ``edge_attribution_patch`` against a hand EAP: ``run_with_cache`` on the corrupt
@@ -58,7 +58,9 @@ def plain_mean_ablation(model, ds, layers):
     with torch.no_grad():
         ref = torch.cat([ds.clean_tokens, ds.corrupt_tokens])
         _, cache = model.run_with_cache(ref, names_filter=lambda n: n in names)
-        means = {n: cache[n].mean(0, keepdim=True) for n in names}
+        # the mean rounded once from float64, as mechlens takes it (a float32 running sum
+        # rounds differently in the last bit)
+        means = {n: cache[n].double().mean(0, keepdim=True).float() for n in names}
         base = logit_diff(model(ds.clean_tokens), ds.answers)
         out = torch.empty(len(layers), model.cfg.n_heads, ds.batch)
         for i, layer in enumerate(layers):
