@@ -267,13 +267,16 @@ def _sources(
         )
     if how == "mean":
         sums: dict[str, Tensor] = {}
+        dev: dict[str, torch.device] = {}
         for sl in batches(len(ref), batch_size):
             _, cache = cached_run(model, ref[sl], hooks)
             for k, v in cache.items():
-                sums[k] = sums.get(k, 0) + v.double().sum(0, keepdim=True)
-        # summed in float64: where every reference prompt has the same value (a shared first
-        # token) the mean is exactly that value, so the ablation changes nothing there
-        return {k: (v / len(ref)).float() for k, v in sums.items()}
+                sums[k] = sums.get(k, 0) + v.to("cpu", torch.float64).sum(0, keepdim=True)
+                dev[k] = v.device
+        # summed in float64 (on the CPU: some accelerators have none): where every reference
+        # prompt has the same value (a shared first token) the mean is exactly that value, so
+        # the ablation changes nothing there
+        return {k: (v / len(ref)).float().to(dev[k]) for k, v in sums.items()}
     # resample from the reference: each example takes a random reference prompt (seeded)
     g = torch.Generator().manual_seed(seed)
     pick = torch.randint(len(ref), (ds.batch,), generator=g).to(ref.device)

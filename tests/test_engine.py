@@ -200,28 +200,37 @@ def test_run_patches_interventions_equal_a_plain_hook_loop(tiny_model):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_run_patches_starts_where_the_patched_values_first_differ(tiny_model, monkeypatch):
+@pytest.mark.parametrize("batch_size", [3, 5, 10])
+def test_run_patches_starts_where_the_patched_values_first_differ(tiny_model, batch_size, monkeypatch):
     """A configuration whose values equal the base run's before position p runs from p on the
-    fast backend (earlier keys and values the base run's): the same numbers as run_with_hooks.
-    One that puts in the base values everywhere gives the unpatched metric; one with a
-    transform (whose change cannot be compared) runs every position."""
+    fast backend (earlier keys and values the base run's): the same numbers as run_with_hooks,
+    with one configuration per pass (5 rows), two per pass mixing first positions (10) and
+    the examples split over passes (3). One that puts in the base values everywhere gives
+    the unpatched metric; a transform, or a patch of attention patterns, runs every
+    position; patches in two blocks start at the earlier of their first changes."""
     from mechlens.engine import Add, Location, Replace, SuffixRunner, Zero, patch, run_patches
 
     torch.manual_seed(0)
     tokens = torch.randint(1, tiny_model.cfg.d_vocab, (5, 8))
     answers = torch.randint(1, tiny_model.cfg.d_vocab, (5, 1, 2))
+    names = ["blocks.1.attn.hook_z", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_pattern"]
     with torch.no_grad():
-        _, cache = tiny_model.run_with_cache(tokens, names_filter=["blocks.1.attn.hook_z", "blocks.1.hook_resid_pre"])
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=names)
     z = cache["blocks.1.attn.hook_z"].clone()
     z[:, 4:] = torch.randn_like(z[:, 4:])  # differs from position 4 on
     at6 = torch.zeros(8, dtype=torch.bool)
     at6[6] = True
+    per_example = torch.zeros(5, 8, dtype=torch.bool)
+    per_example[torch.arange(5), 2 + torch.arange(5) % 3] = True  # example i at position 2 + i % 3
+    z_from4 = patch(tiny_model, Location("z", 1, head=0), Replace(z))
     cases = [
-        [patch(tiny_model, Location("z", 1, head=0), Replace(z))],
+        [z_from4],
         [patch(tiny_model, Location("resid_pre", 1), Replace(cache["blocks.1.hook_resid_pre"]))],
         [patch(tiny_model, Location("z", 0, head=1, position=at6), Zero())],
-        [patch(tiny_model, Location("z", 1, head=0), Replace(z)),
-         patch(tiny_model, Location("resid_pre", 1), Add(torch.randn(tiny_model.cfg.d_model)))],
+        [z_from4, patch(tiny_model, Location("resid_pre", 1), Add(torch.randn(tiny_model.cfg.d_model)))],
+        [patch(tiny_model, Location("pattern", 1, head=0), Replace(cache["blocks.1.attn.hook_pattern"]))],
+        [patch(tiny_model, Location("z", 0, head=1, position=at6), Zero()), z_from4],
+        [patch(tiny_model, Location("resid_pre", 1, position=per_example), Zero())],
     ]
 
     def metric(logits, examples):
@@ -237,12 +246,15 @@ def test_run_patches_starts_where_the_patched_values_first_differ(tiny_model, mo
     run = SuffixRunner.run
     monkeypatch.setattr(SuffixRunner, "run", lambda self, joins, **k: offsets.append(k.get("offset", 0))
                         or run(self, joins, **k))
-    fast = run_patches(tiny_model, tokens, cases, metric, backend="fast", batch_size=5, progress=False)
+    fast = run_patches(tiny_model, tokens, cases, metric, backend="fast", batch_size=batch_size, progress=False)
     torch.testing.assert_close(fast, want, atol=1e-5, rtol=0)
     with torch.no_grad():
         torch.testing.assert_close(fast[1], logit_diff(tiny_model(tokens), answers), atol=1e-5, rtol=0)
-    assert sorted(offsets[-4:]) == [0, 4, 6, 7]  # one configuration per pass (5 rows)
-    hooks = run_patches(tiny_model, tokens, cases, metric, backend="hooks", batch_size=5, progress=False)
+    if batch_size == 5:  # one configuration per pass
+        assert sorted(offsets[-len(cases):]) == [0, 0, 2, 4, 4, 6, 7]
+    else:
+        assert max(offsets) >= 4
+    hooks = run_patches(tiny_model, tokens, cases, metric, backend="hooks", batch_size=batch_size, progress=False)
     torch.testing.assert_close(hooks, want, atol=1e-5, rtol=0)
 
 

@@ -82,13 +82,20 @@ def run_grid(
         raise ValueError(f"output={output!r}: choose 'all' or 'last'")
     if not isinstance(from_position, int) or not 0 <= from_position < tokens.shape[1]:
         raise ValueError(f"from_position={from_position!r} must be a position of the prompts (0..{tokens.shape[1] - 1})")
-    backend = resolve_backend(model, backend)
+    asked, backend = backend, resolve_backend(model, backend)
     n = tokens.shape[0]
     grid_c = torch.arange(n_configs).repeat_interleave(n)
     grid_e = torch.arange(n).repeat(n_configs)
     out = torch.empty(n_configs * n)
     dev = model_device(model)
-    runner = block_runner(model, tokens.to(dev)) if backend == "fast" else None
+    runner = None
+    if backend == "fast":
+        try:
+            runner = block_runner(model, tokens.to(dev))
+        except NotImplementedError:
+            if asked != "auto":
+                raise
+            # "auto": the blocks cannot run on their own here; the hooks backend gives the same numbers
     prefix_state: dict[Any, Any] = {}
     for sl in progress_iter(batches(n_configs * n, batch_size), progress, desc):
         c, e = grid_c[sl], grid_e[sl]

@@ -295,6 +295,8 @@ def run_patches(
                 # the metric reads only the final position), earlier keys and values the base run's
                 skip = output == "last" and runner.can_skip_positions
                 firsts = [_first_change(cfg, run.cache, tok.shape[1]) if skip else 0 for cfg in sub_configs]
+                for name in set(run.cache) - {_join_hook(s, n_layers) for s in set(starts)}:
+                    del run.cache[name]  # compared: not needed by the passes
                 plan = plan_passes(firsts, starts, n_layers=n_layers, seq_len=tok.shape[1], batch=b,
                                    max_configs=k_max, overhead_tokens=overhead_tokens(model))
                 for chunk in plan:
@@ -343,6 +345,8 @@ def _first_change(cfg: Sequence[Patch], base: dict[str, Tensor], seq_len: int) -
             return 0
         act = base[p.hook]
         assert p.source is not None
+        if act.ndim < 2 or act.shape[1] != seq_len or any(x.numel() > 1 and x.ndim != act.ndim for x in (p.mask, p.source)):
+            return 0  # the position is not axis 1 of the activation, mask and value: no slicing by position
         changed = p.mask.to(act.device) & (p.source.to(act.device, act.dtype) != act)
         f = int(first_true(changed.reshape(*changed.shape[:2], -1).any(-1).any(0), 0))
         if f >= 0:

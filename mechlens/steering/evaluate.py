@@ -27,8 +27,15 @@ from torch import Tensor
 
 from mechlens.data.choices import ChoiceDataset
 from mechlens.data.contrast import ContrastDataset
-from mechlens.engine import logit_diff_metric, padded_iter, progress_iter, resolve_backend, run_grid
-from mechlens.models import model_name
+from mechlens.engine import (
+    block_runner,
+    logit_diff_metric,
+    padded_iter,
+    progress_iter,
+    resolve_backend,
+    run_grid,
+)
+from mechlens.models import model_device, model_name
 from mechlens.results import Measurement, settings_of
 from mechlens.steering.caa import SteeringVector, steer
 from mechlens.steering.weights import WeightVector, apply_weights
@@ -71,6 +78,15 @@ class SteeringCurve(Measurement):
         return plot_steering_curve(self)
 
 
+def _check_backend(model: Any, ds: Any, backend: str) -> str:
+    """The backend that runs ``ds`` (a ChoiceDataset's padded prompts refuse ``"fast"``)."""
+    resolved = resolve_backend(model, backend)
+    if isinstance(ds, ChoiceDataset) and backend == "fast":
+        raise ValueError("backend='fast' runs prompts of one length; a ChoiceDataset's open prompts are padded: "
+                         "use backend='hooks' or 'auto'")
+    return resolved
+
+
 def behaviour_logit_diff(
     model: Any, ds: ContrastDataset | ChoiceDataset, *, batch_size: int | None = None, backend: str = "auto"
 ) -> Float[Tensor, " batch"]:
@@ -81,10 +97,7 @@ def behaviour_logit_diff(
     full passes, so ``"fast"`` is refused for them.
     """
     check_batch_size(batch_size)
-    resolve_backend(model, backend)
-    if isinstance(ds, ChoiceDataset) and backend == "fast":
-        raise ValueError("backend='fast' runs prompts of one length; a ChoiceDataset's open prompts are padded: "
-                         "use backend='hooks' or 'auto'")
+    _check_backend(model, ds, backend)
     if isinstance(ds, ContrastDataset):
         check_dataset(ds, model)
     elif isinstance(ds, ChoiceDataset):
@@ -137,6 +150,14 @@ def evaluate_steering(
         raise ValueError("coeffs is empty: give the coefficients to evaluate, e.g. [-2, -1, 0, 1, 2]")
     if not isinstance(ds, (ContrastDataset, ChoiceDataset)):
         raise TypeError(f"ds must be a ContrastDataset or a ChoiceDataset, not {type(ds).__name__}")
+    if _check_backend(model, ds, backend) == "fast" and isinstance(ds, ContrastDataset):
+        # the fast runner checks itself on its first pass: run that pass unsteered (a steered
+        # one would look like a model whose blocks are not h + attention, then + MLP)
+        try:
+            block_runner(model, ds.clean_tokens.to(model_device(model)))
+        except NotImplementedError:
+            if backend != "auto":
+                raise
     is_weight = isinstance(vector, WeightVector)
     rows = []
     for c in progress_iter(coeffs, progress, "steering sweep", leave=True):
