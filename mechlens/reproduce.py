@@ -313,12 +313,12 @@ STAGES: dict[str, tuple[str, Callable[[Context, Path], dict[str, Any]]]] = {
 
 
 # A rough time per stage, in minutes, for smollm2-135m on 2 CPU cores: the stage times of the
-# full run measured for docs/timings.md (the `reproduce` row, 14.8 minutes); --fast takes
-# about 2.2 minutes in all (the `reproduce-fast` row), in about the same proportions. Printed
+# full run measured for docs/timings.md (the `reproduce` row: 15.5 minutes of stages after
+# the set-up); --fast takes about 2.4 minutes in all, in about the same proportions. Printed
 # before a run starts, scaled by the model's size against smollm2-135m's (30 layers x d_model 576).
-FULL_MINUTES = {"baseline": 0.1, "patching": 1.4, "directions": 5.7, "circuit": 2.5,
-                "motif": 4.5, "caa": 0.5, "attention": 0.04}
-FAST_TOTAL_MINUTES = 2.2
+FULL_MINUTES = {"baseline": 0.15, "patching": 1.6, "directions": 6.0, "circuit": 2.6,
+                "motif": 4.6, "caa": 0.5, "attention": 0.05}
+FAST_TOTAL_MINUTES = 2.4
 
 
 def plan(model: Any, names: list[str], done: list[str], fast: bool) -> str:
