@@ -18,6 +18,17 @@ def test_subpackages_reachable_after_import_mechlens(name):
     assert name in dir(ml)
 
 
+def test_every_exported_name_exists():
+    """``from mechlens.X import *`` works: each subpackage defines every name its __all__ lists."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(ml.__path__, "mechlens."):
+        mod = importlib.import_module(info.name)
+        missing = [n for n in getattr(mod, "__all__", ()) if not hasattr(mod, n)]
+        assert not missing, f"{info.name}.__all__ lists undefined names: {missing}"
+
+
 def test_lazy_attributes_work_in_a_fresh_interpreter():
     code = "import mechlens as ml; print(ml.patching.activation_patch.__name__, ml.directions.fit.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -55,8 +55,10 @@ from mechlens.engine.fast import (
     SuffixRunner,
     base_run,
     block_runner,
+    fast_runner_or_none,
     overhead_tokens,
     plan_passes,
+    prefix_kv,
 )
 from mechlens.engine.generate import generate_batched
 from mechlens.engine.grad import GradBatch, grad_run, ig_alphas, interpolate_hook, train_forward
@@ -106,5 +108,5 @@ __all__ = [
     "split_qkv_input", "Location", "Intervention", "Replace", "Zero", "Add", "Scale", "ProjectOut",
     "ProjectOnto", "patch", "run_patches", "cache_iter", "HOWS", "MODES", "generate_batched",
     "GradBatch", "grad_run", "ig_alphas", "interpolate_hook", "train_forward", "first_changed_position", "prefix_kv",
-    "first_true",
+    "first_true", "fast_runner_or_none",
 ]

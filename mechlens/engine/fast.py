@@ -41,7 +41,10 @@ from mechlens.engine.hooks import Hook, saver
 from mechlens.engine.sites import has_hook
 from mechlens.hooks import hooked
 
-__all__ = ["base_run", "BaseRun", "SuffixRunner", "block_runner", "prefix_kv", "plan_passes", "overhead_tokens"]
+__all__ = [
+    "base_run", "BaseRun", "SuffixRunner", "block_runner", "fast_runner_or_none", "prefix_kv", "plan_passes",
+    "overhead_tokens",
+]
 
 
 @dataclass
@@ -137,6 +140,18 @@ def block_runner(model: Any, tokens: Int[Tensor, "batch pos"]) -> SuffixRunner:
     if key not in _PREPARED.get(model, {}):
         base_run(model, tokens[:1], ())
     return SuffixRunner(model, _PREPARED[model][key].block_kwargs)
+
+
+def fast_runner_or_none(model: Any, tokens: Int[Tensor, "batch pos"], asked: str) -> SuffixRunner | None:
+    """:func:`block_runner` for a call that asked for ``backend=asked`` (resolved to
+    ``"fast"``): ``None`` where ``"auto"`` was asked and the model's blocks cannot run on
+    their own, so the caller runs the hooks backend, which gives the same numbers."""
+    try:
+        return block_runner(model, tokens)
+    except NotImplementedError:
+        if asked != "auto":
+            raise
+        return None
 
 
 def prefix_kv(model: Any, tokens: Int[Tensor, "batch pos"], p: int) -> SuffixRunner | None:

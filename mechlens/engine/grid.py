@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mechlens.engine.backend import resolve_backend
 from mechlens.engine.batching import batches, pad_id, padded_batches, progress_iter
-from mechlens.engine.fast import block_runner, prefix_kv
+from mechlens.engine.fast import fast_runner_or_none, prefix_kv
 from mechlens.engine.hooks import Hook, cached_run, first_block, first_true, hook_layer
 from mechlens.hooks import hooked
 from mechlens.metrics import logit_diff
@@ -88,14 +88,7 @@ def run_grid(
     grid_e = torch.arange(n).repeat(n_configs)
     out = torch.empty(n_configs * n)
     dev = model_device(model)
-    runner = None
-    if backend == "fast":
-        try:
-            runner = block_runner(model, tokens.to(dev))
-        except NotImplementedError:
-            if asked != "auto":
-                raise
-            # "auto": the blocks cannot run on their own here; the hooks backend gives the same numbers
+    runner = fast_runner_or_none(model, tokens.to(dev), asked) if backend == "fast" else None
     prefix_state: dict[Any, Any] = {}
     for sl in progress_iter(batches(n_configs * n, batch_size), progress, desc):
         c, e = grid_c[sl], grid_e[sl]

@@ -28,7 +28,7 @@ from torch import Tensor
 from mechlens.data.choices import ChoiceDataset
 from mechlens.data.contrast import ContrastDataset
 from mechlens.engine import (
-    block_runner,
+    fast_runner_or_none,
     logit_diff_metric,
     padded_iter,
     progress_iter,
@@ -153,11 +153,7 @@ def evaluate_steering(
     if _check_backend(model, ds, backend) == "fast" and isinstance(ds, ContrastDataset):
         # the fast runner checks itself on its first pass: run that pass unsteered (a steered
         # one would look like a model whose blocks are not h + attention, then + MLP)
-        try:
-            block_runner(model, ds.clean_tokens.to(model_device(model)))
-        except NotImplementedError:
-            if backend != "auto":
-                raise
+        fast_runner_or_none(model, ds.clean_tokens.to(model_device(model)), backend)
     is_weight = isinstance(vector, WeightVector)
     rows = []
     for c in progress_iter(coeffs, progress, "steering sweep", leave=True):
